@@ -1,0 +1,146 @@
+"""Board definitions: one TOML file per board, read through :func:`load`.
+
+Everything the RTL generator, compiler, simulators and runtime know about a board (memory system, clock,
+resources, the accelerator shape chosen for it) comes from these files; derived figures are properties here,
+so no other module restates a constant.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flightllm.errors import FlightLLMError
+
+BOARD_DIR = Path(__file__).resolve().parent
+
+
+class BoardError(FlightLLMError):
+    pass
+
+
+@dataclass(frozen=True)
+class Memory:
+    kind: str
+    channels: int
+    port_bytes: int
+    channel_gbps: float
+    capacity_mib: int
+    latency_cycles: int
+    ddr_gib: int = 0
+
+
+@dataclass(frozen=True)
+class Accel:
+    chains: int
+    chain_length: int
+    macs_per_dsp: int
+    weight_bits: tuple[int, ...]
+    sparsity_n: tuple[int, ...]
+    sfu_lanes: int
+    abuf_words: int
+    qbuf_bytes: int
+    max_context: int
+    prefill_buckets: tuple[int, ...]
+
+    @property
+    def dsps(self) -> int:
+        return self.chains * self.chain_length
+
+    @property
+    def macs_per_cycle(self) -> int:
+        return self.dsps * self.macs_per_dsp
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    description: str
+    family: str
+    part: str
+    clock_mhz: float
+    memory: Memory
+    accel: Accel
+    resources: dict = field(default_factory=dict)
+    shell: dict = field(default_factory=dict)
+    platform: str = ""
+    path: Path | None = None
+
+    @property
+    def channel_bytes_per_cycle(self) -> float:
+        """What one channel delivers per accelerator cycle: the port width, or less where the channel is slower."""
+        phys = self.memory.channel_gbps * 1e3 / self.clock_mhz
+        return min(float(self.memory.port_bytes), phys)
+
+    @property
+    def mem_bytes_per_cycle(self) -> float:
+        return self.memory.channels * self.channel_bytes_per_cycle
+
+    @property
+    def bandwidth_gbps(self) -> float:
+        """Peak bandwidth the accelerator can draw, GB/s (10^9 bytes/s)."""
+        return self.mem_bytes_per_cycle * self.clock_mhz / 1e3
+
+    @property
+    def clock_hz(self) -> float:
+        return self.clock_mhz * 1e6
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "description": self.description, "family": self.family, "part": self.part,
+            "clock_mhz": self.clock_mhz, "bandwidth_gbps": round(self.bandwidth_gbps, 3),
+            "mem_bytes_per_cycle": round(self.mem_bytes_per_cycle, 3),
+            "memory": self.memory.__dict__, "accel": {**self.accel.__dict__, "macs_per_cycle": self.accel.macs_per_cycle},
+            "resources": self.resources, "shell": self.shell,
+        }
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in BOARD_DIR.glob("*.toml"))
+
+
+def _need(d: dict, key: str, where: str):
+    if key not in d:
+        raise BoardError(f"board file {where}: missing '{key}'")
+    return d[key]
+
+
+def load(name_or_path: str) -> Board:
+    """Load a board by name (``sim``, ``u280``, ...) or from a TOML path."""
+    p = Path(name_or_path)
+    if p.suffix != ".toml":
+        p = BOARD_DIR / f"{name_or_path}.toml"
+        if not p.is_file():
+            raise BoardError(f"unknown board '{name_or_path}' (known: {', '.join(names())})")
+    elif not p.is_file():
+        raise BoardError(f"board file not found: {p}")
+    try:
+        d = tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise BoardError(f"board file {p}: {e}") from None
+    where = str(p)
+    m, a = _need(d, "memory", where), _need(d, "accel", where)
+    try:
+        mem = Memory(**m)
+        acc = Accel(**{k: tuple(v) if isinstance(v, list) else v for k, v in a.items()})
+    except TypeError as e:
+        raise BoardError(f"board file {where}: {e}") from None
+    b = Board(name=_need(d, "name", where), description=d.get("description", ""), family=_need(d, "family", where),
+              part=d.get("part", ""), clock_mhz=float(_need(d, "clock_mhz", where)), memory=mem, accel=acc,
+              resources=d.get("resources", {}), shell=d.get("shell", {}), platform=d.get("platform", ""), path=p)
+    _check(b, where)
+    return b
+
+
+def _check(b: Board, where: str) -> None:
+    a = b.accel
+    if b.clock_mhz <= 0 or b.memory.channels < 1 or b.memory.port_bytes < 1:
+        raise BoardError(f"board file {where}: clock, channels and port width must be positive")
+    if a.chains < 1 or a.chain_length < 1 or a.sfu_lanes < 1:
+        raise BoardError(f"board file {where}: chains, chain_length and sfu_lanes must be positive")
+    if not set(a.sparsity_n) <= {2, 4, 8, 16} or 16 not in a.sparsity_n:
+        raise BoardError(f"board file {where}: sparsity_n must be a subset of 2,4,8,16 including 16 (dense)")
+    if not set(a.weight_bits) <= {4, 8}:
+        raise BoardError(f"board file {where}: weight_bits must be 4 and/or 8")
+    if 1 not in a.prefill_buckets:
+        raise BoardError(f"board file {where}: prefill_buckets must include 1 (the decode step)")

@@ -1,0 +1,163 @@
+"""Model -> artifact: place weights and tables, plan on-chip buffers, lower every bucket, assemble."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from flightllm import boards
+from flightllm.errors import CompileError
+from flightllm.formats import BLOCK
+from flightllm.isa import assemble
+from flightllm.compiler import gguf_model, image
+from flightllm.compiler.artifact import Artifact
+from flightllm.compiler.gguf_model import Model
+from flightllm.compiler.lower import KV_BYTES, Lowering, Mat, Placement, plan_onchip
+from flightllm.compiler.memmap import MemoryMap
+
+COMPILER_VERSION = "1"
+ALIGN = 64          # one memory beat
+
+
+def _align(n: int, a: int = ALIGN) -> int:
+    return -(-n // a) * a
+
+
+def compile_model(model: Model, board: boards.Board, ctx: int | None = None) -> Artifact:
+    cfg = model.config
+    acc = board.accel
+    ctx = min(cfg.context, acc.max_context) if ctx is None else ctx
+    if ctx < 32 or ctx % BLOCK:
+        raise CompileError(f"context {ctx} must be a positive multiple of {BLOCK}")
+    if ctx > cfg.context:
+        raise CompileError(f"context {ctx} exceeds the model's {cfg.context}")
+    if cfg.head_dim % BLOCK or cfg.hidden % BLOCK or cfg.ffn % BLOCK:
+        raise CompileError(f"hidden/head/FFN sizes must be multiples of {BLOCK}")
+    tmax = max(acc.prefill_buckets)
+    abuf, qbuf = plan_onchip(cfg, ctx, tmax, acc.abuf_words, acc.qbuf_bytes)
+
+    # --- device memory: weights and tables ----------------------------------------------------------
+    chunks: list[tuple[int, np.ndarray]] = []
+    pl = Placement()
+    off = 0
+
+    def put(arr: np.ndarray) -> int:
+        nonlocal off
+        b = np.ascontiguousarray(arr).view(np.uint8).reshape(-1)
+        addr = off
+        chunks.append((addr, b))
+        off = _align(off + b.size)
+        return addr
+
+    mm = MemoryMap()
+    io = mm.add("io", tmax * 4, writable=True)
+    pl.tokens = io.base
+    wbase = mm.top
+    off = wbase
+    names = ["token_embd"] + [f"blk.{l}.{n}" for l in range(cfg.n_layers)
+                              for n in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")]
+    if not model.tied_output:
+        names.append("output")
+    for n in names:
+        t = model.tensors[n + ".weight"]
+        fmt, rows = image.device_matrix(t)
+        pl.mats[n] = Mat(put(rows), int(fmt), t.rows, t.cols, rows.shape[1])
+    if model.tied_output:
+        pl.mats["output"] = pl.mats["token_embd"]
+    for n in [f"blk.{l}.{k}" for l in range(cfg.n_layers) for k in ("attn_norm", "ffn_norm")] + ["output_norm"]:
+        pl.gammas[n] = put(image.gamma_words(model.tensors[n + ".weight"]))
+    pl.rope = put(image.rope_table(ctx, cfg.head_dim, cfg.rope_base))
+    mm.add("weights", off - wbase, writable=False)
+
+    hd = cfg.head_dim
+    per = ctx * hd * KV_BYTES
+    kv = mm.add("kv", 2 * cfg.n_layers * cfg.n_kv_heads * per, writable=True)
+    a = kv.base
+    for l in range(cfg.n_layers):
+        for g in range(cfg.n_kv_heads):
+            pl.kcache[l, g], pl.vcache[l, g] = a, a + per
+            a += 2 * per
+    lg = mm.add("logits", tmax * cfg.vocab * 4, writable=True)
+    pl.logits = lg.base
+
+    # --- programs ------------------------------------------------------------------------------------
+    low = Lowering(cfg, pl, ctx, tmax, abuf, qbuf)
+    progs, blobs = {}, []
+    pbase = mm.top
+    poff = pbase
+    for T in sorted(acc.prefill_buckets):
+        for all_logits in (False, True):
+            name = f"{'all' if all_logits else 'fwd'}{T}"
+            words = assemble(low.forward(T, all_logits))
+            progs[name] = {"addr": poff, "words": int(words.size), "tokens": T, "all_logits": all_logits,
+                           "instructions": len(low.prog)}
+            blobs.append((poff, words.view(np.uint8)))
+            poff = _align(poff + words.nbytes)
+    mm.add("program", poff - pbase, writable=False)
+
+    if mm.top > board.memory.capacity_mib << 20:
+        raise CompileError(f"model needs {mm.top >> 20} MiB of device memory; board {board.name} has "
+                           f"{board.memory.capacity_mib} MiB")
+    img = np.zeros(mm.top, np.uint8)       # KV and logits regions start zeroed too
+    for addr, b in chunks + blobs:
+        img[addr: addr + b.size] = b
+
+    from flightllm.host.tokenizer import build_tokenizer_json
+
+    tok = model.tokenizer
+    eos = int(tok.get("eos", -1))
+    stop = [eos]
+    if tok.get("tokens") and "<|im_end|>" in tok["tokens"]:
+        stop.append(tok["tokens"].index("<|im_end|>"))
+    bytes_w = sum(m.rows * m.stride for n, m in pl.mats.items() if n != "output" or not model.tied_output)
+    header = {
+        "compiler_version": COMPILER_VERSION,
+        "board": board.name, "board_config": board.to_dict(),
+        "model": cfg.to_dict(), "source": str(model.path), "tied_output": model.tied_output,
+        "ctx": ctx, "tmax": tmax, "buckets": sorted(acc.prefill_buckets),
+        "memmap": mm.to_dict(), "mem_size": mm.top, "programs": progs,
+        "io": {"tokens": pl.tokens, "logits": pl.logits},
+        "onchip": {"abuf": {k: list(v) for k, v in abuf.slots.items()}, "qbuf": {k: list(v) for k, v in qbuf.slots.items()}},
+        "weight_bytes": int(bytes_w),
+        "tokenizer_json": build_tokenizer_json(tok), "chat_template": model.chat_template,
+        "eos": eos, "bos": int(tok.get("bos", -1)), "add_bos": bool(tok.get("add_bos")), "stop_ids": sorted(set(stop)),
+    }
+    return Artifact(header, img)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FLIGHTLLM_CACHE", Path.home() / ".cache" / "flightllm"))
+
+
+def compile_cached(model_name: str, board_name: str, ctx: int | None = None) -> Artifact:
+    """Compile, or reuse an artifact compiled from the same model file, board file and compiler."""
+    path = gguf_model.resolve_model(model_name)
+    board = boards.load(board_name)
+    st = path.stat()
+    key = hashlib.sha256("|".join([str(path.resolve()), str(st.st_size), str(st.st_mtime_ns),
+                                   board.path.read_text(), str(ctx), COMPILER_VERSION,
+                                   _source_stamp()]).encode()).hexdigest()[:24]
+    cp = cache_dir() / f"{path.stem}.{board.name}.{key}.flm"
+    if cp.is_file():
+        try:
+            return Artifact.load(cp)
+        except CompileError:
+            cp.unlink(missing_ok=True)       # corrupt cache entry: rebuild
+    art = compile_model(gguf_model.load(path), board, ctx)
+    try:
+        art.save(cp)
+    except OSError:
+        pass                                 # a read-only cache only costs time
+    return art
+
+
+def _source_stamp() -> str:
+    """Compiler, ISA and format sources: editing any of them invalidates cached artifacts."""
+    here = Path(__file__).resolve().parent
+    files = sorted(here.glob("*.py")) + sorted((Path(boards.__file__).resolve().parent.parent / "flightllm").glob("*.py"))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()

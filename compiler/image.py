@@ -1,0 +1,83 @@
+"""Device memory image: weights repacked into the engine's block formats, norm weights and RoPE tables.
+
+GGUF Q4_1 and Q8_0 rows are already the engine's dense block layout (docs/numerics.md), so they are copied after
+their scales are checked; Q4_0 becomes Q4_1 exactly (m = -8d); F16/F32 matrices are quantised to Q8_0.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from flightllm.errors import CompileError
+from flightllm.formats import (BLOCK, GAMMA_FRAC, MAX_WEIGHT_SCALE, ROPE_FRAC, fp16_finite, pack_weights,
+                               row_bytes, to_fixed)
+from flightllm.isa import WFmt
+from flightllm.compiler.gguf_model import Tensor
+
+
+def _check_scales(name: str, h: np.ndarray) -> None:
+    if not np.all(fp16_finite(h)):
+        raise CompileError(f"tensor {name}: non-finite block scale")
+    v = np.abs(h.view(np.float16).astype(np.float32))
+    if v.size and v.max() >= MAX_WEIGHT_SCALE:
+        raise CompileError(f"tensor {name}: block scale {v.max():g} exceeds the engine's range (< {MAX_WEIGHT_SCALE})")
+
+
+def quantize_q8_0(x: np.ndarray):
+    """Float rows -> (q int8, d fp16 bits) per 32-block, round to nearest as ggml does."""
+    R, C = x.shape
+    xb = x.astype(np.float32).reshape(R, C // BLOCK, BLOCK)
+    amax = np.abs(xb).max(-1)
+    d = (amax / 127.0).astype(np.float16)
+    df = d.astype(np.float32)
+    inv = np.where(df > 0, 1.0 / np.where(df > 0, df, 1), 0)
+    q = np.clip(np.round(xb * inv[..., None]), -127, 127).astype(np.int32)
+    return q.reshape(R, C), d.view(np.uint16)
+
+
+def device_matrix(t: Tensor) -> tuple[WFmt, np.ndarray]:
+    """A GGUF matrix -> (engine format, uint8 rows of blocks)."""
+    R, C = t.shape
+    if C % BLOCK:
+        raise CompileError(f"tensor {t.name}: {C} columns is not a multiple of {BLOCK}")
+    nb = C // BLOCK
+    if t.type == "Q4_1":
+        raw = np.ascontiguousarray(t.data).reshape(R, nb, 20)
+        _check_scales(t.name, raw[..., 0:4].copy().view("<u2"))
+        return WFmt.Q4_1, raw.reshape(R, -1)
+    if t.type == "Q8_0":
+        raw = np.ascontiguousarray(t.data).reshape(R, nb, 34)
+        _check_scales(t.name, raw[..., 0:2].copy().view("<u2"))
+        return WFmt.Q8_0, raw.reshape(R, -1)
+    if t.type == "Q4_0":
+        raw = np.ascontiguousarray(t.data).reshape(R, nb, 18)
+        d16 = raw[..., 0:2].copy().view("<u2")[..., 0]
+        _check_scales(t.name, d16)
+        m16 = (-8.0 * d16.view(np.float16).astype(np.float32)).astype(np.float16).view(np.uint16)  # exact
+        q = np.concatenate([raw[..., 2:] & 0xF, raw[..., 2:] >> 4], axis=-1).reshape(R, C).astype(np.int32)
+        return WFmt.Q4_1, pack_weights(q, d16, m16, WFmt.Q4_1)
+    if t.type in ("F16", "F32"):
+        x = np.asarray(t.data, dtype=np.float32).reshape(R, C)
+        if not np.all(np.isfinite(x)):
+            raise CompileError(f"tensor {t.name}: non-finite weights")
+        q, d16 = quantize_q8_0(x)
+        _check_scales(t.name, d16)
+        return WFmt.Q8_0, pack_weights(q, d16, None, WFmt.Q8_0)
+    raise CompileError(f"tensor {t.name}: type {t.type} cannot be mapped")
+
+
+def gamma_words(t: Tensor) -> np.ndarray:
+    g = np.asarray(t.data, dtype=np.float32).reshape(-1)
+    if not np.all(np.isfinite(g)) or np.abs(g).max(initial=0) >= (1 << (31 - GAMMA_FRAC)):
+        raise CompileError(f"tensor {t.name}: norm weights out of range")
+    return to_fixed(g, GAMMA_FRAC)
+
+
+def rope_table(ctx: int, head_dim: int, base: float) -> np.ndarray:
+    """Row p = [cos(p*theta_i) for i < hd/2] + [sin(...)], theta_i = base^(-2i/hd), as ROPE_FRAC fixed point."""
+    half = head_dim // 2
+    theta = base ** (-np.arange(half, dtype=np.float64) * 2.0 / head_dim)
+    ang = np.arange(ctx, dtype=np.float64)[:, None] * theta[None, :]
+    return np.concatenate([to_fixed(np.cos(ang), ROPE_FRAC), to_fixed(np.sin(ang), ROPE_FRAC)], axis=1)
+
+
+__all__ = ["device_matrix", "gamma_words", "rope_table", "quantize_q8_0", "row_bytes"]

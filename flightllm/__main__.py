@@ -1,0 +1,3 @@
+from flightllm.cli import main
+
+raise SystemExit(main())

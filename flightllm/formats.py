@@ -1,0 +1,164 @@
+"""Numeric and memory formats shared by the compiler, the simulators and the RTL (docs/numerics.md).
+
+On-chip values are integers with a fixed, documented scaling, so the functional simulator and the RTL agree
+bit for bit and no result depends on the order of a reduction:
+
+- ACT  : int32, ``ACT_FRAC`` fractional bits. Every activation vector in the ABUF.
+- PROB : int32, ``PROB_FRAC`` fractional bits. Softmax output.
+- GAMMA: int32, ``GAMMA_FRAC`` fractional bits. RMSNorm weights (loaded into the ABUF).
+- ROPE : int32, ``ROPE_FRAC`` fractional bits. cos/sin table rows.
+- QBUF : int8 activations in blocks of 32, each with a scale m * 2^e (m: 11-bit mantissa, e: int8).
+- Weight block scales are fp16 in memory; the engine uses them as the exact integer D = d * 2^24.
+- KV cache: int16 with ``KV_FRAC`` fractional bits (in memory, read by the engine as I16 weights).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from flightllm.isa import WFmt
+
+BLOCK = 32              # quantisation block (weights and activations)
+GROUP = 16              # M of N:M sparsity
+ACT_FRAC = 12
+PROB_FRAC = 30
+GAMMA_FRAC = 16
+ROPE_FRAC = 30
+KV_FRAC = 9             # K and V seen up to ~21 in SmolLM2: int16 Q6.9 keeps them with 2^-9 resolution
+SCALE_FIX = 24          # weight scales as integers: D = d * 2^SCALE_FIX (exact for every finite fp16)
+ACC_FRAC = 24           # matrix-engine accumulator fraction bits
+SCALE_MANT_BITS = 11    # activation block scale mantissa (fp16's precision)
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+# Largest |d| or |m| a weight block may carry: keeps every engine product inside 64 bits (docs/numerics.md).
+MAX_WEIGHT_SCALE = 16.0
+
+
+def block_bytes(fmt: int, sp_n: int = 16) -> int:
+    """Bytes of one 32-weight block in device memory."""
+    fmt = WFmt(fmt)
+    if fmt == WFmt.Q4_1:
+        return 20 if sp_n == 16 else 4 + 2 * sp_n       # d, m, values (4-bit), indices (4-bit)
+    if fmt == WFmt.Q8_0:
+        return 34 if sp_n == 16 else 2 + 3 * sp_n       # d, values (8-bit), indices (4-bit)
+    return 2 * BLOCK                                    # I16: no header
+
+
+def row_bytes(fmt: int, cols: int, sp_n: int = 16) -> int:
+    return (cols // BLOCK) * block_bytes(fmt, sp_n)
+
+
+def fp16_to_fixed(h: np.ndarray) -> np.ndarray:
+    """fp16 bit patterns (uint16) -> exact int64 d * 2^SCALE_FIX. Inf/NaN must be rejected before this."""
+    h = h.astype(np.int64)
+    sign = np.where(h >> 15, -1, 1)
+    exp = (h >> 10) & 0x1F
+    frac = h & 0x3FF
+    mant = np.where(exp == 0, frac, frac | 0x400)
+    sh = np.where(exp == 0, 1, exp) - 1          # fp16 = mant * 2^(exp-25) -> *2^24 = mant << (exp-1)
+    return sign * (mant << sh)
+
+
+def fp16_finite(h: np.ndarray) -> np.ndarray:
+    return ((h.astype(np.uint16) >> 10) & 0x1F) != 0x1F
+
+
+def unpack_weights(raw: np.ndarray, fmt: int, sp_n: int, rows: int, cols: int, wfrac: int = 0):
+    """Device weight rows (uint8, shape rows x row_bytes) -> (Q int (R, C), D int64 (R, B), M int64 (R, B), mask).
+
+    Q holds the stored integers (Q4_1: 0..15, Q8_0: int8, I16: int16), zero where a sparse group pruned the
+    weight; mask (R, C) bool marks kept weights for sparse Q4_1 (whose min applies to kept weights only), else None.
+    """
+    fmt = WFmt(fmt)
+    nb = cols // BLOCK
+    if fmt == WFmt.I16:
+        q = raw[:, : cols * 2].copy().view("<i2").reshape(rows, cols)
+        d = np.full((rows, nb), 1 << (SCALE_FIX - wfrac), dtype=np.int64)
+        return q.astype(np.int32), d, np.zeros_like(d), None
+    bb = block_bytes(fmt, sp_n)
+    blk = raw[:, : nb * bb].reshape(rows, nb, bb)
+    d = fp16_to_fixed(blk[..., 0:2].copy().view("<u2")[..., 0])
+    hdr = 2
+    m = np.zeros_like(d)
+    if fmt == WFmt.Q4_1:
+        m = fp16_to_fixed(blk[..., 2:4].copy().view("<u2")[..., 0])
+        hdr = 4
+    body = blk[..., hdr:]
+    mask = None
+    if sp_n == 16:
+        if fmt == WFmt.Q4_1:   # GGUF order: byte j holds weight j (low nibble) and j+16 (high nibble)
+            q = np.concatenate([body & 0xF, body >> 4], axis=-1).astype(np.int32)
+        else:
+            q = body.view(np.int8).astype(np.int32)
+    else:
+        k = 2 * sp_n                                   # kept weights per block (two groups of 16)
+        if fmt == WFmt.Q4_1:
+            vals = np.stack([body[..., :sp_n] & 0xF, body[..., :sp_n] >> 4], axis=-1).reshape(rows, nb, k)
+            idxb = body[..., sp_n: 2 * sp_n]
+        else:
+            vals = body[..., :k].view(np.int8)
+            idxb = body[..., k: k + sp_n]
+        idx = np.stack([idxb & 0xF, idxb >> 4], axis=-1).reshape(rows, nb, k).astype(np.int64)
+        idx = idx + np.repeat(np.array([0, GROUP]), sp_n)[None, None, :]      # group g indexes 16g..16g+15
+        q = np.zeros((rows, nb, BLOCK), np.int32)
+        np.put_along_axis(q, idx, vals.astype(np.int32), axis=-1)
+        if fmt == WFmt.Q4_1:
+            mk = np.zeros((rows, nb, BLOCK), bool)
+            np.put_along_axis(mk, idx, True, axis=-1)
+            mask = mk.reshape(rows, cols)
+    return q.reshape(rows, cols), d, m, mask
+
+
+def pack_weights(q: np.ndarray, d16: np.ndarray, m16: np.ndarray | None, fmt: int, sp_n: int = 16) -> np.ndarray:
+    """Inverse of :func:`unpack_weights` for Q4_1/Q8_0: q (R, C) ints, d16/m16 (R, B) fp16 bit patterns.
+
+    For sparse formats the kept positions are the non-zero mask implied by ``q`` per group; groups must hold
+    exactly ``sp_n`` kept weights, chosen by the caller (zeros may be kept). Returns uint8 (R, row_bytes).
+    """
+    fmt = WFmt(fmt)
+    rows, cols = q.shape
+    nb = cols // BLOCK
+    qb = q.reshape(rows, nb, BLOCK)
+    parts = [d16.astype("<u2").reshape(rows, nb, 1).view(np.uint8)]
+    if fmt == WFmt.Q4_1:
+        parts.append(m16.astype("<u2").reshape(rows, nb, 1).view(np.uint8))
+    if sp_n == 16:
+        if fmt == WFmt.Q4_1:
+            parts.append((qb[..., :16] | (qb[..., 16:] << 4)).astype(np.uint8))
+        else:
+            parts.append(qb.astype(np.int8).view(np.uint8))
+    else:
+        raise ValueError("use pack_sparse for N:16 formats")
+    return np.concatenate(parts, axis=-1).reshape(rows, -1)
+
+
+def pack_sparse(q: np.ndarray, keep: np.ndarray, d16: np.ndarray, m16: np.ndarray | None, fmt: int,
+                sp_n: int) -> np.ndarray:
+    """Sparse N:16 blocks: ``keep`` (R, C) bool with exactly sp_n True per group of 16."""
+    fmt = WFmt(fmt)
+    rows, cols = q.shape
+    nb = cols // BLOCK
+    kb = keep.reshape(rows, nb, 2, GROUP)
+    if not np.all(kb.sum(-1) == sp_n):
+        raise ValueError(f"every group of {GROUP} must keep exactly {sp_n} weights")
+    pos = np.nonzero(kb.reshape(-1, GROUP))[1].reshape(rows, nb, 2 * sp_n)     # index within group, in order
+    absidx = pos + np.repeat(np.array([0, GROUP]), sp_n)[None, None, :]
+    vals = np.take_along_axis(q.reshape(rows, nb, BLOCK), absidx, axis=-1)
+    parts = [d16.astype("<u2").reshape(rows, nb, 1).view(np.uint8)]
+    if fmt == WFmt.Q4_1:
+        parts.append(m16.astype("<u2").reshape(rows, nb, 1).view(np.uint8))
+        v = vals.reshape(rows, nb, sp_n, 2)
+        parts.append((v[..., 0] | (v[..., 1] << 4)).astype(np.uint8))
+    else:
+        parts.append(vals.astype(np.int8).view(np.uint8))
+    ix = pos.reshape(rows, nb, sp_n, 2)
+    parts.append((ix[..., 0] | (ix[..., 1] << 4)).astype(np.uint8))
+    return np.concatenate(parts, axis=-1).reshape(rows, -1)
+
+
+def to_fixed(x: np.ndarray, frac: int) -> np.ndarray:
+    """Float data prepared by the compiler (tables, norm weights) -> int32 with ``frac`` fraction bits."""
+    v = np.round(np.asarray(x, dtype=np.float64) * (1 << frac))
+    return np.clip(v, INT32_MIN, INT32_MAX).astype(np.int32)
+
+
+def sat32(x: np.ndarray) -> np.ndarray:
+    return np.clip(x, INT32_MIN, INT32_MAX).astype(np.int32)

@@ -1,0 +1,1 @@
+"""Host side: runtime, tokenizer, Python API."""

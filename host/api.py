@@ -1,0 +1,139 @@
+"""Python API: ``from flightllm import LLM; llm = LLM("smollm2"); llm.generate("...")``."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from flightllm.errors import FlightLLMError
+from flightllm.compiler import compile_cached
+from flightllm.host.runtime import Runtime
+from flightllm.host.tokenizer import StreamDecoder, TextCodec
+
+
+@dataclass
+class Sampling:
+    temperature: float = 0.0      # 0 = greedy
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def check(self):
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise FlightLLMError("sampling: need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+
+
+def sample(logits: np.ndarray, s: Sampling, rng: np.random.Generator) -> int:
+    if s.temperature == 0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / s.temperature
+    order = np.argsort(-z, kind="stable")
+    if s.top_k:
+        order = order[: s.top_k]
+    p = np.exp(z[order] - z[order[0]])
+    p /= p.sum()
+    if s.top_p < 1:
+        keep = np.searchsorted(np.cumsum(p), s.top_p) + 1
+        order, p = order[:keep], p[:keep] / p[:keep].sum()
+    return int(order[rng.choice(len(order), p=p)])
+
+
+@dataclass
+class Result:
+    text: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    stats: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "prompt_token_ids": self.prompt_token_ids, "token_ids": self.token_ids,
+                "stats": self.stats}
+
+
+class LLM:
+    def __init__(self, model: str = "smollm2", backend: str = "fsim", board: str = "sim", ctx: int | None = None):
+        self.art = compile_cached(model, board, ctx)
+        h = self.art.header
+        self.codec = TextCodec(h["tokenizer_json"], h["chat_template"], h["eos"], h["bos"], h["add_bos"])
+        self.rt = Runtime(self.art, backend)
+        self.stop_ids = set(h["stop_ids"])
+        self.last: Result | None = None
+
+    # -- generation ------------------------------------------------------------------------------------
+    def prompt_ids(self, prompt: str, chat: bool = False, system: str | None = None) -> list[int]:
+        text = self.codec.chat(prompt, system) if chat else prompt
+        ids = self.codec.encode(text)
+        if not ids:
+            raise FlightLLMError("the prompt is empty")
+        return ids
+
+    def stream(self, prompt: str, max_tokens: int = 32, chat: bool = False, system: str | None = None,
+               sampling: Sampling | None = None) -> Iterator[str]:
+        """Yields text pieces as tokens arrive; the full :class:`Result` is then in ``self.last``."""
+        s = sampling or Sampling()
+        s.check()
+        if max_tokens < 1:
+            raise FlightLLMError("-n/max_tokens must be at least 1")
+        ids = self.prompt_ids(prompt, chat, system)
+        self.rt.check_length(len(ids) + max_tokens)
+        rng = np.random.default_rng(s.seed)
+        logits, pst = self.rt.forward(ids, 0)
+        dec = StreamDecoder(self.codec)
+        out, decode_cycles, decode_bytes = [], [], []
+        pos = len(ids)
+        res = Result("", ids, out)
+        self.last = res
+        while True:
+            tid = sample(logits[-1], s, rng)
+            if tid in self.stop_ids:
+                break
+            out.append(tid)
+            piece = dec.push(tid)
+            res.text += piece
+            if piece:
+                yield piece
+            if len(out) >= max_tokens:
+                break
+            logits, st = self.rt.forward([tid], pos)
+            decode_cycles.append(st.cycles)
+            decode_bytes.append(st.bytes_read)
+            pos += 1
+        res.text = self.codec.decode(out)
+        res.stats = self._stats(pst.cycles, decode_cycles, decode_bytes)
+
+    def generate(self, prompt: str, max_tokens: int = 32, chat: bool = False, system: str | None = None,
+                 sampling: Sampling | None = None) -> Result:
+        for _ in self.stream(prompt, max_tokens, chat, system, sampling):
+            pass
+        return self.last
+
+    def _stats(self, prefill_cycles: int, decode_cycles: list[int], decode_bytes: list[int]) -> dict:
+        b = self.rt.board
+        clk = b.clock_hz
+        per_tok = float(np.mean(decode_cycles)) if decode_cycles else 0.0
+        bpt = float(np.mean(decode_bytes)) if decode_bytes else 0.0
+        return {
+            "backend": self.rt.backend, "board": b.name, "clock_mhz": b.clock_mhz,
+            "prefill_cycles": int(prefill_cycles), "decode_cycles": [int(c) for c in decode_cycles],
+            "bytes_per_token": int(round(bpt)),
+            "tokens_per_s": round(clk / per_tok, 3) if per_tok else None,
+            "bandwidth_efficiency": round((bpt / b.mem_bytes_per_cycle) / per_tok, 4) if per_tok else None,
+        }
+
+    # -- evaluation --------------------------------------------------------------------------------------
+    def eval(self, text: str, max_tokens: int | None = None) -> dict:
+        """Perplexity by teacher forcing: logits of every position from the same compiled path."""
+        ids = self.codec.encode(text)
+        if max_tokens is not None:
+            ids = ids[:max_tokens]
+        if len(ids) < 2:
+            raise FlightLLMError("eval needs a text of at least 2 tokens")
+        self.rt.check_length(len(ids))
+        logits, st = self.rt.forward(ids, 0, all_logits=True)
+        lp = logits[:-1].astype(np.float64)
+        mx = lp.max(-1, keepdims=True)
+        lse = (mx + np.log(np.exp(lp - mx).sum(-1, keepdims=True)))[:, 0]
+        nll = lse - lp[np.arange(len(ids) - 1), ids[1:]]
+        return {"tokens": len(ids), "perplexity": float(math.exp(nll.mean())), "cycles": st.cycles}

@@ -1,0 +1,86 @@
+"""Tokenizer built from the GGUF's own vocabulary (no hub access), and its chat template."""
+from __future__ import annotations
+
+from flightllm.errors import ModelError
+
+CONTROL = 3   # GGUF token_type of special/control tokens
+
+
+def build_tokenizer_json(tok: dict) -> str:
+    """GGUF tokenizer metadata -> a `tokenizers` JSON string (stored in the compiled artifact)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    if tok.get("model") != "gpt2":
+        raise ModelError(f"tokenizer model '{tok.get('model')}' is not supported yet (GPT-2 style BPE only)")
+    tokens, merges = tok.get("tokens"), tok.get("merges")
+    if not tokens or merges is None:
+        raise ModelError("GGUF has no tokenizer vocabulary/merges")
+    vocab = {t: i for i, t in enumerate(tokens)}
+    pairs = []
+    for m in merges:
+        a, sep, b = m.partition(" ")
+        if not sep:
+            raise ModelError(f"malformed BPE merge {m!r}")
+        pairs.append((a, b))
+    tk = Tokenizer(models.BPE(vocab, pairs, ignore_merges=False))
+    pre = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+    if tok.get("pre") in ("smollm", "starcoder", "refact", "qwen2", "llama3", "llama-bpe", "deepseek-llm"):
+        pre.insert(0, pre_tokenizers.Digits(individual_digits=tok.get("pre") in ("smollm", "starcoder", "refact")))
+    tk.pre_tokenizer = pre_tokenizers.Sequence(pre)
+    tk.decoder = decoders.ByteLevel()
+    types = tok.get("token_type") or []
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                           for t, ty in zip(tokens, types) if ty == CONTROL])
+    return tk.to_str()
+
+
+class TextCodec:
+    """Encode/decode text, render chat prompts, and stream-decode token by token."""
+
+    def __init__(self, tokenizer_json: str, chat_template: str | None, eos: int, bos: int = -1,
+                 add_bos: bool = False):
+        from tokenizers import Tokenizer
+
+        self.tk = Tokenizer.from_str(tokenizer_json)
+        self.chat_template = chat_template
+        self.eos, self.bos, self.add_bos = eos, bos, add_bos
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tk.encode(text, add_special_tokens=False).ids
+        return ([self.bos] if self.add_bos and self.bos >= 0 else []) + ids
+
+    def decode(self, ids) -> str:
+        return self.tk.decode(list(ids), skip_special_tokens=False)
+
+    def token_str(self, i: int) -> str:
+        return self.tk.id_to_token(i) or ""
+
+    def chat(self, user: str, system: str | None = None) -> str:
+        if not self.chat_template:
+            raise ModelError("this model has no chat template; drop --chat")
+        import jinja2.sandbox
+
+        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        try:
+            return env.from_string(self.chat_template).render(
+                messages=msgs, add_generation_prompt=True,
+                bos_token=self.token_str(self.bos) if self.bos >= 0 else "",
+                eos_token=self.token_str(self.eos) if self.eos >= 0 else "")
+        except jinja2.TemplateError as e:
+            raise ModelError(f"chat template failed: {e}") from None
+
+
+class StreamDecoder:
+    """Turns token ids into text pieces as they arrive, holding back incomplete UTF-8 sequences."""
+
+    def __init__(self, codec: TextCodec):
+        self.codec, self.ids, self.emitted = codec, [], ""
+
+    def push(self, tid: int) -> str:
+        self.ids.append(tid)
+        text = self.codec.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        piece, self.emitted = text[len(self.emitted):], text
+        return piece

@@ -1,0 +1,1 @@
+"""Special-purpose hardware in Amaranth, generated from a board config."""

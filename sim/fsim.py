@@ -1,0 +1,239 @@
+"""Functional simulator: executes instruction streams exactly as the hardware does, and counts cycles.
+
+State mirrors the device: flat device memory (``mem``), the on-chip ABUF (int32 words), the QBUF (int8 plus a
+scale m*2^e per 32 bytes) and the POS register. Arithmetic lives in mpe_model/sfu_model; this module decodes,
+resolves run-time fields, checks every access against the region map, moves data, and charges cycles.
+Faults stop the run with a DeviceError carrying the status register's error code, as the RTL does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flightllm.boards import Board
+from flightllm.errors import DeviceError, ISAError
+from flightllm.formats import ACT_FRAC, BLOCK, SCALE_FIX, fp16_to_fixed, row_bytes, sat32, unpack_weights
+from flightllm.isa import ErrCode, Instr, LdFmt, MiscOp, Op, StFmt, SysOp, decode_at
+from flightllm.compiler.memmap import MemoryMap
+from flightllm.sim import mpe_model, sfu_model
+from flightllm.sim.cycles import CycleModel
+
+MAX_INSTRUCTIONS = 10_000_000     # the watchdog: a stream with no END cannot spin forever
+
+
+@dataclass
+class RunStats:
+    cycles: int = 0
+    instructions: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    by_class: dict = field(default_factory=dict)
+
+    def charge(self, cls: str, cyc: int, rd: int = 0, wr: int = 0):
+        self.cycles += cyc
+        self.instructions += 1
+        self.bytes_read += rd
+        self.bytes_written += wr
+        self.by_class[cls] = self.by_class.get(cls, 0) + cyc
+
+
+class FunctionalSim:
+    def __init__(self, board: Board, mem_size: int, regions: MemoryMap | None = None):
+        a = board.accel
+        self.board = board
+        self.mem = np.zeros(mem_size, np.uint8)
+        self.abuf = np.zeros(a.abuf_words, np.int32)
+        self.qbuf = np.zeros(a.qbuf_bytes, np.int8)
+        self.qm = np.zeros(a.qbuf_bytes // BLOCK, np.uint16)
+        self.qe = np.zeros(a.qbuf_bytes // BLOCK, np.int8)
+        self.regions = list(regions.regions.values()) if regions else []
+        self.pos = 0
+        self.cm = CycleModel(board)
+        self._wcache: dict = {}
+        self._pcache: dict = {}
+
+    # -- memory protection ---------------------------------------------------------------------------
+    def _region(self, lo: int, hi: int, write: bool, pc: int):
+        if hi > self.mem.size or lo < 0:
+            raise DeviceError(f"pc {pc}: memory access [{lo:#x}, {hi:#x}) beyond device memory",
+                              ErrCode.MEM_BOUNDS, pc)
+        if not self.regions:
+            return None
+        for r in self.regions:
+            if r.base <= lo and hi <= r.end:
+                if write and not r.writable:
+                    raise DeviceError(f"pc {pc}: write to read-only region '{r.name}' at {lo:#x}",
+                                      ErrCode.MEM_WRITE_RO, pc)
+                return r
+        raise DeviceError(f"pc {pc}: memory access [{lo:#x}, {hi:#x}) outside every region", ErrCode.MEM_BOUNDS, pc)
+
+    def _buf(self, buf: np.ndarray, name: str, base: int, stride: int, rows: int, n: int, pc: int) -> np.ndarray:
+        """Rows of an on-chip buffer as a (rows, n) view, bounds-checked like the RTL's address checker."""
+        hi = base + (rows - 1) * stride + n
+        if n <= 0 or rows <= 0 or hi > buf.size:
+            raise DeviceError(f"pc {pc}: {name} access [{base}, {hi}) past its {buf.size} entries", ErrCode.BUF_OVERFLOW, pc)
+        if rows == 1 or stride == n:
+            return buf[base: base + rows * n].reshape(rows, n)
+        return np.lib.stride_tricks.as_strided(buf[base:], (rows, n), (stride * buf.itemsize, buf.itemsize))
+
+    # -- program execution ----------------------------------------------------------------------------
+    def _program(self, addr: int) -> list[tuple[int, Instr]]:
+        prog = self._pcache.get(addr)
+        if prog is not None:
+            return prog
+        r = self._region(addr, addr + 4, False, -1)
+        end = r.end if r is not None else self.mem.size
+        words = self.mem[addr: end - (end - addr) % 4].view("<u4")
+        prog, pc = [], 0
+        try:
+            while True:
+                ins, nxt = decode_at(words, pc)
+                prog.append((pc, ins))
+                pc = nxt
+                if ins.op == Op.SYS and ins.f["fn"] == SysOp.END:
+                    break
+                if len(prog) > MAX_INSTRUCTIONS:
+                    raise DeviceError("watchdog: no END", ErrCode.WATCHDOG, pc)
+        except ISAError as e:
+            raise DeviceError(f"illegal instruction: {e}", ErrCode.ILLEGAL_INSTR, pc) from None
+        if r is not None and not r.writable:
+            self._pcache[addr] = prog
+        return prog
+
+    def run(self, addr: int, pos: int = 0) -> RunStats:
+        self.pos = int(pos)
+        st = RunStats()
+        for pc, ins in self._program(addr):
+            getattr(self, f"_x_{ins.op.name}")(ins.f, pc, st)
+        return st
+
+    # -- LD / ST --------------------------------------------------------------------------------------
+    def _x_LD(self, f, pc, st):
+        rows, cols = f["rows"], f["cols"]
+        fmt = LdFmt(f["fmt"])
+        nbytes = cols * 4 if fmt == LdFmt.I32 else row_bytes(1, cols)
+        base = f["addr"] + self.pos * f["pos_stride"]
+        if f["idx"]:
+            ia = f["idx_addr"]
+            self._region(ia, ia + 4 * rows, False, pc)
+            ids = self.mem[ia: ia + 4 * rows].view("<u4").astype(np.int64)
+            addrs = base + ids * f["src_stride"]
+        else:
+            addrs = base + np.arange(rows, dtype=np.int64) * f["src_stride"]
+        self._region(int(addrs.min()), int(addrs.max()) + nbytes, False, pc)
+        raw = self.mem[addrs[:, None] + np.arange(nbytes)[None, :]]
+        dst = self._buf(self.abuf, "ABUF", f["dst"], f["dst_stride"], rows, cols, pc)
+        if fmt == LdFmt.I32:
+            val = raw.view("<i4").reshape(rows, cols)
+        else:
+            blk = raw.reshape(rows, cols // BLOCK, 34)
+            D = fp16_to_fixed(blk[..., 0:2].copy().view("<u2")[..., 0])
+            q = blk[..., 2:].view(np.int8).astype(np.int64)
+            sh = SCALE_FIX - ACT_FRAC
+            val = sat32((D[..., None] * q + (1 << (sh - 1))) >> sh).reshape(rows, cols)
+        dst[...] = val
+        st.charge("LD", self.cm.transfer(rows * nbytes, rows, True, rows * cols), rd=rows * nbytes)
+
+    def _x_ST(self, f, pc, st):
+        rows, cols = f["rows"], f["cols"]
+        fmt = StFmt(f["fmt"])
+        x = self._buf(self.abuf, "ABUF", f["src"], f["src_stride"], rows, cols, pc).astype(np.int64)
+        if fmt == StFmt.I32:
+            esz, data = 4, x.astype("<i4")
+        else:
+            sh = f["shift"]
+            y = (x + ((1 << sh) >> 1)) >> sh
+            esz, data = 2, np.clip(y, -32768, 32767).astype("<i2")
+        es = f["elem_stride"]
+        base = f["addr"] + self.pos * f["pos_stride"]
+        starts = base + np.arange(rows, dtype=np.int64)[:, None] * f["dst_stride"] + np.arange(cols)[None, :] * es
+        if es < esz and cols > 1:
+            raise DeviceError(f"pc {pc}: ST elements overlap (elem_stride {es} < {esz})", ErrCode.ILLEGAL_INSTR, pc)
+        if base % esz or (es % esz) or f["dst_stride"] % esz:
+            raise DeviceError(f"pc {pc}: ST not aligned to {esz}-byte elements", ErrCode.MISALIGNED, pc)
+        self._region(int(starts.min()), int(starts.max()) + esz, True, pc)
+        byt = data.reshape(rows, cols, 1).view(np.uint8).reshape(rows, cols, esz)
+        self.mem[starts[..., None] + np.arange(esz)] = byt
+        self._invalidate(int(starts.min()), int(starts.max()) + esz)
+        st.charge("ST", self.cm.transfer(rows * cols * esz, rows, es == esz, rows * cols), wr=rows * cols * esz)
+
+    def _invalidate(self, lo, hi):
+        if self._wcache:
+            for k in [k for k in self._wcache if k[0] < hi and lo < k[1]]:
+                del self._wcache[k]
+
+    # -- matrix engine --------------------------------------------------------------------------------
+    def _weights(self, f, rows, cols, pc):
+        rb = row_bytes(f["fmt"], cols, f["sp_n"])
+        addr, stride = f["waddr"], f["wstride"]
+        lo, hi = addr, addr + (rows - 1) * stride + rb
+        if stride < rb and rows > 1:
+            raise DeviceError(f"pc {pc}: weight rows overlap (stride {stride} < {rb})", ErrCode.ILLEGAL_INSTR, pc)
+        reg = self._region(lo, hi, False, pc)
+        key = (lo, hi, f["fmt"], f["sp_n"], rows, cols, stride, f["wfrac"])
+        w = self._wcache.get(key)
+        if w is None:
+            if stride == rb:
+                raw = self.mem[lo:hi].reshape(rows, rb)
+            else:
+                raw = self.mem[(addr + stride * np.arange(rows, dtype=np.int64))[:, None] + np.arange(rb)[None, :]]
+            w = mpe_model.Weights(*unpack_weights(raw, f["fmt"], f["sp_n"], rows, cols, f["wfrac"]), f["fmt"])
+            if reg is None or not reg.writable:
+                self._wcache[key] = w
+        return w, rows * rb
+
+    def _x_MM(self, f, pc, st):
+        rows = f["rows"] + (self.pos if f["rows_pos"] else 0)
+        cols = -(-(f["cols"] + self.pos) // BLOCK) * BLOCK if f["cols_pos"] else f["cols"]
+        T = f["tokens"]
+        if rows < 1 or cols < BLOCK:
+            raise DeviceError(f"pc {pc}: empty matrix ({rows} x {cols})", ErrCode.ILLEGAL_INSTR, pc)
+        w, wbytes = self._weights(f, rows, cols, pc)
+        xq = self._buf(self.qbuf, "QBUF", f["xaddr"], f["xstride"], T, cols, pc)
+        xs = (f["xaddr"] // BLOCK, f["xstride"] // BLOCK, T, cols // BLOCK, pc)
+        yv = self._buf(self.abuf, "ABUF", f["yaddr"], f["ystride"], T, rows, pc)
+        y = mpe_model.mm(w, xq, self._buf(self.qm, "QBUF", *xs), self._buf(self.qe, "QBUF", *xs))
+        yv[...] = sfu_model.add(yv, y) if f["acc"] else y
+        st.charge("MM", self.cm.mm(wbytes, rows, cols, T, f["sp_n"]), rd=wbytes)
+
+    _x_MV = _x_MM
+
+    # -- special function unit ------------------------------------------------------------------------
+    def _x_MISC(self, f, pc, st):
+        fn = MiscOp(f["fn"])
+        rows, n = f["rows"], f["n"] + (self.pos if f["n_pos"] else 0)
+        A = lambda base, stride, nn=n: self._buf(self.abuf, "ABUF", base, stride, rows, nn, pc)  # noqa: E731
+        width = n
+        if fn == MiscOp.QUANT:
+            q, m, e = sfu_model.quant(A(f["src"], f["src_stride"]), f["imm"])
+            self._buf(self.qbuf, "QBUF", f["dst"], f["dst_stride"], rows, q.shape[1], pc)[...] = q
+            bs = (f["dst"] // BLOCK, f["dst_stride"] // BLOCK, rows, q.shape[1] // BLOCK, pc)
+            self._buf(self.qm, "QBUF", *bs)[...] = m
+            self._buf(self.qe, "QBUF", *bs)[...] = e
+        elif fn == MiscOp.SOFTMAX:
+            width = n + (rows - 1 if f["causal"] else 0)
+            valid = width - (rows - 1 - np.arange(rows)) if f["causal"] else np.full(rows, width)
+            y = sfu_model.softmax(A(f["src"], f["src_stride"], width), valid, f["imm"])
+            A(f["dst"], f["dst_stride"], width)[...] = y
+        elif fn == MiscOp.ARGMAX:
+            A(f["dst"], f["dst_stride"], 1)[...] = sfu_model.argmax(A(f["src"], f["src_stride"]))[:, None]
+        else:
+            x = A(f["src"], f["src_stride"])
+            if fn == MiscOp.COPY:
+                y = x.copy()
+            elif fn == MiscOp.ADD:
+                y = sfu_model.add(x, A(f["src2"], f["src2_stride"]))
+            elif fn == MiscOp.SILU_MUL:
+                y = sfu_model.silu_mul(x, A(f["src2"], f["src2_stride"]))
+            elif fn == MiscOp.RMSNORM:
+                y = sfu_model.rmsnorm(x, self._buf(self.abuf, "ABUF", f["src2"], 0, 1, n, pc)[0], f["imm"])
+            elif fn == MiscOp.ROPE:
+                y = sfu_model.rope(x, A(f["src2"], f["src2_stride"], f["imm"]), f["imm"])
+            else:  # pragma: no cover - MiscOp is exhaustive
+                raise DeviceError(f"pc {pc}: MISC {fn}", ErrCode.ILLEGAL_INSTR, pc)
+            A(f["dst"], f["dst_stride"])[...] = y
+        st.charge("SFU", self.cm.misc(fn, rows, width))
+
+    def _x_SYS(self, f, pc, st):
+        st.charge("SYS", self.cm.sys())
