@@ -28,6 +28,8 @@ SCALE_FIX = 24          # weight scales as integers: D = d * 2^SCALE_FIX (exact 
 ACC_FRAC = 24           # matrix-engine accumulator fraction bits
 SCALE_MANT_BITS = 11    # activation block scale mantissa (fp16's precision)
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+# Pre-quantised activation block in memory (LD QACT): m (u16), e (i8), 0 (u8), 32 x int8.
+QACT_BLOCK_BYTES = 36
 # Largest |d| or |m| a weight block may carry: keeps every engine product inside 64 bits (docs/numerics.md).
 MAX_WEIGHT_SCALE = 16.0
 
@@ -162,3 +164,14 @@ def to_fixed(x: np.ndarray, frac: int) -> np.ndarray:
 
 def sat32(x: np.ndarray) -> np.ndarray:
     return np.clip(x, INT32_MIN, INT32_MAX).astype(np.int32)
+
+
+def pack_qact(q: np.ndarray, m: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """QBUF contents (q int8 (T, C), m uint16 (T, B), e int8 (T, B)) -> LD QACT rows (uint8, T x B*36)."""
+    T, C = q.shape
+    nb = C // BLOCK
+    out = np.zeros((T, nb, QACT_BLOCK_BYTES), np.uint8)
+    out[..., 0:2] = m.astype("<u2").reshape(T, nb, 1).view(np.uint8)
+    out[..., 2] = e.astype(np.int8).view(np.uint8)
+    out[..., 4:] = q.reshape(T, nb, BLOCK).view(np.uint8)
+    return out.reshape(T, -1)

@@ -44,6 +44,7 @@ class WFmt(enum.IntEnum):
 class LdFmt(enum.IntEnum):
     I32 = 0    # copy 32-bit words into ABUF (tables, norm weights)
     Q8_0 = 1   # dequantise Q8_0 rows into ACT (embedding rows)
+    QACT = 2   # pre-quantised activation blocks into the QBUF (formats.QACT_BLOCK_BYTES per 32)
 
 
 class StFmt(enum.IntEnum):
@@ -207,8 +208,10 @@ def validate(ins: Instr) -> None:
             LdFmt(f["fmt"])
         except ValueError:
             raise ISAError(f"LD: unknown format {f['fmt']}") from None
-        if f["fmt"] == LdFmt.Q8_0 and f["cols"] % 32:
-            raise ISAError("LD Q8_0: cols must be a multiple of 32")
+        if f["fmt"] in (LdFmt.Q8_0, LdFmt.QACT) and f["cols"] % 32:
+            raise ISAError(f"LD {LdFmt(f['fmt']).name}: cols must be a multiple of 32")
+        if f["fmt"] == LdFmt.QACT and (f["dst"] % 32 or f["dst_stride"] % 32):
+            raise ISAError("LD QACT: dst and dst_stride must be multiples of 32")
     elif op == Op.ST:
         try:
             StFmt(f["fmt"])

@@ -13,7 +13,8 @@ import numpy as np
 
 from flightllm.boards import Board
 from flightllm.errors import DeviceError, ISAError
-from flightllm.formats import ACT_FRAC, BLOCK, SCALE_FIX, fp16_to_fixed, row_bytes, sat32, unpack_weights
+from flightllm.formats import (ACT_FRAC, BLOCK, QACT_BLOCK_BYTES, SCALE_FIX, fp16_to_fixed, row_bytes, sat32,
+                               unpack_weights)
 from flightllm.isa import ErrCode, Instr, LdFmt, MiscOp, Op, StFmt, SysOp, decode_at
 from flightllm.compiler.memmap import MemoryMap
 from flightllm.sim import mpe_model, sfu_model
@@ -112,7 +113,8 @@ class FunctionalSim:
     def _x_LD(self, f, pc, st):
         rows, cols = f["rows"], f["cols"]
         fmt = LdFmt(f["fmt"])
-        nbytes = cols * 4 if fmt == LdFmt.I32 else row_bytes(1, cols)
+        nbytes = {LdFmt.I32: cols * 4, LdFmt.Q8_0: row_bytes(1, cols),
+                  LdFmt.QACT: cols // BLOCK * QACT_BLOCK_BYTES}[fmt]
         base = f["addr"] + self.pos * f["pos_stride"]
         if f["idx"]:
             ia = f["idx_addr"]
@@ -123,6 +125,15 @@ class FunctionalSim:
             addrs = base + np.arange(rows, dtype=np.int64) * f["src_stride"]
         self._region(int(addrs.min()), int(addrs.max()) + nbytes, False, pc)
         raw = self.mem[addrs[:, None] + np.arange(nbytes)[None, :]]
+        if fmt == LdFmt.QACT:
+            blk = raw.reshape(rows, cols // BLOCK, QACT_BLOCK_BYTES)
+            self._buf(self.qbuf, "QBUF", f["dst"], f["dst_stride"], rows, cols, pc)[...] = \
+                blk[..., 4:].view(np.int8).reshape(rows, cols)
+            bs = (f["dst"] // BLOCK, f["dst_stride"] // BLOCK, rows, cols // BLOCK, pc)
+            self._buf(self.qm, "QBUF", *bs)[...] = blk[..., 0:2].copy().view("<u2")[..., 0]
+            self._buf(self.qe, "QBUF", *bs)[...] = blk[..., 2].view(np.int8)
+            st.charge("LD", self.cm.transfer(rows * nbytes, rows, True, rows * cols), rd=rows * nbytes)
+            return
         dst = self._buf(self.abuf, "ABUF", f["dst"], f["dst_stride"], rows, cols, pc)
         if fmt == LdFmt.I32:
             val = raw.view("<i4").reshape(rows, cols)

@@ -1,0 +1,137 @@
+"""`flightllm kernel`: one MV/MM on random device-format weights, through the runtime, on fsim or the RTL.
+
+The instruction stream is LD QACT (activations into the QBUF), then row tiles of MV/MM each followed by an ST
+of its outputs, then END. Results are checked against the reference model (fsim) and, on ``--backend rtl``,
+the RTL's outputs and cycle count are compared with the functional simulator's, bit for bit.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from flightllm import boards
+from flightllm.errors import FlightLLMError
+from flightllm.formats import (ACT_FRAC, BLOCK, GROUP, pack_qact, pack_sparse, pack_weights, row_bytes,
+                               unpack_weights)
+from flightllm.isa import LdFmt, Op, StFmt, SysOp, WFmt, assemble, make
+from flightllm.compiler.memmap import MemoryMap
+from flightllm.sim import mpe_model, sfu_model
+
+ALIGN = 64
+
+
+def random_weights(rng, rows: int, cols: int, wbits: int, sp_n: int):
+    """Device-format weight rows plus the float matrix they encode."""
+    fmt = WFmt.Q4_1 if wbits == 4 else WFmt.Q8_0
+    nb = cols // BLOCK
+    d = rng.uniform(0.002, 0.03, (rows, nb)).astype(np.float16)
+    if fmt == WFmt.Q4_1:
+        q = rng.integers(0, 16, (rows, cols))
+        m = (-8 * d.astype(np.float32) * rng.uniform(0.8, 1.2, (rows, nb))).astype(np.float16)
+    else:
+        q = rng.integers(-127, 128, (rows, cols))
+        m = None
+    keep = np.ones((rows, cols), bool)
+    if sp_n < 16:
+        g = rng.random((rows, cols // GROUP, GROUP)).argsort(-1) < sp_n
+        keep = g.reshape(rows, cols)
+        q = np.where(keep, q, 0)
+        raw = pack_sparse(q, keep, d.view(np.uint16), None if m is None else m.view(np.uint16), fmt, sp_n)
+    else:
+        raw = pack_weights(q, d.view(np.uint16), None if m is None else m.view(np.uint16), fmt)
+    dd = np.repeat(d.astype(np.float64), BLOCK, 1)
+    wf = dd * q + (np.repeat(m.astype(np.float64), BLOCK, 1) if m is not None else 0)
+    return fmt, raw, np.where(keep, wf, 0.0)
+
+
+def build(board: boards.Board, op: str, rows: int, cols: int, wbits: int, sp_n: int, seed: int, tokens: int):
+    if op not in ("mv", "mm"):
+        raise FlightLLMError("kernel: op must be mv or mm")
+    if op == "mv" and tokens != 1:
+        raise FlightLLMError("kernel mv: --tokens must be 1 (use mm)")
+    if rows < 1 or cols < BLOCK or cols % BLOCK:
+        raise FlightLLMError(f"kernel: rows must be >= 1 and cols a positive multiple of {BLOCK}")
+    if wbits not in board.accel.weight_bits:
+        raise FlightLLMError(f"kernel: board {board.name} has no {wbits}-bit weights")
+    if sp_n not in board.accel.sparsity_n:
+        raise FlightLLMError(f"kernel: board {board.name} has no {sp_n}:16 sparsity")
+    if tokens < 1 or tokens * cols > board.accel.qbuf_bytes:
+        raise FlightLLMError(f"kernel: {tokens} x {cols} activations do not fit the {board.accel.qbuf_bytes}-byte QBUF")
+    rng = np.random.default_rng(seed)
+    fmt, raw, wfloat = random_weights(rng, rows, cols, wbits, sp_n)
+    x = np.round(rng.standard_normal((tokens, cols)) * (1 << ACT_FRAC)).astype(np.int64)
+    x[:, rng.integers(0, cols, max(1, cols // 64))] *= 8          # a few outliers, as real activations have
+    xq, xm, xe = sfu_model.quant(x, ACT_FRAC)
+    qact = pack_qact(xq, xm, xe)
+    tile = min(rows, board.accel.abuf_words // tokens)
+
+    mm = MemoryMap()
+    rin = mm.add("weights", raw.nbytes + qact.nbytes + ALIGN, writable=False)
+    w_addr, x_addr = rin.base, rin.base + -(-raw.nbytes // ALIGN) * ALIGN
+    out = mm.add("out", rows * tokens * 4, writable=True)
+    prog = [make(Op.LD, fmt=LdFmt.QACT, dst=0, addr=x_addr, rows=tokens, cols=cols, src_stride=qact.shape[1],
+                 dst_stride=cols)]
+    rb = raw.shape[1]
+    for r0 in range(0, rows, tile):
+        n = min(tile, rows - r0)
+        prog.append(make(Op.MV if op == "mv" else Op.MM, fmt=fmt, sp_n=sp_n, waddr=w_addr + r0 * rb, wstride=rb,
+                         rows=n, cols=cols, tokens=tokens, xaddr=0, xstride=cols, yaddr=0, ystride=n))
+        prog.append(make(Op.ST, fmt=StFmt.I32, src=0, addr=out.base + r0 * 4, rows=tokens, cols=n, src_stride=n,
+                         dst_stride=rows * 4, elem_stride=4))
+    prog.append(make(Op.SYS, fn=SysOp.END))
+    words = assemble(prog)
+    pr = mm.add("program", words.nbytes, writable=False)
+    img = np.zeros(mm.top, np.uint8)
+    img[w_addr: w_addr + raw.nbytes] = raw.reshape(-1)
+    img[x_addr: x_addr + qact.nbytes] = qact.reshape(-1)
+    img[pr.base: pr.base + words.nbytes] = words.view(np.uint8)
+    ref = mpe_model.mm(mpe_model.Weights(*unpack_weights(raw, fmt, sp_n, rows, cols), fmt), xq, xm, xe)
+    return dict(image=img, memmap=mm, prog_addr=pr.base, out=out.base, ref=ref, x=x, wfloat=wfloat,
+                bytes_read=raw.nbytes + qact.nbytes)
+
+
+def open_device(backend: str, board: boards.Board, mem_size: int, memmap: MemoryMap):
+    if backend == "fsim":
+        from flightllm.sim.fsim import FunctionalSim
+
+        return FunctionalSim(board, mem_size, memmap)
+    if backend == "rtl":
+        try:
+            from flightllm.sim.rtl_device import RtlDevice
+        except ImportError as e:
+            raise FlightLLMError(f"backend 'rtl' is unavailable: {e}") from None
+        return RtlDevice(board, mem_size, memmap)
+    raise FlightLLMError(f"kernel: unknown backend '{backend}' (fsim or rtl)")
+
+
+def _execute(dev, k, rows, tokens):
+    dev.mem[: k["image"].size] = k["image"]
+    st = dev.run(k["prog_addr"], 0)
+    y = dev.mem[k["out"]: k["out"] + rows * tokens * 4].view("<i4").reshape(tokens, rows).copy()
+    return y, st
+
+
+def run(op: str = "mv", backend: str = "fsim", board: str = "sim", rows: int = 1536, cols: int = 576,
+        wbits: int = 4, sparsity: int = 16, seed: int = 0, tokens: int = 1) -> dict:
+    b = boards.load(board)
+    k = build(b, op, rows, cols, wbits, sparsity, seed, tokens)
+    from flightllm.sim.fsim import FunctionalSim
+
+    fs = FunctionalSim(b, k["image"].size, k["memmap"])
+    y_f, st_f = _execute(fs, k, rows, tokens)
+    if backend == "fsim":
+        y, st, exact = y_f, st_f, bool(np.array_equal(y_f, k["ref"]))
+    else:
+        dev = open_device(backend, b, k["image"].size, k["memmap"])
+        y, st = _execute(dev, k, rows, tokens)
+        exact = bool(np.array_equal(y, y_f))
+    fl = (k["x"].astype(np.float64) / (1 << ACT_FRAC)) @ k["wfloat"].T
+    roof = int(np.ceil(k["bytes_read"] / b.mem_bytes_per_cycle))
+    res = {"bit_exact": exact, "max_abs_err_vs_float": float(np.abs(y / (1 << ACT_FRAC) - fl).max()),
+           "cycles": int(st.cycles), "roofline_cycles": roof, "efficiency": round(roof / st.cycles, 4),
+           "op": op, "backend": backend, "board": b.name, "rows": rows, "cols": cols, "wbits": wbits,
+           "sparsity": f"{sparsity}:16", "tokens": tokens, "weight_bytes": int(rows * row_bytes(
+               WFmt.Q4_1 if wbits == 4 else WFmt.Q8_0, cols, sparsity))}
+    if backend != "fsim":
+        res["fsim_cycles"] = int(st_f.cycles)
+        res["cycle_model_error"] = round(abs(st_f.cycles - st.cycles) / st.cycles, 4)
+    return res
