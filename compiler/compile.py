@@ -92,7 +92,7 @@ def compile_model(model: Model, board: boards.Board, ctx: int | None = None) -> 
             name = f"{'all' if all_logits else 'fwd'}{T}"
             words = assemble(low.forward(T, all_logits))
             progs[name] = {"addr": poff, "words": int(words.size), "tokens": T, "all_logits": all_logits,
-                           "instructions": len(low.prog)}
+                           "instructions": len(low.prog), "layer_ends": list(low.layer_ends)}
             blobs.append((poff, words.view(np.uint8)))
             poff = _align(poff + words.nbytes)
     mm.add("program", poff - pbase, writable=False)

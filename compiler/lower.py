@@ -69,6 +69,7 @@ class Lowering:
         self.smax_mult = round(LOG2E_Q16 / math.sqrt(cfg.head_dim))
         self.kv_shift = ACT_FRAC - KV_FRAC
         self.prog: list[Instr] = []
+        self.layer_ends: list[int] = []     # instruction index of each layer's last instruction (for tracing)
 
     # -- emit helpers -------------------------------------------------------------------------------
     def _e(self, op: Op, **kw):
@@ -102,7 +103,7 @@ class Lowering:
         KV = cfg.n_kv_heads * hd
         group = cfg.n_heads // cfg.n_kv_heads
         emb = pl.mats["token_embd"]
-        self.prog = []
+        self.prog, self.layer_ends = [], []
         # embedding rows gathered by token id (Q8_0 -> ACT)
         self._e(Op.LD, fmt=LdFmt.Q8_0, idx=1, dst=A["x"], addr=emb.addr, rows=T, cols=H, src_stride=emb.stride,
                 dst_stride=H, idx_addr=pl.tokens)
@@ -153,6 +154,7 @@ class Lowering:
                       src2_stride=F, dst_stride=F)
             self.quant(A["g"], Q["x"], F, T, F, F)
             self.mm(M("ffn_down"), Q["x"], F, A["x"], H, T, acc=1)
+            self.layer_ends.append(len(self.prog) - 1)
         self.norm("output_norm", T)
         head = pl.mats["output"]
         toks = range(T) if all_logits else [T - 1]

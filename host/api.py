@@ -132,8 +132,13 @@ class LLM:
             raise FlightLLMError("eval needs a text of at least 2 tokens")
         self.rt.check_length(len(ids))
         logits, st = self.rt.forward(ids, 0, all_logits=True)
-        lp = logits[:-1].astype(np.float64)
-        mx = lp.max(-1, keepdims=True)
-        lse = (mx + np.log(np.exp(lp - mx).sum(-1, keepdims=True)))[:, 0]
-        nll = lse - lp[np.arange(len(ids) - 1), ids[1:]]
-        return {"tokens": len(ids), "perplexity": float(math.exp(nll.mean())), "cycles": st.cycles}
+        return {"tokens": len(ids), "perplexity": perplexity(logits, ids), "cycles": st.cycles}
+
+
+def perplexity(logits: np.ndarray, ids) -> float:
+    """exp(mean negative log-likelihood of ids[1:] under logits[:-1]), in float64."""
+    lp = logits[:-1].astype(np.float64)
+    mx = lp.max(-1, keepdims=True)
+    lse = (mx + np.log(np.exp(lp - mx).sum(-1, keepdims=True)))[:, 0]
+    nll = lse - lp[np.arange(len(ids) - 1), np.asarray(ids[1:])]
+    return float(math.exp(nll.mean()))

@@ -102,11 +102,14 @@ class FunctionalSim:
             self._pcache[addr] = prog
         return prog
 
-    def run(self, addr: int, pos: int = 0) -> RunStats:
+    def run(self, addr: int, pos: int = 0, trace=None) -> RunStats:
+        """Execute the program at byte address ``addr`` with POS = pos; ``trace(i, pc, ins, sim)`` after each."""
         self.pos = int(pos)
         st = RunStats()
-        for pc, ins in self._program(addr):
+        for i, (pc, ins) in enumerate(self._program(addr)):
             getattr(self, f"_x_{ins.op.name}")(ins.f, pc, st)
+            if trace is not None:
+                trace(i, pc, ins, self)
         return st
 
     # -- LD / ST --------------------------------------------------------------------------------------

@@ -1,0 +1,41 @@
+import pytest
+
+from flightllm import boards
+
+
+def test_every_board_loads_and_derives():
+    names = boards.names()
+    assert {"sim", "u280", "vhk158", "zcu104", "kv260", "pynq-z2"} <= set(names)
+    for n in names:
+        b = boards.load(n)
+        assert b.mem_bytes_per_cycle > 0 and b.accel.macs_per_cycle > 0
+        assert 1 in b.accel.prefill_buckets
+
+
+def test_u280_figures_come_from_its_file():
+    b = boards.load("u280")
+    assert b.memory.channels == 32
+    assert b.clock_mhz == 225.0
+    assert b.bandwidth_gbps == pytest.approx(460.0, rel=1e-3)
+    assert b.resources["dsp"] == 9024
+    assert b.accel.dsps <= b.resources["dsp"]
+
+
+def test_sim_board_is_one_64_byte_port():
+    b = boards.load("sim")
+    assert b.memory.channels == 1 and b.mem_bytes_per_cycle == 64
+
+
+def test_unknown_board_is_a_clear_error():
+    with pytest.raises(boards.BoardError, match="unknown board 'nope'"):
+        boards.load("nope")
+
+
+def test_bad_board_file(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text('name = "bad"\nfamily = "x"\nclock_mhz = 100\n[memory]\nkind="x"\n')
+    with pytest.raises(boards.BoardError, match="missing 'accel'"):
+        boards.load(str(p))
+    p.write_text("not toml [")
+    with pytest.raises(boards.BoardError):
+        boards.load(str(p))
