@@ -262,3 +262,16 @@ class ErrCode(enum.IntEnum):
     MISALIGNED = 5        # an access not aligned to its element size
     AXI_ERROR = 6         # the memory system answered SLVERR/DECERR
     WATCHDOG = 7          # no instruction retired for too long
+
+
+def markdown_fields() -> str:
+    """The field tables of docs/isa.md, generated from :data:`FIELDS` (a test keeps the doc in step)."""
+    out = []
+    for op in Op:
+        out.append(f"### {op.name} ({NWORDS[op]} words)\n\n| bits | field | width |\n|---|---|---|")
+        pos = 0
+        for name, bits in FIELDS[op]:
+            out.append(f"| {pos}..{pos + bits - 1} | `{name}` | {bits} |")
+            pos += bits
+        out.append("")
+    return "\n".join(out)

@@ -82,3 +82,19 @@ def test_decode_cycles_and_bytes(rt):
     assert st2.bytes_read > st1.bytes_read          # one more KV position
     eff = st1.bytes_read / board.mem_bytes_per_cycle / st1.cycles
     assert 0.85 < eff <= 1.0
+
+
+def test_greedy_matches_fp32_without_near_ties(artifact, reference, codec):
+    """Where no near-tie intervenes, the integer datapath generates exactly the fp32 reference's tokens."""
+    from flightllm.host.api import LLM
+
+    llm = LLM.__new__(LLM)                       # reuse the session's artifact and codec
+    llm.art, llm.codec, llm.rt = artifact, codec, Runtime(artifact)
+    llm.stop_ids, llm.last = set(artifact.header["stop_ids"]), None
+    r = llm.generate("What is the capital of Germany?", 10, chat=True)
+    assert r.text == "The capital of Germany is Berlin."
+    ids = list(r.prompt_token_ids)
+    for t in r.token_ids:
+        lg, _ = reference.forward(ids)
+        assert int(lg[-1].argmax()) == t
+        ids.append(t)

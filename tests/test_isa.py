@@ -103,3 +103,10 @@ def test_disasm_text_names_the_operation():
     ins = isa.make(Op.MV, fmt=WFmt.Q4_1, sp_n=8, rows=192, cols=576, tokens=1, waddr=0x1000)
     s = str(ins)
     assert s.startswith("MV.Q4_1.8:16") and "rows=192" in s and "waddr=0x1000" in s
+
+
+def test_docs_carry_the_generated_field_tables():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "isa.md").read_text()
+    assert isa.markdown_fields().strip() in doc, "docs/isa.md is stale: paste isa.markdown_fields() into it"
