@@ -1,8 +1,8 @@
 """Host runtime: loads a compiled artifact onto a device and runs forward passes on it.
 
-A device is anything with device memory, the POS register and "run the program at address A": the functional
-simulator (``fsim``) today; the Verilator model of the RTL behind pynq's Device interface (``rtl``) and a real
-board through PYNQ (``board``) plug in behind the same calls.
+A device offers write_mem / read_mem / run(program address, POS): the functional simulator called directly
+(``fsim``), or host/driver.py's Accelerator over pynq — the Verilator model of the RTL behind pynq's Device
+interface (``rtl``) or a real board (``board``).
 """
 from __future__ import annotations
 
@@ -37,23 +37,68 @@ def split_buckets(n: int, buckets: list[int]) -> list[int]:
     return out
 
 
-def open_device(backend: str, board: boards.Board, art: Artifact):
-    if backend == "fsim":
+class DirectSim:
+    """The functional simulator called directly: the fast path for `--backend fsim`."""
+
+    def __init__(self, board: boards.Board, art: Artifact):
         from flightllm.sim.fsim import FunctionalSim
 
-        dev = FunctionalSim(board, art.mem_size, art.memmap)
-        dev.mem[: art.image.size] = art.image
-        return dev
+        self.sim = FunctionalSim(board, art.mem_size, art.memmap)
+        self.sim.mem[: art.image.size] = art.image
+
+    def write_mem(self, addr: int, data: np.ndarray) -> None:
+        b = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+        self.sim.mem[addr: addr + b.size] = b
+
+    def read_mem(self, addr: int, n: int) -> np.ndarray:
+        return self.sim.mem[addr: addr + n].copy()
+
+    def run(self, addr: int, pos: int):
+        return self.sim.run(addr, pos)
+
+    def close(self):
+        pass
+
+
+def open_device(backend: str, board: boards.Board, art: Artifact):
+    """fsim: the simulator directly. rtl: the Verilator model behind pynq's Device interface, driven by the
+    same driver as a board. board: the first real device pynq finds."""
+    if backend == "fsim":
+        return DirectSim(board, art)
+    if backend not in ("rtl", "board"):
+        raise FlightLLMError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
+    from flightllm.host.driver import Accelerator
+
     if backend == "rtl":
-        raise FlightLLMError("backend 'rtl': whole-model decode on the RTL is not available yet "
-                             "(the matrix engine runs on Verilator through `flightllm kernel --backend rtl`)")
-    if backend == "board":
+        from flightllm.sim.pynq_device import SimulatedDevice
+
+        dev = SimulatedDevice.configure(board, "rtl", art.mem_size, art.memmap)
+    else:
+        dev = find_board()
+    acc = Accelerator(dev)
+    acc.load(art.image, art.mem_size)
+    return acc
+
+
+def find_board():
+    """The first real FPGA device pynq can see, or a one-line error."""
+    import warnings
+
+    from pynq.pl_server.device import Device
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            devs = [d for d in Device.devices if not type(d).__name__.startswith("SimulatedDevice")]
+        except Exception as e:  # noqa: BLE001 - pynq's probes raise assorted errors without hardware
+            raise FlightLLMError(f"backend 'board': pynq could not probe devices ({e})") from None
+    if not devs:
         raise FlightLLMError("backend 'board': no FPGA board found (pynq sees no device)")
-    raise FlightLLMError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
+    return devs[0]
 
 
 class Runtime:
-    def __init__(self, art: Artifact, backend: str = "fsim"):
+    def __init__(self, art: Artifact, backend: str = "fsim", device=None):
         self.art = art
         self.board = boards.load(art.header["board"])
         self.backend = backend
@@ -61,7 +106,7 @@ class Runtime:
         self.vocab = int(art.header["model"]["vocab"])
         self.buckets = list(art.header["buckets"])
         self.io = art.header["io"]
-        self.dev = open_device(backend, self.board, art)
+        self.dev = device if device is not None else open_device(backend, self.board, art)
 
     def check_length(self, n_tokens: int) -> None:
         if n_tokens > self.ctx:
@@ -77,8 +122,7 @@ class Runtime:
         outs = []
         i = 0
         for T in split_buckets(len(tokens), self.buckets):
-            chunk = np.asarray(tokens[i: i + T], dtype="<i4")
-            self.dev.mem[self.io["tokens"]: self.io["tokens"] + 4 * T] = chunk.view(np.uint8)
+            self.dev.write_mem(self.io["tokens"], np.asarray(tokens[i: i + T], dtype="<i4"))
             prog = self.art.program(f"{'all' if all_logits else 'fwd'}{T}")
             rs = self.dev.run(prog["addr"], pos + i)
             st.cycles += rs.cycles
@@ -87,8 +131,11 @@ class Runtime:
             st.instructions += rs.instructions
             st.chunks.append((T, rs.cycles))
             rows = T if all_logits else 1
-            lg = self.dev.mem[self.io["logits"]: self.io["logits"] + 4 * rows * self.vocab].view("<i4")
+            lg = self.dev.read_mem(self.io["logits"], 4 * rows * self.vocab).view("<i4")
             outs.append(lg.reshape(rows, self.vocab).astype(np.float32) / (1 << ACT_FRAC))
             i += T
         logits = np.concatenate(outs) if all_logits else outs[-1]
         return logits, st
+
+    def close(self):
+        self.dev.close()

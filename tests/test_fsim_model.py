@@ -32,8 +32,8 @@ def test_per_layer_error_is_bounded(artifact, rt, reference, codec):
         if i in ends:
             caps.append(sim.abuf[xa: xa + 16 * H].reshape(16, H) / 4096.0)
 
-    rt.dev.mem[h["io"]["tokens"]: h["io"]["tokens"] + 64] = np.array(ids, "<i4").view(np.uint8)
-    rt.dev.run(artifact.program("fwd16")["addr"], 0, trace=trace)
+    rt.dev.write_mem(h["io"]["tokens"], np.array(ids, "<i4"))
+    rt.dev.sim.run(artifact.program("fwd16")["addr"], 0, trace=trace)
     assert len(caps) == 30
     rel = [float((np.linalg.norm(c - r, axis=-1) / np.linalg.norm(r, axis=-1)).max()) for c, r in zip(caps, resid)]
     for l, (e, b) in enumerate(zip(rel, LAYER_BOUND)):
