@@ -14,6 +14,7 @@ from flightllm import boards
 from flightllm.errors import FlightLLMError
 from flightllm.formats import ACT_FRAC
 from flightllm.compiler.artifact import Artifact
+from flightllm.compiler.validate import check_artifact
 
 BACKENDS = ("fsim", "rtl", "board")
 
@@ -106,6 +107,7 @@ class Runtime:
         self.vocab = int(art.header["model"]["vocab"])
         self.buckets = list(art.header["buckets"])
         self.io = art.header["io"]
+        check_artifact(art, self.board)          # nothing malformed reaches a device
         self.dev = device if device is not None else open_device(backend, self.board, art)
 
     def check_length(self, n_tokens: int) -> None:

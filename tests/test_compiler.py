@@ -4,6 +4,7 @@ import pytest
 
 from flightllm import boards, isa
 from flightllm.compiler import Artifact, compile_model
+from flightllm.compiler.validate import check_artifact, check_program
 from flightllm.errors import CompileError
 from flightllm.isa import LdFmt, Op, StFmt, WFmt
 
@@ -28,42 +29,30 @@ def test_weights_are_the_gguf_blocks(artifact, smollm2):
     assert found >= artifact.memmap["weights"].base
 
 
-def _accesses(ins, pos_max, ctx):
-    """(lo, hi, write) byte ranges an instruction touches for POS in [0, pos_max]."""
-    f = ins.f
-    out = []
-    for pos in (0, pos_max):
-        if ins.op == Op.LD and not f["idx"]:
-            nb = f["cols"] * 4 if f["fmt"] == LdFmt.I32 else f["cols"] // 32 * 34
-            lo = f["addr"] + pos * f["pos_stride"]
-            out.append((lo, lo + (f["rows"] - 1) * f["src_stride"] + nb, False))
-        elif ins.op == Op.ST:
-            es = 4 if f["fmt"] == StFmt.I32 else 2
-            lo = f["addr"] + pos * f["pos_stride"]
-            hi = lo + (f["rows"] - 1) * f["dst_stride"] + (f["cols"] - 1) * f["elem_stride"] + es
-            out.append((lo, hi, True))
-        elif ins.op in (Op.MM, Op.MV):
-            rows = f["rows"] + (pos if f["rows_pos"] else 0)
-            cols = -(-(f["cols"] + pos) // 32) * 32 if f["cols_pos"] else f["cols"]
-            from flightllm.formats import row_bytes
-            out.append((f["waddr"], f["waddr"] + (rows - 1) * f["wstride"] + row_bytes(f["fmt"], cols, f["sp_n"]),
-                        False))
-    return out
-
-
-def test_every_access_stays_in_its_region(artifact):
+def test_every_access_stays_in_its_region(artifact, sim_board):
     """Static check over all programs at the smallest and largest legal POS (POS + T <= ctx)."""
+    check_artifact(artifact, sim_board)
+
+
+def test_validator_rejects_out_of_region_and_overflowing_streams(artifact, sim_board):
     mm = artifact.memmap
-    ctx = artifact.header["ctx"]
-    for name, p in artifact.header["programs"].items():
-        prog = isa.disassemble(artifact.program_words(name))
-        assert prog[-1][1].op == Op.SYS
-        assert len(prog) == p["instructions"]
-        for _, ins in prog:
-            for lo, hi, write in _accesses(ins, ctx - p["tokens"], ctx):
-                r = [r for r in mm.regions.values() if r.base <= lo and hi <= r.end]
-                assert r, f"{name}: {ins} touches [{lo:#x},{hi:#x}) outside every region"
-                assert r[0].writable or not write
+    w = artifact.memmap["weights"]
+    bad_st = [isa.make(Op.ST, fmt=StFmt.I32, src=0, addr=w.base, rows=1, cols=4, src_stride=4, dst_stride=16,
+                       elem_stride=4), isa.make(Op.SYS, fn=1)]
+    with pytest.raises(CompileError, match="writes read-only region 'weights'"):
+        check_program(isa.assemble(bad_st), mm, 0, sim_board.accel.abuf_words, sim_board.accel.qbuf_bytes)
+    past = [isa.make(Op.LD, fmt=LdFmt.I32, dst=0, addr=mm.top - 8, rows=1, cols=4, src_stride=16, dst_stride=4),
+            isa.make(Op.SYS, fn=1)]
+    with pytest.raises(CompileError, match="outside every region"):
+        check_program(isa.assemble(past), mm, 0, sim_board.accel.abuf_words, sim_board.accel.qbuf_bytes)
+    big = [isa.make(Op.MISC, fn=0, src=0, dst=sim_board.accel.abuf_words - 10, n=20, rows=1), isa.make(Op.SYS, fn=1)]
+    with pytest.raises(CompileError, match="ABUF"):
+        check_program(isa.assemble(big), mm, 0, sim_board.accel.abuf_words, sim_board.accel.qbuf_bytes)
+    pos_dep = [isa.make(Op.ST, fmt=StFmt.I16, src=0, addr=mm["logits"].end - 256, rows=1, cols=64, src_stride=64,
+                        dst_stride=128, elem_stride=2, pos_stride=128), isa.make(Op.SYS, fn=1)]
+    check_program(isa.assemble(pos_dep), mm, 0, sim_board.accel.abuf_words, sim_board.accel.qbuf_bytes)
+    with pytest.raises(CompileError, match="writes read-only region 'program'"):     # at POS 2 it spills over
+        check_program(isa.assemble(pos_dep), mm, 2, sim_board.accel.abuf_words, sim_board.accel.qbuf_bytes)
 
 
 def test_decode_program_is_position_independent(artifact):
@@ -97,6 +86,9 @@ def test_context_limits(smollm2):
         compile_model(smollm2, boards.load("sim"), ctx=16384)
 
 
-def test_board_too_small_is_a_clear_error(smollm2):
+def test_board_too_small_is_a_clear_error(smollm2, tmp_path):
+    src = (boards.BOARD_DIR / "sim.toml").read_text().replace("abuf_words = 262144", "abuf_words = 16384")
+    p = tmp_path / "tiny.toml"
+    p.write_text(src.replace('name = "sim"', 'name = "tiny"'))
     with pytest.raises(CompileError, match="ABUF too small"):
-        compile_model(smollm2, boards.load("pynq-z2"), ctx=512)
+        compile_model(smollm2, boards.load(str(p)), ctx=512)

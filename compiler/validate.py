@@ -1,0 +1,102 @@
+"""Static validation of an artifact before anything reaches a device.
+
+Every program must decode, end, and keep every memory access inside a region with the right permission and
+every on-chip access inside its buffer, for every run-time POS the runtime can set (0 .. ctx - tokens). The
+device enforces the same rules at run time (the simulators and the RTL stop with an error code); this check
+turns a corrupt or hostile artifact into one clear error before it is loaded.
+"""
+from __future__ import annotations
+
+from flightllm.errors import CompileError, ISAError
+from flightllm.formats import BLOCK, QACT_BLOCK_BYTES, row_bytes
+from flightllm.isa import LdFmt, MiscOp, Op, StFmt, disassemble
+from flightllm.compiler.memmap import MemoryMap
+
+
+def _mem_ranges(ins, pos: int, tokens_max: int):
+    """(lo, hi, write) memory byte ranges of one instruction at POS = pos."""
+    f = ins.f
+    if ins.op == Op.LD:
+        nb = {LdFmt.I32: f["cols"] * 4, LdFmt.Q8_0: row_bytes(1, f["cols"]),
+              LdFmt.QACT: f["cols"] // BLOCK * QACT_BLOCK_BYTES}[LdFmt(f["fmt"])]
+        if f["idx"]:
+            # gathered rows: the index words, and the whole table the ids may select (checked at run time)
+            return [(f["idx_addr"], f["idx_addr"] + 4 * f["rows"], False)]
+        lo = f["addr"] + pos * f["pos_stride"]
+        return [(lo, lo + (f["rows"] - 1) * f["src_stride"] + nb, False)]
+    if ins.op == Op.ST:
+        es = 4 if f["fmt"] == StFmt.I32 else 2
+        lo = f["addr"] + pos * f["pos_stride"]
+        return [(lo, lo + (f["rows"] - 1) * f["dst_stride"] + (f["cols"] - 1) * f["elem_stride"] + es, True)]
+    if ins.op in (Op.MM, Op.MV):
+        rows = f["rows"] + (pos if f["rows_pos"] else 0)
+        cols = -(-(f["cols"] + pos) // BLOCK) * BLOCK if f["cols_pos"] else f["cols"]
+        return [(f["waddr"], f["waddr"] + (rows - 1) * f["wstride"] + row_bytes(f["fmt"], cols, f["sp_n"]), False)]
+    return []
+
+
+def _buf_ranges(ins, pos: int):
+    """(buffer, lo, hi) on-chip ranges, buffer in {'A', 'Q'} (ABUF words, QBUF elements)."""
+    f = ins.f
+    span = lambda base, stride, rows, n: (base, base + (rows - 1) * stride + n)  # noqa: E731
+    if ins.op == Op.LD:
+        return [("Q" if f["fmt"] == LdFmt.QACT else "A", *span(f["dst"], f["dst_stride"], f["rows"], f["cols"]))]
+    if ins.op == Op.ST:
+        return [("A", *span(f["src"], f["src_stride"], f["rows"], f["cols"]))]
+    if ins.op in (Op.MM, Op.MV):
+        rows = f["rows"] + (pos if f["rows_pos"] else 0)
+        cols = -(-(f["cols"] + pos) // BLOCK) * BLOCK if f["cols_pos"] else f["cols"]
+        return [("Q", *span(f["xaddr"], f["xstride"], f["tokens"], cols)),
+                ("A", *span(f["yaddr"], f["ystride"], f["tokens"], rows))]
+    if ins.op == Op.MISC:
+        fn = MiscOp(f["fn"])
+        n = f["n"] + (pos if f["n_pos"] else 0)
+        w = n + (f["rows"] - 1 if fn == MiscOp.SOFTMAX and f["causal"] else 0)
+        out = [("A", *span(f["src"], f["src_stride"], f["rows"], w))]
+        if fn == MiscOp.QUANT:
+            out.append(("Q", *span(f["dst"], f["dst_stride"], f["rows"], -(-n // BLOCK) * BLOCK)))
+        else:
+            out.append(("A", *span(f["dst"], f["dst_stride"], f["rows"], 1 if fn == MiscOp.ARGMAX else w)))
+        if fn in (MiscOp.ADD, MiscOp.SILU_MUL, MiscOp.ROPE):
+            out.append(("A", *span(f["src2"], f["src2_stride"], f["rows"], f["imm"] if fn == MiscOp.ROPE else n)))
+        if fn == MiscOp.RMSNORM:
+            out.append(("A", f["src2"], f["src2"] + n))
+        return out
+    return []
+
+
+def check_program(words, memmap: MemoryMap, pos_max: int, abuf_words: int, qbuf_bytes: int, name: str = "program"):
+    try:
+        prog = disassemble(words)
+    except ISAError as e:
+        raise CompileError(f"{name}: {e}") from None
+    regions = list(memmap.regions.values())
+    for pc, ins in prog:
+        for pos in {0, pos_max}:
+            for lo, hi, write in _mem_ranges(ins, pos, 0):
+                r = next((r for r in regions if r.base <= lo and hi <= r.end), None)
+                if r is None:
+                    raise CompileError(f"{name} pc {pc}: {ins.op.name} touches [{lo:#x}, {hi:#x}) outside every "
+                                       f"region (POS {pos})")
+                if write and not r.writable:
+                    raise CompileError(f"{name} pc {pc}: {ins.op.name} writes read-only region '{r.name}'")
+            for buf, lo, hi in _buf_ranges(ins, pos):
+                cap = abuf_words if buf == "A" else qbuf_bytes
+                if hi > cap:
+                    raise CompileError(f"{name} pc {pc}: {ins.op.name} reaches {'ABUF' if buf == 'A' else 'QBUF'} "
+                                       f"entry {hi} of {cap} (POS {pos})")
+    return prog
+
+
+def check_artifact(art, board) -> None:
+    """Validate every program of an artifact against its memory map and the board's buffers."""
+    h = art.header
+    mm = art.memmap
+    if mm.top > art.mem_size or art.image.size > art.mem_size:
+        raise CompileError("artifact: image or regions larger than its device memory")
+    for name, p in h["programs"].items():
+        r = mm["program"]
+        if not (r.base <= p["addr"] and p["addr"] + 4 * p["words"] <= r.end):
+            raise CompileError(f"artifact: program {name} lies outside the program region")
+        check_program(art.program_words(name), mm, int(h["ctx"]) - int(p["tokens"]), board.accel.abuf_words,
+                      board.accel.qbuf_bytes, name)
