@@ -69,11 +69,32 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("-n", "--max-tokens", type=int, default=16)
     b.add_argument("--json", action="store_true")
 
+    fz = sub.add_parser("fuzz", help="mutation-fuzz the GGUF loader or the instruction decoder/executor")
+    fz.add_argument("target", choices=["gguf", "isa"])
+    fz.add_argument("-n", "--cases", type=int, default=10000)
+    fz.add_argument("--seed", type=int, default=0)
+    fz.add_argument("--json", action="store_true")
+
     bl = sub.add_parser("boards", help="list board definitions")
     bl.add_argument("--json", action="store_true")
 
     i = sub.add_parser("info", help="model and compiled-layout summary")
     _model_args(i, backend=False)
+
+    # board build flow (hw/flow/): vendor projects, resource estimates, loading through pynq
+    bd = sub.add_parser("build", help="Verilog + vendor project for a board (Vitis xclbin / Vivado bit+hwh)")
+    bd.add_argument("--board", required=True)
+    bd.add_argument("-o", "--output", default=None, help="project folder (default: build/<board>)")
+    bd.add_argument("--run", action="store_true", help="also run vivado / v++ (they must be on PATH)")
+    bd.add_argument("--estimate", action="store_true", help="yosys synth_xilinx resource estimate (cached)")
+    bd.add_argument("--no-cache", action="store_true", help="with --estimate: synthesise again")
+    bd.add_argument("--json", action="store_true")
+    dv = sub.add_parser("devices", help="FPGA devices pynq sees (exit 1 when there are none)")
+    dv.add_argument("--json", action="store_true")
+    fl = sub.add_parser("flash", help="load a .bit (+.hwh) / .xclbin onto the board through pynq")
+    fl.add_argument("--board", required=True)
+    fl.add_argument("path")
+    fl.add_argument("--device", type=int, default=0, help="device index (see `flightllm devices`)")
     return ap
 
 
@@ -208,6 +229,20 @@ def cmd_bench(a) -> int:
     return 0
 
 
+def cmd_fuzz(a) -> int:
+    from flightllm import fuzz
+
+    if a.cases < 1:
+        raise FlightLLMError("fuzz: --cases must be at least 1")
+    r = fuzz.run(a.target, a.cases, a.seed)
+    if a.json:
+        print(json.dumps(r.to_dict()))
+    else:
+        for k_, v in r.to_dict().items():
+            print(f"{k_:>22}: {v}")
+    return 0 if r.clean else 1
+
+
 def cmd_boards(a) -> int:
     from flightllm import boards
 
@@ -230,6 +265,59 @@ def cmd_info(a) -> int:
     print(json.dumps({"model": h["model"], "board": h["board"], "ctx": h["ctx"], "buckets": h["buckets"],
                       "weight_bytes": h["weight_bytes"], "memmap": h["memmap"],
                       "programs": {k: v["instructions"] for k, v in h["programs"].items()}}, indent=1))
+    return 0
+
+
+def cmd_build(a) -> int:
+    from flightllm import boards
+    from flightllm.hw import flow
+
+    b = boards.load(a.board)
+    if a.estimate:
+        from flightllm.hw.flow.estimate import estimate
+
+        r = estimate(b, use_cache=not a.no_cache, progress=None if a.json else lambda m: print(m, file=sys.stderr))
+        if a.json:
+            print(json.dumps(r))
+        else:
+            for k_ in ("dsp", "lut", "ff", "bram", "uram"):
+                av = (r["available"] or {}).get(k_)
+                print(f"{k_:>5}: {r[k_]:>10g}" + (f"  of {av:g} available ({r[k_] / av * 100:.1f}%)" if av else ""))
+            print(f" fits: {r['fits']}\n{r['method']}")
+        return 0 if r["fits"] is not False else 1
+    prj = flow.build(b, a.output or os.path.join("build", b.name), run=a.run)
+    if a.json:
+        print(json.dumps({"board": b.name, "out": str(prj.out), "files": prj.files, "commands": prj.shell_commands(),
+                          "outputs": prj.outputs, "notes": prj.notes, "ran": a.run}))
+        return 0
+    print(f"{prj.out}: " + ", ".join(prj.files))
+    for n in prj.notes:
+        print(f"note: {n}")
+    if not a.run and prj.commands:
+        print("to build the " + " + ".join(prj.outputs[-2:]) + " with the vendor tools, run:")
+        for c in prj.shell_commands():
+            print(f"  {c}")
+    return 0
+
+
+def cmd_devices(a) -> int:
+    from flightllm.hw.flow.device import NoDevice, devices
+
+    try:
+        ds = devices()
+    except NoDevice as e:
+        print(json.dumps([]) if a.json else f"flightllm: {e}", file=sys.stdout if a.json else sys.stderr)
+        return 1
+    print(json.dumps(ds) if a.json else "\n".join(f"{d['index']}: {d['name']} ({d['type']})" for d in ds))
+    return 0
+
+
+def cmd_flash(a) -> int:
+    from flightllm import boards
+    from flightllm.hw.flow.device import flash
+
+    r = flash(boards.load(a.board), a.path, a.device)
+    print(f"loaded {r['file']} on {r['device']}; IP: {', '.join(r['ip']) or '-'}")
     return 0
 
 

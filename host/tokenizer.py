@@ -22,16 +22,19 @@ def build_tokenizer_json(tok: dict) -> str:
         if not sep:
             raise ModelError(f"malformed BPE merge {m!r}")
         pairs.append((a, b))
-    tk = Tokenizer(models.BPE(vocab, pairs, ignore_merges=False))
-    pre = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
-    if tok.get("pre") in ("smollm", "starcoder", "refact", "qwen2", "llama3", "llama-bpe", "deepseek-llm"):
-        pre.insert(0, pre_tokenizers.Digits(individual_digits=tok.get("pre") in ("smollm", "starcoder", "refact")))
-    tk.pre_tokenizer = pre_tokenizers.Sequence(pre)
-    tk.decoder = decoders.ByteLevel()
-    types = tok.get("token_type") or []
-    tk.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                           for t, ty in zip(tokens, types) if ty == CONTROL])
-    return tk.to_str()
+    try:
+        tk = Tokenizer(models.BPE(vocab, pairs, ignore_merges=False))
+        pre = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+        if tok.get("pre") in ("smollm", "starcoder", "refact", "qwen2", "llama3", "llama-bpe", "deepseek-llm"):
+            pre.insert(0, pre_tokenizers.Digits(individual_digits=tok.get("pre") in ("smollm", "starcoder", "refact")))
+        tk.pre_tokenizer = pre_tokenizers.Sequence(pre)
+        tk.decoder = decoders.ByteLevel()
+        types = tok.get("token_type") or []
+        tk.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                               for t, ty in zip(tokens, types) if ty == CONTROL])
+        return tk.to_str()
+    except Exception as e:  # noqa: BLE001 - the tokenizers library raises plain Exception on a bad vocabulary
+        raise ModelError(f"GGUF tokenizer is inconsistent: {str(e)[:120]}") from None
 
 
 class TextCodec:

@@ -116,6 +116,10 @@ class FunctionalSim:
     def _x_LD(self, f, pc, st):
         rows, cols = f["rows"], f["cols"]
         fmt = LdFmt(f["fmt"])
+        if rows == 0:                   # the RTL's check order: memory range first, then the buffer
+            raise DeviceError(f"pc {pc}: LD of zero rows", ErrCode.MEM_BOUNDS, pc)
+        if cols == 0:
+            raise DeviceError(f"pc {pc}: LD of zero columns", ErrCode.BUF_OVERFLOW, pc)
         nbytes = {LdFmt.I32: cols * 4, LdFmt.Q8_0: row_bytes(1, cols),
                   LdFmt.QACT: cols // BLOCK * QACT_BLOCK_BYTES}[fmt]
         base = f["addr"] + self.pos * f["pos_stride"]
@@ -126,6 +130,8 @@ class FunctionalSim:
             addrs = base + ids * f["src_stride"]
         else:
             addrs = base + np.arange(rows, dtype=np.int64) * f["src_stride"]
+        dbuf = (self.qbuf, "QBUF") if fmt == LdFmt.QACT else (self.abuf, "ABUF")
+        self._buf(*dbuf, f["dst"], f["dst_stride"], rows, cols, pc)        # bounds before any data moves
         self._region(int(addrs.min()), int(addrs.max()) + nbytes, False, pc)
         raw = self.mem[addrs[:, None] + np.arange(nbytes)[None, :]]
         if fmt == LdFmt.QACT:
@@ -152,24 +158,28 @@ class FunctionalSim:
     def _x_ST(self, f, pc, st):
         rows, cols = f["rows"], f["cols"]
         fmt = StFmt(f["fmt"])
-        x = self._buf(self.abuf, "ABUF", f["src"], f["src_stride"], rows, cols, pc).astype(np.int64)
-        if fmt == StFmt.I32:
-            esz, data = 4, x.astype("<i4")
-        else:
-            sh = f["shift"]
-            y = (x + ((1 << sh) >> 1)) >> sh
-            esz, data = 2, np.clip(y, -32768, 32767).astype("<i2")
+        if rows == 0 or cols == 0:
+            raise DeviceError(f"pc {pc}: ST of an empty block", ErrCode.BUF_OVERFLOW, pc)
+        src = self._buf(self.abuf, "ABUF", f["src"], f["src_stride"], rows, cols, pc)
+        esz = 4 if fmt == StFmt.I32 else 2
         es = f["elem_stride"]
-        base = f["addr"] + self.pos * f["pos_stride"]
-        starts = base + np.arange(rows, dtype=np.int64)[:, None] * f["dst_stride"] + np.arange(cols)[None, :] * es
         if es < esz and cols > 1:
             raise DeviceError(f"pc {pc}: ST elements overlap (elem_stride {es} < {esz})", ErrCode.ILLEGAL_INSTR, pc)
-        if base % esz or (es % esz) or f["dst_stride"] % esz:
+        base = f["addr"] + self.pos * f["pos_stride"]
+        if base % esz or es % esz or f["dst_stride"] % esz:
             raise DeviceError(f"pc {pc}: ST not aligned to {esz}-byte elements", ErrCode.MISALIGNED, pc)
-        self._region(int(starts.min()), int(starts.max()) + esz, True, pc)
+        hi = base + (rows - 1) * f["dst_stride"] + (cols - 1) * es + esz
+        self._region(base, hi, True, pc)          # checked before a single byte moves
+        x = src.astype(np.int64)
+        if fmt == StFmt.I32:
+            data = x.astype("<i4")
+        else:
+            sh = f["shift"]
+            data = np.clip((x + ((1 << sh) >> 1)) >> sh, -32768, 32767).astype("<i2")
+        starts = base + np.arange(rows, dtype=np.int64)[:, None] * f["dst_stride"] + np.arange(cols)[None, :] * es
         byt = data.reshape(rows, cols, 1).view(np.uint8).reshape(rows, cols, esz)
         self.mem[starts[..., None] + np.arange(esz)] = byt
-        self._invalidate(int(starts.min()), int(starts.max()) + esz)
+        self._invalidate(base, hi)
         st.charge("ST", self.cm.transfer(rows * cols * esz, rows, es == esz, rows * cols), wr=rows * cols * esz)
 
     def _invalidate(self, lo, hi):
@@ -217,36 +227,43 @@ class FunctionalSim:
     def _x_MISC(self, f, pc, st):
         fn = MiscOp(f["fn"])
         rows, n = f["rows"], f["n"] + (self.pos if f["n_pos"] else 0)
-        A = lambda base, stride, nn=n: self._buf(self.abuf, "ABUF", base, stride, rows, nn, pc)  # noqa: E731
-        width = n
+        A = lambda base, stride, nn: self._buf(self.abuf, "ABUF", base, stride, rows, nn, pc)  # noqa: E731
+        # every operand range is checked before any work, as the RTL's CHECK state does
+        width = n + (rows - 1 if fn == MiscOp.SOFTMAX and f["causal"] else 0)
+        src = A(f["src"], f["src_stride"], width)
         if fn == MiscOp.QUANT:
-            q, m, e = sfu_model.quant(A(f["src"], f["src_stride"]), f["imm"])
-            self._buf(self.qbuf, "QBUF", f["dst"], f["dst_stride"], rows, q.shape[1], pc)[...] = q
-            bs = (f["dst"] // BLOCK, f["dst_stride"] // BLOCK, rows, q.shape[1] // BLOCK, pc)
-            self._buf(self.qm, "QBUF", *bs)[...] = m
-            self._buf(self.qe, "QBUF", *bs)[...] = e
-        elif fn == MiscOp.SOFTMAX:
-            width = n + (rows - 1 if f["causal"] else 0)
+            n32 = -(-n // BLOCK) * BLOCK
+            qv = self._buf(self.qbuf, "QBUF", f["dst"], f["dst_stride"], rows, n32, pc)
+            bs = (f["dst"] // BLOCK, f["dst_stride"] // BLOCK, rows, n32 // BLOCK, pc)
+            mv, ev = self._buf(self.qm, "QBUF", *bs), self._buf(self.qe, "QBUF", *bs)
+            qv[...], mv[...], ev[...] = sfu_model.quant(src, f["imm"])
+            st.charge("SFU", self.cm.misc(fn, rows, width))
+            return
+        dst = A(f["dst"], f["dst_stride"], 1 if fn == MiscOp.ARGMAX else width)
+        if fn in (MiscOp.ADD, MiscOp.SILU_MUL):
+            src2 = A(f["src2"], f["src2_stride"], n)
+        elif fn == MiscOp.ROPE:
+            src2 = A(f["src2"], f["src2_stride"], f["imm"])
+        elif fn == MiscOp.RMSNORM:
+            src2 = self._buf(self.abuf, "ABUF", f["src2"], 0, 1, n, pc)[0]
+        if fn == MiscOp.SOFTMAX:
             valid = width - (rows - 1 - np.arange(rows)) if f["causal"] else np.full(rows, width)
-            y = sfu_model.softmax(A(f["src"], f["src_stride"], width), valid, f["imm"])
-            A(f["dst"], f["dst_stride"], width)[...] = y
+            y = sfu_model.softmax(src, valid, f["imm"])
         elif fn == MiscOp.ARGMAX:
-            A(f["dst"], f["dst_stride"], 1)[...] = sfu_model.argmax(A(f["src"], f["src_stride"]))[:, None]
-        else:
-            x = A(f["src"], f["src_stride"])
-            if fn == MiscOp.COPY:
-                y = x.copy()
-            elif fn == MiscOp.ADD:
-                y = sfu_model.add(x, A(f["src2"], f["src2_stride"]))
-            elif fn == MiscOp.SILU_MUL:
-                y = sfu_model.silu_mul(x, A(f["src2"], f["src2_stride"]))
-            elif fn == MiscOp.RMSNORM:
-                y = sfu_model.rmsnorm(x, self._buf(self.abuf, "ABUF", f["src2"], 0, 1, n, pc)[0], f["imm"])
-            elif fn == MiscOp.ROPE:
-                y = sfu_model.rope(x, A(f["src2"], f["src2_stride"], f["imm"]), f["imm"])
-            else:  # pragma: no cover - MiscOp is exhaustive
-                raise DeviceError(f"pc {pc}: MISC {fn}", ErrCode.ILLEGAL_INSTR, pc)
-            A(f["dst"], f["dst_stride"])[...] = y
+            y = sfu_model.argmax(src)[:, None]
+        elif fn == MiscOp.COPY:
+            y = src.copy()
+        elif fn == MiscOp.ADD:
+            y = sfu_model.add(src, src2)
+        elif fn == MiscOp.SILU_MUL:
+            y = sfu_model.silu_mul(src, src2)
+        elif fn == MiscOp.RMSNORM:
+            y = sfu_model.rmsnorm(src, src2, f["imm"])
+        elif fn == MiscOp.ROPE:
+            y = sfu_model.rope(src, src2, f["imm"])
+        else:  # pragma: no cover - MiscOp is exhaustive
+            raise DeviceError(f"pc {pc}: MISC {fn}", ErrCode.ILLEGAL_INSTR, pc)
+        dst[...] = y
         st.charge("SFU", self.cm.misc(fn, rows, width))
 
     def _x_SYS(self, f, pc, st):
