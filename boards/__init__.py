@@ -64,6 +64,7 @@ class Board:
     resources: dict = field(default_factory=dict)
     shell: dict = field(default_factory=dict)
     platform: str = ""
+    board_part: str = ""      # Vivado board part (board files) for block-design flows; optional
     path: Path | None = None
 
     @property
@@ -127,7 +128,8 @@ def load(name_or_path: str) -> Board:
         raise BoardError(f"board file {where}: {e}") from None
     b = Board(name=_need(d, "name", where), description=d.get("description", ""), family=_need(d, "family", where),
               part=d.get("part", ""), clock_mhz=float(_need(d, "clock_mhz", where)), memory=mem, accel=acc,
-              resources=d.get("resources", {}), shell=d.get("shell", {}), platform=d.get("platform", ""), path=p)
+              resources=d.get("resources", {}), shell=d.get("shell", {}), platform=d.get("platform", ""),
+              board_part=d.get("board_part", ""), path=p)
     _check(b, where)
     return b
 
