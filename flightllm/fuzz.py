@@ -52,14 +52,17 @@ def _alarm(signum, frame):
     raise _Timeout()
 
 
-def tiny_gguf(path: str, seed: int = 0) -> None:
-    """A 1-layer LLaMA GGUF (hidden 64, 2 heads, 1 KV head, FFN 96, vocab 64) with a byte-level BPE vocab."""
+def tiny_gguf(path: str, seed: int = 0, types: dict | None = None, layers: int = 1) -> None:
+    """A small LLaMA GGUF (hidden 64, 2 heads, 1 KV head, FFN 96, vocab 64, byte-level BPE vocabulary).
+
+    ``types`` maps a matrix name (attn_q, ..., ffn_down) to a GGML type name (F32 by default)."""
     import gguf
     from gguf.quants import quantize
 
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(path, "llama")
-    H, F, V, L = 64, 96, 64, 1
+    H, F, V, L = 64, 96, 64, layers
+    types = types or {}
     w.add_block_count(L)
     w.add_context_length(256)
     w.add_embedding_length(H)
@@ -84,7 +87,15 @@ def tiny_gguf(path: str, seed: int = 0) -> None:
         p = f"blk.{l}."
         for n, shp in (("attn_q", (H, H)), ("attn_k", (32, H)), ("attn_v", (32, H)), ("attn_output", (H, H)),
                        ("ffn_gate", (F, H)), ("ffn_up", (F, H)), ("ffn_down", (H, F))):
-            w.add_tensor(p + n + ".weight", mat(*shp))
+            t = types.get(n, "F32")
+            arr = mat(*shp)
+            if t == "F32":
+                w.add_tensor(p + n + ".weight", arr)
+            elif t == "F16":
+                w.add_tensor(p + n + ".weight", arr.astype(np.float16))
+            else:
+                qt = gguf.GGMLQuantizationType[t]
+                w.add_tensor(p + n + ".weight", quantize(arr, qt), raw_dtype=qt)
         w.add_tensor(p + "attn_norm.weight", np.ones(H, np.float32))
         w.add_tensor(p + "ffn_norm.weight", np.ones(H, np.float32))
     w.write_header_to_file()

@@ -1,0 +1,51 @@
+"""Any LLaMA-architecture GGUF with Q4_0/Q4_1/Q8_0/F16/F32 tensors maps: a small model written here."""
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from flightllm import boards
+from flightllm.compiler import compile_model, gguf_model
+from flightllm.fuzz import tiny_gguf
+from flightllm.host.runtime import Runtime
+from flightllm.sim.reference import Reference
+
+MIXED = {"attn_q": "Q4_0", "attn_k": "Q4_1", "attn_v": "F16", "attn_output": "Q8_0", "ffn_gate": "F32",
+         "ffn_up": "Q4_0", "ffn_down": "F16"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    p = tmp_path_factory.mktemp("tiny") / "tiny-mixed.gguf"
+    tiny_gguf(str(p), seed=3, types=MIXED, layers=2)
+    return p
+
+
+def test_mixed_types_compile_and_match_reference(tiny):
+    m = gguf_model.load(tiny)
+    assert {m.layer(0, n).type for n in MIXED} == set(MIXED.values())
+    art = compile_model(m, boards.load("sim"), ctx=128)
+    rt = Runtime(art)
+    ids = [5, 17, 33, 2, 40, 41, 9, 12, 60]
+    got, _ = rt.forward(ids, 0, all_logits=True)
+    ref, _ = Reference(m).forward(ids)
+    scale = np.abs(ref).max()
+    assert np.abs(got - ref).max() < 0.05 * scale + 0.02
+
+
+def test_cli_generates_from_a_path(tiny, tmp_path):
+    r = run_cli("generate", "-m", tiny, "-p", "!#$%", "-n", "4", "--ctx", "128", "--json",
+                env={"FLIGHTLLM_CACHE": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    import json
+
+    assert len(json.loads(r.stdout)["token_ids"]) >= 1
+
+
+def test_no_stray_top_level_packages(tmp_path):
+    """The folders are subpackages of flightllm only: nothing named hw/host/sim/compiler is importable."""
+    import subprocess
+    import sys
+
+    code = "import importlib.util as u; print([n for n in ('hw','host','sim','compiler','boards') if u.find_spec(n)])"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert r.stdout.strip() == "[]"
