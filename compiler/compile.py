@@ -154,9 +154,15 @@ def compile_cached(model_name: str, board_name: str, ctx: int | None = None) -> 
 
 
 def _source_stamp() -> str:
-    """Compiler, ISA and format sources: editing any of them invalidates cached artifacts."""
+    """Sources an artifact is made from: editing any of them invalidates cached artifacts."""
+    import flightllm
+    from flightllm.host import tokenizer
+    from flightllm.sim import sfu_model
+
     here = Path(__file__).resolve().parent
-    files = sorted(here.glob("*.py")) + sorted((Path(boards.__file__).resolve().parent.parent / "flightllm").glob("*.py"))
+    top = Path(flightllm.__file__).resolve().parent
+    files = sorted(here.glob("*.py")) + [top / "isa.py", top / "formats.py", Path(tokenizer.__file__),
+                                         Path(sfu_model.__file__)]
     h = hashlib.sha256()
     for f in files:
         h.update(f.read_bytes())

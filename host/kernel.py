@@ -89,40 +89,41 @@ def build(board: boards.Board, op: str, rows: int, cols: int, wbits: int, sp_n: 
                 bytes_read=raw.nbytes + qact.nbytes)
 
 
-def open_device(backend: str, board: boards.Board, mem_size: int, memmap: MemoryMap):
+def _execute(backend: str, board: boards.Board, k: dict, rows: int, tokens: int):
+    """Run the kernel's image: fsim directly, or the RTL through the same pynq driver the runtime uses."""
+    img, out = k["image"], k["out"]
     if backend == "fsim":
         from flightllm.sim.fsim import FunctionalSim
 
-        return FunctionalSim(board, mem_size, memmap)
-    if backend == "rtl":
+        dev = FunctionalSim(board, img.size, k["memmap"])
+        dev.mem[:] = img
+        st = dev.run(k["prog_addr"], 0)
+        y = dev.mem[out: out + rows * tokens * 4].copy()
+    elif backend == "rtl":
+        from flightllm.host.driver import Accelerator
+        from flightllm.sim.pynq_device import SimulatedDevice
+
+        acc = Accelerator(SimulatedDevice.configure(board, "rtl", img.size, k["memmap"]))
         try:
-            from flightllm.sim.rtl_device import RtlDevice
-        except ImportError as e:
-            raise FlightLLMError(f"backend 'rtl' is unavailable: {e}") from None
-        return RtlDevice(board, mem_size, memmap)
-    raise FlightLLMError(f"kernel: unknown backend '{backend}' (fsim or rtl)")
-
-
-def _execute(dev, k, rows, tokens):
-    dev.mem[: k["image"].size] = k["image"]
-    st = dev.run(k["prog_addr"], 0)
-    y = dev.mem[k["out"]: k["out"] + rows * tokens * 4].view("<i4").reshape(tokens, rows).copy()
-    return y, st
+            acc.load(img, img.size)
+            st = acc.run(k["prog_addr"], 0)
+            y = acc.read_mem(out, rows * tokens * 4)
+        finally:
+            acc.close()
+    else:
+        raise FlightLLMError(f"kernel: unknown backend '{backend}' (fsim or rtl)")
+    return y.view("<i4").reshape(tokens, rows), st
 
 
 def run(op: str = "mv", backend: str = "fsim", board: str = "sim", rows: int = 1536, cols: int = 576,
         wbits: int = 4, sparsity: int = 16, seed: int = 0, tokens: int = 1) -> dict:
     b = boards.load(board)
     k = build(b, op, rows, cols, wbits, sparsity, seed, tokens)
-    from flightllm.sim.fsim import FunctionalSim
-
-    fs = FunctionalSim(b, k["image"].size, k["memmap"])
-    y_f, st_f = _execute(fs, k, rows, tokens)
+    y_f, st_f = _execute("fsim", b, k, rows, tokens)
     if backend == "fsim":
         y, st, exact = y_f, st_f, bool(np.array_equal(y_f, k["ref"]))
     else:
-        dev = open_device(backend, b, k["image"].size, k["memmap"])
-        y, st = _execute(dev, k, rows, tokens)
+        y, st = _execute(backend, b, k, rows, tokens)
         exact = bool(np.array_equal(y, y_f))
     fl = (k["x"].astype(np.float64) / (1 << ACT_FRAC)) @ k["wfloat"].T
     roof = int(np.ceil(k["bytes_read"] / b.mem_bytes_per_cycle))
