@@ -9,7 +9,10 @@ from __future__ import annotations
 from flightllm.boards import Board
 from flightllm.isa import MiscOp
 
-ISSUE = 2                    # fetch/decode of one instruction
+ISSUE = 2                    # fetch/decode of one instruction (MISC; the RTL's other classes use fetch())
+FETCH_FIXED = 6              # RTL: AR, 2 beats after the read latency, align, decode, check, retire
+XFER_FIXED = 2               # RTL: stream start, last-beat drain
+MM_FIXED = 1                 # RTL: stream start per token tile
 SFU_PASSES = {MiscOp.COPY: 1, MiscOp.ADD: 1, MiscOp.RMSNORM: 2, MiscOp.SOFTMAX: 3, MiscOp.SILU_MUL: 1,
               MiscOp.ROPE: 1, MiscOp.QUANT: 2, MiscOp.ARGMAX: 1}
 SFU_ROW_LATENCY = {MiscOp.RMSNORM: 48, MiscOp.SOFTMAX: 72, MiscOp.QUANT: 4}   # isqrt / divide per row
@@ -24,23 +27,41 @@ class CycleModel:
         self.chain = board.accel.chain_length
         self.lanes = board.accel.sfu_lanes
         self.port = board.memory.port_bytes
+        self.board = board
 
     def _mem(self, nbytes: int) -> int:
         return -(-int(nbytes) // int(self.bpc)) if self.bpc >= 1 else int(nbytes / self.bpc + 0.999999)
 
+    def fetch(self) -> int:
+        """Instruction fetch (one 2-beat read at the memory latency), decode and bounds check, retire."""
+        return self.lat + FETCH_FIXED
+
     def mm(self, wbytes: int, rows: int, cols: int, tokens: int, sp_n: int) -> int:
-        compute = -(-rows * (cols * sp_n // 16) * tokens // self.macs)
-        return ISSUE + self.lat + max(self._mem(wbytes), compute) + self.chain
+        """RTL (docs/rtl.md): per token tile the weights stream once; each group of blocks issues once per
+        token of the tile; the pipeline drains once at the end."""
+        from flightllm.hw import params as P
+
+        nb = cols // 32
+        bb = wbytes // max(1, rows * nb)
+        fmt = 2 if bb == 64 else (0 if sp_n in (8, 16) and bb == 20 or sp_n == 4 and bb == 12 else 1)
+        groups = P.groups(self.board, fmt, sp_n, rows, nb, True)
+        tt = P.token_tile(self.board)
+        total = 0
+        for t0 in range(0, tokens, tt):
+            n = min(tt, tokens - t0)
+            total += MM_FIXED + self.lat + max(self._mem(wbytes), groups * n)
+        return self.fetch() + total + self.chain + 10
 
     def transfer(self, nbytes: int, rows: int, contiguous: bool, elems: int) -> int:
         """LD/ST: one burst per row when contiguous; one beat per element when scattered (V^T writes)."""
         beats = self._mem(nbytes) if contiguous else elems
-        return ISSUE + self.lat + beats + (rows if contiguous else 0)
+        if contiguous and elems and nbytes * 32 == elems * 36:     # LD QACT: the RTL writes one block a cycle
+            beats = max(beats, elems // 32)
+        return self.fetch() + self.lat + beats + XFER_FIXED
 
     def misc(self, fn: MiscOp, rows: int, n: int) -> int:
         per_row = -(-n // self.lanes) * SFU_PASSES[fn] + SFU_ROW_LATENCY.get(fn, 0)
         return ISSUE + SFU_PIPE + rows * per_row
 
-    @staticmethod
-    def sys() -> int:
-        return ISSUE
+    def sys(self) -> int:
+        return self.fetch()

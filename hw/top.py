@@ -1,0 +1,441 @@
+"""Engine top: instruction fetch/decode, DMA, QBUF/ABUF, the MPE, AXI4-Lite CSRs; generated from a Board.
+
+Entry points: ``build_top(board)`` (an Amaranth Elaboratable plus its port list) and
+``generate_verilog(board, path)``. Execution is in order, one instruction at a time (as sim/cycles.py models):
+FETCH (one 2-beat AR at the instruction's 64-byte line) -> ALIGN -> DECODE (illegal -> error) -> CHECK (buffer
+and memory bounds -> error) -> EXEC (LD / ST / MM,MV / SYS) -> RETIRE.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from amaranth import Cat, Const, Elaboratable, Module, Mux, Signal
+from amaranth.hdl import Array
+from amaranth.lib.memory import Memory
+
+from flightllm.boards import Board
+from flightllm.formats import BLOCK, QACT_BLOCK_BYTES, block_bytes
+from flightllm.isa import ErrCode, LdFmt, Op, StFmt, SysOp, WFmt
+from flightllm.hw import params as P
+from flightllm.hw.csr import Csr
+from flightllm.hw.decoder import WIN_BITS, Decoder
+from flightllm.hw.dma import ReadStream, WriteStream
+from flightllm.hw.mpe import QWORD, Mpe
+from flightllm.hw.regs import STATUS_BUSY, STATUS_DONE, STATUS_ERROR
+
+
+def _sat_lt(a, b):
+    return a < b
+
+
+class Top(Elaboratable):
+    def __init__(self, board: Board):
+        self.board = board
+        a = board.accel
+        self.PB = board.memory.port_bytes
+        self.lg = (self.PB - 1).bit_length()
+        self.NL = self.PB // 4
+        assert self.PB >= 64 and self.PB & (self.PB - 1) == 0, "instruction fetch reads 2 beats of >= 64 bytes"
+        self.K = P.max_lanes(board)
+        self.TT = P.token_tile(board)
+        self.qdepth = a.qbuf_bytes // BLOCK
+        self.adepth = a.abuf_words // self.NL
+        self.csr = Csr()
+        # AXI4 master
+        D = 8 * self.PB
+        for n, w in [("arvalid", 1), ("arready", 1), ("araddr", 64), ("arlen", 8), ("arsize", 3), ("arburst", 2),
+                     ("rvalid", 1), ("rready", 1), ("rdata", D), ("rresp", 2), ("rlast", 1),
+                     ("awvalid", 1), ("awready", 1), ("awaddr", 64), ("awlen", 8), ("awsize", 3), ("awburst", 2),
+                     ("wvalid", 1), ("wready", 1), ("wdata", D), ("wstrb", self.PB), ("wlast", 1),
+                     ("bvalid", 1), ("bready", 1), ("bresp", 2)]:
+            setattr(self, f"m_{n}", Signal(w, name=f"m_axi_{n}"))
+        self.irq = Signal()
+
+    def ports(self):
+        c = self.csr
+        return [self.m_arvalid, self.m_arready, self.m_araddr, self.m_arlen, self.m_arsize, self.m_arburst,
+                self.m_rvalid, self.m_rready, self.m_rdata, self.m_rresp, self.m_rlast,
+                self.m_awvalid, self.m_awready, self.m_awaddr, self.m_awlen, self.m_awsize, self.m_awburst,
+                self.m_wvalid, self.m_wready, self.m_wdata, self.m_wstrb, self.m_wlast,
+                self.m_bvalid, self.m_bready, self.m_bresp, self.irq,
+                c.awvalid, c.awready, c.awaddr, c.wvalid, c.wready, c.wdata, c.wstrb, c.bvalid, c.bready, c.bresp,
+                c.arvalid, c.arready, c.araddr, c.rvalid, c.rready, c.rdata, c.rresp]
+
+    def elaborate(self, platform):
+        m = Module()
+        b, PB, lg, NL, K, TT = self.board, self.PB, self.lg, self.NL, self.K, self.TT
+        a = b.accel
+        m.submodules.csr = csr = self.csr
+        m.submodules.dec = dec = Decoder()
+        m.submodules.rs = rs = ReadStream(PB, P.stream_buffer_bytes(b), P.window_bytes(b))
+        m.submodules.ws = ws = WriteStream(PB, a.abuf_words)
+        # ---- on-chip buffers ---------------------------------------------------------------------------
+        m.submodules.qbuf = qbuf = Memory(shape=QWORD, depth=self.qdepth, init=[])
+        qports = [qbuf.read_port() for _ in range(K)]
+        qw = qbuf.write_port()
+        m.submodules.mpe = mpe = Mpe(b, qports, a.abuf_words)
+        banks = []
+        for i in range(NL):
+            mem = Memory(shape=32, depth=self.adepth, init=[])
+            m.submodules[f"abuf{i}"] = mem
+            banks.append((mem.read_port(), mem.write_port()))
+        bb_bits = (NL - 1).bit_length()
+
+        m.d.comb += [self.m_arsize.eq(lg), self.m_arburst.eq(1), self.m_awsize.eq(lg), self.m_awburst.eq(1),
+                     self.m_bready.eq(1)]
+        # ---- architectural state -----------------------------------------------------------------------
+        busy, done, err = Signal(), Signal(), Signal()
+        code = Signal(8)
+        pc = Signal(32)
+        cycles = Signal(64)
+        instret = Signal(32)
+        cyc = {k: Signal(32, name=f"cyc_{k}") for k in ("LD", "ST", "MM", "SYS")}
+        last_ret = Signal(64)
+        cls = Signal(2)
+        wr_bytes = Signal(32)
+        ibase = Cat(csr.rw["INSTR_BASE_LO"], csr.rw["INSTR_BASE_HI"])
+        memsize = Cat(csr.rw["MEM_SIZE_LO"], csr.rw["MEM_SIZE_HI"])
+        pos = csr.rw["POS"]
+        m.d.comb += [csr.ro["STATUS"].eq(Cat(busy, done, err)), csr.ro["ERROR"].eq(code), csr.ro["PC"].eq(pc),
+                     csr.ro["CYCLES_LO"].eq(cycles[:32]), csr.ro["CYCLES_HI"].eq(cycles[32:]),
+                     csr.ro["INSTRET"].eq(instret), csr.ro["RD_BYTES"].eq(rs.bytes_taken),
+                     csr.ro["WR_BYTES"].eq(wr_bytes), csr.ro["ID"].eq(0)]
+        for k, s in cyc.items():
+            m.d.comb += csr.ro[f"CYC_{k}"].eq(s)
+        m.d.comb += self.irq.eq(done | err)
+        with m.If(busy):
+            m.d.sync += cycles.eq(cycles + 1)
+
+        # ---- instruction fetch & decode ----------------------------------------------------------------
+        faddr = Signal(64)
+        m.d.comb += faddr.eq(ibase + (pc << 2))
+        line = Signal(2 * 8 * PB)
+        beat = Signal()
+        iw = Signal(WIN_BITS)
+        m.d.comb += dec.iw.eq(iw)
+        # decoded, resolved operands (registered in DECODE)
+        f_mm, f_ld, f_st, f_sys = dec.f[Op.MM], dec.f[Op.LD], dec.f[Op.ST], dec.f[Op.SYS]
+        op = Signal(4)
+        rows = Signal(25)
+        cols = Signal(25)
+        nb = Signal(20)
+        mode = Signal(4)
+        bbytes = Signal(7)
+        klanes = Signal(range(K + 1))
+        rb = Signal(32)
+        tokens = Signal(16)
+        base = Signal(48)
+        nbytes = Signal(32)
+        # MM/MV derived
+        mode_c = Signal(4)
+        bb_c = Signal(7)
+        k_c = Signal(range(K + 1))
+        with m.Switch(Cat(f_mm["sp_n"], f_mm["fmt"])):
+            for mi, (fmt, sp) in enumerate(P.MODES):
+                with m.Case(sp | (fmt << 5)):
+                    m.d.comb += [mode_c.eq(mi), bb_c.eq(block_bytes(fmt, sp)), k_c.eq(P.lanes(b, fmt, sp))]
+        rows_c = Signal(25)
+        cols_c = Signal(25)
+        m.d.comb += [rows_c.eq(f_mm["rows"] + Mux(f_mm["rows_pos"], pos, 0)),
+                     cols_c.eq(Mux(f_mm["cols_pos"], ((f_mm["cols"] + pos + 31) >> 5) << 5, f_mm["cols"]))]
+        # check operands
+        c_hi_mem = Signal(64)
+        c_hi_buf = Signal(48)
+        c_hi_buf2 = Signal(48)
+        c_ill = Signal()
+        c_misal = Signal()
+
+        # ---- exec registers ----------------------------------------------------------------------------
+        b0 = Signal(20)
+        row = Signal(25)
+        left = Signal(40)
+        t = Signal(range(TT))
+        tok0 = Signal(16)
+        ttile = Signal(range(TT + 1))
+        drain = Signal(8)
+        merged = Signal()
+        # LD unit counters
+        ublk = Signal(20)
+        urow = Signal(25)
+        uleft = Signal(40)
+
+        # defaults
+        m.d.comb += [rs.start.eq(0), rs.flush.eq(0), ws.start.eq(0), ws.flush.eq(0), mpe.go.eq(0),
+                     mpe.clear.eq(0), rs.take.eq(0)]
+        fetch_ar = Signal()
+        fetch_r = Signal()
+        m.d.comb += [self.m_arvalid.eq(Mux(fetch_ar, 1, rs.arvalid)),
+                     self.m_araddr.eq(Mux(fetch_ar, (faddr >> lg) << lg, rs.araddr)),
+                     self.m_arlen.eq(Mux(fetch_ar, 1, rs.arlen)),
+                     rs.arready.eq(~fetch_ar & self.m_arready),
+                     rs.rvalid.eq(~fetch_r & self.m_rvalid), rs.rdata.eq(self.m_rdata),
+                     self.m_rready.eq(Mux(fetch_r, 1, rs.rready))]
+        m.d.comb += [self.m_awvalid.eq(ws.awvalid), ws.awready.eq(self.m_awready), self.m_awaddr.eq(ws.awaddr),
+                     self.m_awlen.eq(ws.awlen), self.m_wvalid.eq(ws.wvalid), ws.wready.eq(self.m_wready),
+                     self.m_wdata.eq(ws.wdata), self.m_wstrb.eq(ws.wstrb), self.m_wlast.eq(ws.wlast),
+                     ws.bvalid.eq(self.m_bvalid), ws.bresp.eq(self.m_bresp)]
+        with m.If(self.m_wvalid & self.m_wready):
+            m.d.sync += wr_bytes.eq(wr_bytes + sum(self.m_wstrb[i] for i in range(PB)))
+
+        # ABUF port muxing: ST reads all banks; MPE reads one word (acc) and writes one word; LD I32 writes
+        st_mode = Signal()
+        ld_wen = Signal()
+        ld_waddr = Signal(26)
+        ld_wdata = Signal(32)
+        for i, (rp, wp) in enumerate(banks):
+            sel_mpe = mpe.ab_raddr[:bb_bits] == i
+            m.d.comb += [rp.addr.eq(Mux(st_mode, ws.rd_addr[i], mpe.ab_raddr >> bb_bits)),
+                         rp.en.eq(Mux(st_mode, ws.rd_en, mpe.ab_ren & sel_mpe)),
+                         ws.rd_data[i].eq(rp.data)]
+            m.d.comb += [wp.addr.eq(Mux(ld_wen, ld_waddr >> bb_bits, mpe.ab_waddr >> bb_bits)),
+                         wp.data.eq(Mux(ld_wen, ld_wdata, mpe.ab_wdata)),
+                         wp.en.eq(Mux(ld_wen, ld_waddr[:bb_bits] == i, mpe.ab_wen & (mpe.ab_waddr[:bb_bits] == i)))]
+        rsel = Signal(bb_bits)
+        m.d.sync += rsel.eq(mpe.ab_raddr[:bb_bits])
+        m.d.comb += mpe.ab_rdata.eq(Array([banks[i][0].data for i in range(NL)])[rsel])
+
+        # MPE operand wiring
+        xstride, ystride = Signal(24), Signal(24)
+        xaddr, yaddr = Signal(24), Signal(24)
+        wfrac, accf = Signal(5), Signal()
+        rem = Signal(21)
+        m.d.comb += rem.eq(nb - b0)
+        lim = Signal(21)
+        m.d.comb += lim.eq(Mux(merged, rem + nb - 1, rem))
+        kp = Signal(range(K + 1))
+        kk = Mux(klanes < lim, klanes, lim)
+        m.d.comb += kp.eq(Mux(kk < left, kk, left))
+        need = Signal(10)
+        m.d.comb += need.eq(kp * bbytes)
+        tg = Signal(16)
+        m.d.comb += tg.eq(tok0 + t)
+        m.d.comb += [mpe.win.eq(rs.win), mpe.mode.eq(mode), mpe.kp.eq(kp), mpe.rem.eq(rem),
+                     mpe.rowend.eq(kp >= rem), mpe.t.eq(t), mpe.row.eq(row), mpe.b0.eq(b0), mpe.nb.eq(nb),
+                     mpe.xrow.eq((xaddr + tg * xstride) >> 5), mpe.ybase.eq(yaddr + tg * ystride),
+                     mpe.wfrac.eq(wfrac), mpe.acc.eq(accf)]
+        m.d.comb += [qw.en.eq(0)]
+
+        def fail(c):
+            return [err.eq(1), busy.eq(0), code.eq(int(c))]
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(csr.start):
+                    m.d.sync += [busy.eq(1), done.eq(0), err.eq(0), code.eq(0), pc.eq(0), cycles.eq(0),
+                                 instret.eq(0), last_ret.eq(0), wr_bytes.eq(0)] + [s.eq(0) for s in cyc.values()]
+                    m.next = "FETCH"
+            with m.State("FETCH"):
+                with m.If(faddr + 4 > memsize):
+                    m.d.sync += fail(ErrCode.ILLEGAL_INSTR)
+                    m.next = "STOP"
+                with m.Else():
+                    m.d.comb += fetch_ar.eq(1)
+                    with m.If(self.m_arready):
+                        m.d.sync += beat.eq(0)
+                        m.next = "FWAIT"
+            with m.State("FWAIT"):
+                m.d.comb += fetch_r.eq(1)
+                with m.If(self.m_rvalid):
+                    m.d.sync += beat.eq(1)
+                    with m.If(beat):
+                        m.d.sync += line[8 * PB:].eq(self.m_rdata)
+                        m.next = "ALIGN"
+                    with m.Else():
+                        m.d.sync += line[:8 * PB].eq(self.m_rdata)
+                    with m.If(self.m_rresp != 0):
+                        m.d.sync += fail(ErrCode.AXI_ERROR)
+                        m.next = "STOP"
+            with m.State("ALIGN"):
+                m.d.sync += iw.eq(line >> (faddr[:lg] << 3))
+                m.next = "DECODE"
+            with m.State("DECODE"):
+                m.d.sync += op.eq(dec.op)
+                with m.If(dec.illegal):
+                    m.d.sync += fail(ErrCode.ILLEGAL_INSTR)
+                    m.next = "STOP"
+                with m.Else():
+                    m.next = "CHECK"
+                    with m.Switch(dec.op):
+                        with m.Case(int(Op.MM), int(Op.MV)):
+                            m.d.sync += [cls.eq(2), rows.eq(rows_c), cols.eq(cols_c), nb.eq(cols_c >> 5),
+                                         mode.eq(mode_c), bbytes.eq(bb_c), klanes.eq(k_c), tokens.eq(f_mm["tokens"]),
+                                         rb.eq((cols_c >> 5) * bb_c), base.eq(f_mm["waddr"]),
+                                         xaddr.eq(f_mm["xaddr"]), xstride.eq(f_mm["xstride"]),
+                                         yaddr.eq(f_mm["yaddr"]), ystride.eq(f_mm["ystride"]),
+                                         wfrac.eq(f_mm["wfrac"]), accf.eq(f_mm["acc"])]
+                        with m.Case(int(Op.LD)):
+                            nbc = Mux(f_ld["fmt"] == LdFmt.QACT, (f_ld["cols"] >> 5) * QACT_BLOCK_BYTES,
+                                      f_ld["cols"] << 2)
+                            m.d.sync += [cls.eq(0), rows.eq(f_ld["rows"]), cols.eq(f_ld["cols"]),
+                                         nb.eq(f_ld["cols"] >> 5), nbytes.eq(nbc),
+                                         base.eq(f_ld["addr"] + pos * f_ld["pos_stride"])]
+                        with m.Case(int(Op.ST)):
+                            m.d.sync += [cls.eq(1), rows.eq(f_st["rows"]), cols.eq(f_st["cols"]),
+                                         base.eq(f_st["addr"] + pos * f_st["pos_stride"])]
+                        with m.Case(int(Op.SYS)):
+                            m.d.sync += cls.eq(3)
+            with m.State("CHECK"):
+                # bounds, computed from the registered operands (mirrors sim/fsim.py's order of checks)
+                with m.Switch(op):
+                    with m.Case(int(Op.MM), int(Op.MV)):
+                        m.d.comb += [c_ill.eq((rows == 0) | (cols < BLOCK)
+                                              | ((f_mm["wstride"] < rb) & (rows > 1))),
+                                     c_hi_mem.eq(base + (rows - 1) * f_mm["wstride"] + rb),
+                                     c_hi_buf.eq(xaddr + (tokens - 1) * xstride + cols),
+                                     c_hi_buf2.eq(yaddr + (tokens - 1) * ystride + rows)]
+                        with m.If(c_ill):
+                            m.d.sync += fail(ErrCode.ILLEGAL_INSTR)
+                            m.next = "STOP"
+                        with m.Elif(c_hi_mem > memsize):
+                            m.d.sync += fail(ErrCode.MEM_BOUNDS)
+                            m.next = "STOP"
+                        with m.Elif((c_hi_buf > a.qbuf_bytes) | (c_hi_buf2 > a.abuf_words)):
+                            m.d.sync += fail(ErrCode.BUF_OVERFLOW)
+                            m.next = "STOP"
+                        with m.Else():
+                            m.d.sync += [merged.eq((f_mm["wstride"] == rb) | (rows == 1)), tok0.eq(0)]
+                            m.d.comb += mpe.clear.eq(1)
+                            m.next = "MM_START"
+                    with m.Case(int(Op.LD)):
+                        isq = f_ld["fmt"] == LdFmt.QACT
+                        m.d.comb += [c_hi_mem.eq(base + (rows - 1) * f_ld["src_stride"] + nbytes),
+                                     c_hi_buf.eq(f_ld["dst"] + (rows - 1) * f_ld["dst_stride"] + cols)]
+                        with m.If((rows == 0) | (c_hi_mem > memsize)):
+                            m.d.sync += fail(ErrCode.MEM_BOUNDS)
+                            m.next = "STOP"
+                        with m.Elif((cols == 0) | (c_hi_buf > Mux(isq, a.qbuf_bytes, a.abuf_words))):
+                            m.d.sync += fail(ErrCode.BUF_OVERFLOW)
+                            m.next = "STOP"
+                        with m.Else():
+                            mg = (f_ld["src_stride"] == nbytes) | (rows == 1)
+                            m.d.comb += [rs.start.eq(1), rs.base.eq(base),
+                                         rs.seg_len.eq(Mux(mg, rows * nbytes, nbytes)),
+                                         rs.stride.eq(f_ld["src_stride"]), rs.nseg.eq(Mux(mg, 1, rows))]
+                            m.d.sync += [ublk.eq(0), urow.eq(0),
+                                         uleft.eq(Mux(isq, rows * nb, rows * cols))]
+                            m.next = "LD_RUN"
+                    with m.Case(int(Op.ST)):
+                        es = f_st["elem_stride"]
+                        m.d.comb += [c_hi_buf.eq(f_st["src"] + (rows - 1) * f_st["src_stride"] + cols),
+                                     c_hi_mem.eq(base + (rows - 1) * f_st["dst_stride"] + (cols - 1) * es + 4)]
+                        with m.If((rows == 0) | (cols == 0) | (c_hi_buf > a.abuf_words)):
+                            m.d.sync += fail(ErrCode.BUF_OVERFLOW)
+                            m.next = "STOP"
+                        with m.Elif(((es < 4) & (cols > 1)) | ((es != 4) & (cols > 1))):
+                            # overlapping elements are illegal; scattered (V^T) stores are not implemented yet
+                            m.d.sync += fail(ErrCode.ILLEGAL_INSTR)
+                            m.next = "STOP"
+                        with m.Elif((base[:2] != 0) | (f_st["dst_stride"][:2] != 0)):
+                            m.d.sync += fail(ErrCode.MISALIGNED)
+                            m.next = "STOP"
+                        with m.Elif(c_hi_mem > memsize):
+                            m.d.sync += fail(ErrCode.MEM_BOUNDS)
+                            m.next = "STOP"
+                        with m.Elif(f_st["fmt"] != StFmt.I32):
+                            m.d.sync += fail(ErrCode.ILLEGAL_INSTR)
+                            m.next = "STOP"
+                        with m.Else():
+                            mg = ((f_st["src_stride"] == cols) & (f_st["dst_stride"] == (cols << 2))) | (rows == 1)
+                            m.d.comb += [ws.start.eq(1), ws.dst.eq(base), ws.dst_stride.eq(f_st["dst_stride"]),
+                                         ws.src.eq(f_st["src"]), ws.src_stride.eq(f_st["src_stride"]),
+                                         ws.rows.eq(Mux(mg, 1, rows)), ws.cols.eq(Mux(mg, rows * cols, cols))]
+                            m.next = "ST_RUN"
+                    with m.Case(int(Op.SYS)):
+                        with m.If(f_sys["fn"] == SysOp.END):
+                            m.d.sync += [done.eq(1), busy.eq(0), instret.eq(instret + 1),
+                                         cyc["SYS"].eq(cyc["SYS"] + (cycles + 1 - last_ret))]
+                            m.next = "STOP"
+                        with m.Else():
+                            m.next = "RETIRE"
+            # ---- MM / MV ----------------------------------------------------------------------------------
+            with m.State("MM_START"):
+                m.d.comb += [rs.start.eq(1), rs.base.eq(base), rs.seg_len.eq(Mux(merged, rows * rb, rb)),
+                             rs.stride.eq(f_mm["wstride"]), rs.nseg.eq(Mux(merged, 1, rows))]
+                tl = tokens - tok0
+                m.d.sync += [b0.eq(0), row.eq(0), left.eq(rows * nb), t.eq(0),
+                             ttile.eq(Mux(tl > TT, TT, tl))]
+                m.next = "MM_RUN"
+            with m.State("MM_RUN"):
+                fire = Signal()
+                m.d.comb += fire.eq((left != 0) & rs.data_phase & (rs.cnt >= need))
+                with m.If(fire):
+                    m.d.comb += mpe.go.eq(1)
+                    with m.If(t + 1 == ttile):
+                        m.d.comb += rs.take.eq(need)
+                        nb0 = b0 + kp
+                        m.d.sync += [t.eq(0), left.eq(left - kp), b0.eq(Mux(nb0 >= nb, nb0 - nb, nb0)),
+                                     row.eq(row + (kp >= rem))]
+                    with m.Else():
+                        m.d.sync += t.eq(t + 1)
+                with m.If((left == 0) & ~rs.busy):
+                    with m.If(tok0 + TT < tokens):
+                        m.d.sync += tok0.eq(tok0 + TT)
+                        m.next = "MM_START"
+                    with m.Else():
+                        m.d.sync += drain.eq(mpe.depth)
+                        m.next = "DRAIN"
+                with m.If(self.m_rvalid & self.m_rready & (self.m_rresp != 0)):
+                    m.d.comb += rs.flush.eq(1)
+                    m.d.sync += fail(ErrCode.AXI_ERROR)
+                    m.next = "STOP"
+            with m.State("DRAIN"):
+                m.d.sync += drain.eq(drain - 1)
+                with m.If(drain == 0):
+                    m.next = "RETIRE"
+            # ---- LD -----------------------------------------------------------------------------------------
+            with m.State("LD_RUN"):
+                isq = f_ld["fmt"] == LdFmt.QACT
+                ub = Mux(isq, QACT_BLOCK_BYTES, 4)
+                fire = Signal()
+                m.d.comb += fire.eq((uleft != 0) & rs.data_phase & (rs.cnt >= ub))
+                w = rs.win
+                m.d.comb += [qw.addr.eq((f_ld["dst"] >> 5) + urow * (f_ld["dst_stride"] >> 5) + ublk),
+                             qw.data.eq(Cat(w[32: 32 + 256], w[0:16], w[16:24])),
+                             ld_waddr.eq(f_ld["dst"] + urow * f_ld["dst_stride"] + ublk), ld_wdata.eq(w[:32])]
+                with m.If(fire):
+                    m.d.comb += [rs.take.eq(ub), qw.en.eq(isq), ld_wen.eq(~isq)]
+                    lastb = ublk + 1 == Mux(isq, nb, cols)
+                    m.d.sync += [uleft.eq(uleft - 1), ublk.eq(Mux(lastb, 0, ublk + 1)), urow.eq(urow + lastb)]
+                with m.If((uleft == 0) & ~rs.busy):
+                    m.next = "RETIRE"
+                with m.If(self.m_rvalid & self.m_rready & (self.m_rresp != 0)):
+                    m.d.comb += rs.flush.eq(1)
+                    m.d.sync += fail(ErrCode.AXI_ERROR)
+                    m.next = "STOP"
+            # ---- ST -----------------------------------------------------------------------------------------
+            with m.State("ST_RUN"):
+                m.d.comb += st_mode.eq(1)
+                with m.If(~ws.busy):
+                    with m.If(ws.berr):
+                        m.d.sync += fail(ErrCode.AXI_ERROR)
+                        m.next = "STOP"
+                    with m.Else():
+                        m.next = "RETIRE"
+            with m.State("RETIRE"):
+                m.d.sync += [pc.eq(pc + dec.nwords), instret.eq(instret + 1), last_ret.eq(cycles + 1)]
+                for i, k in enumerate(("LD", "ST", "MM", "SYS")):
+                    with m.If(cls == i):
+                        m.d.sync += cyc[k].eq(cyc[k] + (cycles + 1 - last_ret))
+                m.next = "FETCH"
+            with m.State("STOP"):
+                with m.If(csr.start):
+                    m.d.sync += [busy.eq(1), done.eq(0), err.eq(0), code.eq(0), pc.eq(0), cycles.eq(0),
+                                 instret.eq(0), last_ret.eq(0), wr_bytes.eq(0)] + [s.eq(0) for s in cyc.values()]
+                    m.next = "FETCH"
+        return m
+
+
+def build_top(board: Board):
+    top = Top(board)
+    return top, top.ports()
+
+
+def generate_verilog(board: Board, path, name: str = "flightllm_top") -> Path:
+    from amaranth.back import verilog
+
+    top, ports = build_top(board)
+    text = verilog.convert(top, ports=ports, name=name, emit_src=False)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+    return p

