@@ -152,26 +152,30 @@ def fuzz_gguf(cases: int, seed: int = 0) -> Report:
             blob = _mutate(data, rng, header_end)
             with open(case_path, "wb") as f:
                 f.write(blob)
-            rep.cases += 1
-            signal.alarm(CASE_SECONDS)
-            try:
-                m = gguf_model.load(case_path)
-                compile_model(m, board, ctx=64)
-                rep.accepted += 1
-            except FlightLLMError:
-                rep.rejected += 1
-            except _Timeout:
-                rep.hangs += 1
-                _note(rep, i, "hang")
-            except Exception as e:  # noqa: BLE001 - the point: anything else is a crash
-                rep.crashes += 1
-                _note(rep, i, f"{type(e).__name__}: {str(e)[:100]}")
-            finally:
-                signal.alarm(0)
+            _case(rep, i, lambda: compile_model(gguf_model.load(case_path), board, ctx=64))
     finally:
         signal.signal(signal.SIGALRM, old)
     rep.seconds = round(time.time() - t0, 2)
     return rep
+
+
+def _case(rep: Report, i: int, fn) -> None:
+    """Run one case under the time limit; a FlightLLMError is a clean rejection, anything else a crash."""
+    rep.cases += 1
+    signal.alarm(CASE_SECONDS)
+    try:
+        fn()
+        rep.accepted += 1
+    except FlightLLMError:
+        rep.rejected += 1
+    except _Timeout:
+        rep.hangs += 1
+        _note(rep, i, "hang")
+    except Exception as e:  # noqa: BLE001 - the point: anything else is a crash
+        rep.crashes += 1
+        _note(rep, i, f"{type(e).__name__}: {str(e)[:100]}")
+    finally:
+        signal.alarm(0)
 
 
 def _note(rep: Report, i: int, what: str):
@@ -207,21 +211,7 @@ def fuzz_isa(cases: int, seed: int = 0) -> Report:
             nb = min(words.nbytes, prog.size)
             sim.mem[prog.base: prog.base + nb] = words.view(np.uint8)[:nb]
             before = sim.mem[protect].copy()
-            rep.cases += 1
-            signal.alarm(CASE_SECONDS)
-            try:
-                sim.run(prog.base, int(rng.integers(0, 64)))
-                rep.accepted += 1
-            except FlightLLMError:
-                rep.rejected += 1
-            except _Timeout:
-                rep.hangs += 1
-                _note(rep, i, "hang")
-            except Exception as e:  # noqa: BLE001
-                rep.crashes += 1
-                _note(rep, i, f"{type(e).__name__}: {str(e)[:100]}")
-            finally:
-                signal.alarm(0)
+            _case(rep, i, lambda: sim.run(prog.base, int(rng.integers(0, 64))))
             changed = int(np.count_nonzero(sim.mem[protect] != before))
             if changed:
                 rep.out_of_region_writes += changed

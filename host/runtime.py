@@ -15,16 +15,13 @@ from flightllm.errors import FlightLLMError
 from flightllm.formats import ACT_FRAC
 from flightllm.compiler.artifact import Artifact
 from flightllm.compiler.validate import check_artifact
+from flightllm.sim.fsim import RunStats
 
 BACKENDS = ("fsim", "rtl", "board")
 
 
 @dataclass
-class ForwardStats:
-    cycles: int = 0
-    bytes_read: int = 0
-    bytes_written: int = 0
-    instructions: int = 0
+class ForwardStats(RunStats):
     chunks: list = field(default_factory=list)     # (tokens, cycles) per program run
 
 
@@ -127,10 +124,7 @@ class Runtime:
             self.dev.write_mem(self.io["tokens"], np.asarray(tokens[i: i + T], dtype="<i4"))
             prog = self.art.program(f"{'all' if all_logits else 'fwd'}{T}")
             rs = self.dev.run(prog["addr"], pos + i)
-            st.cycles += rs.cycles
-            st.bytes_read += rs.bytes_read
-            st.bytes_written += rs.bytes_written
-            st.instructions += rs.instructions
+            st.add(rs)
             st.chunks.append((T, rs.cycles))
             rows = T if all_logits else 1
             lg = self.dev.read_mem(self.io["logits"], 4 * rows * self.vocab).view("<i4")

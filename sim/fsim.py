@@ -31,6 +31,15 @@ class RunStats:
     bytes_written: int = 0
     by_class: dict = field(default_factory=dict)
 
+    def add(self, other: "RunStats") -> None:
+        """Accumulate another run (one program of a multi-chunk forward pass)."""
+        self.cycles += other.cycles
+        self.instructions += other.instructions
+        self.bytes_read += other.bytes_read
+        self.bytes_written += other.bytes_written
+        for k, v in other.by_class.items():
+            self.by_class[k] = self.by_class.get(k, 0) + v
+
     def charge(self, cls: str, cyc: int, rd: int = 0, wr: int = 0):
         self.cycles += cyc
         self.instructions += 1
