@@ -1,9 +1,10 @@
 """Engine geometry derived from the board config, shared by the RTL generator and the cycle model (pure Python).
 
 The weight stream is cut into *groups*: up to ``lanes`` consecutive 32-weight blocks per cycle, one block per
-lane. A block of ``P`` stored products (32 dense, 2N for N:16) occupies P product slots, i.e. P/2 DSP stages of
-one chain; reduction nodes end a segment every P/2 stages. ``lanes`` is the fewest blocks per cycle that keep up
-with the memory port (ceil(port_bytes / block_bytes)), capped by the product slots (chains x chain_length x 2).
+lane. Every lane is a fixed 32-product block datapath (16 DSP stages of two products, hw/mpe.py) whatever the
+format: an N:16 block uses its first 2N products. ``lanes`` is the fewest blocks per cycle that keep up with the
+memory port (ceil(port_bytes / block_bytes)), capped by the lanes the DSP stages hold (slots // 32), so the
+sparse modes with small blocks (N = 2, 4) are compute-bound at that cap.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def slots(board) -> int:
 def lanes(board, fmt: int, sp_n: int) -> int:
     bb = block_bytes(fmt, sp_n)
     port = board.memory.port_bytes
-    return max(1, min(-(-port // bb), slots(board) // products(fmt, sp_n)))
+    return max(1, min(-(-port // bb), slots(board) // BLOCK))
 
 
 def max_lanes(board) -> int:
