@@ -37,25 +37,27 @@ class Sfu(Elaboratable):
     def __init__(self, lanes: int):
         W = self.W = lanes
         assert 2 <= W <= BLOCK and W & (W - 1) == 0
+        S = lambda w, nm: Signal(w, name=nm)        # noqa: E731  (explicit names: these are top-level ports)
         # control
-        self.start, self.busy, self.done = Signal(), Signal(), Signal()
+        self.start, self.busy, self.done = S(1, "start"), S(1, "busy"), S(1, "done")
         # decoded MISC fields (sampled in the start cycle)
-        self.fn = Signal(4)
-        self.src, self.src2, self.dst = Signal(ABITS), Signal(ABITS), Signal(ABITS)
-        self.n = Signal(NBITS)
-        self.rows = Signal(16)
-        self.src_stride, self.src2_stride, self.dst_stride = Signal(ABITS), Signal(ABITS), Signal(ABITS)
-        self.imm = Signal(32)
-        self.causal = Signal()
+        self.fn = S(4, "fn")
+        self.src, self.src2, self.dst = S(ABITS, "src"), S(ABITS, "src2"), S(ABITS, "dst")
+        self.n = S(NBITS, "n")
+        self.rows = S(16, "rows")
+        self.src_stride, self.src2_stride = S(ABITS, "src_stride"), S(ABITS, "src2_stride")
+        self.dst_stride = S(ABITS, "dst_stride")
+        self.imm = S(32, "imm")
+        self.causal = S(1, "causal")
         # ABUF read: W consecutive words from rd_addr, data in the next cycle
-        self.rd_en, self.rd_addr, self.rd_mask = Signal(), Signal(ABITS), Signal(W)
-        self.rd_data = Signal(32 * W)
+        self.rd_en, self.rd_addr, self.rd_mask = S(1, "rd_en"), S(ABITS, "rd_addr"), S(W, "rd_mask")
+        self.rd_data = S(32 * W, "rd_data")
         # ABUF write: W consecutive words from wr_addr, lanes in wr_mask
-        self.wr_en, self.wr_addr, self.wr_mask = Signal(), Signal(ABITS), Signal(W)
-        self.wr_data = Signal(32 * W)
+        self.wr_en, self.wr_addr, self.wr_mask = S(1, "wr_en"), S(ABITS, "wr_addr"), S(W, "wr_mask")
+        self.wr_data = S(32 * W, "wr_data")
         # QBUF block write: block index (byte address / 32), 32 int8, scale m (u16), e (i8)
-        self.q_en, self.q_addr = Signal(), Signal(ABITS - 5)
-        self.q_data, self.q_m, self.q_e = Signal(8 * BLOCK), Signal(16), Signal(8)
+        self.q_en, self.q_addr = S(1, "q_en"), S(ABITS - 5, "q_addr")
+        self.q_data, self.q_m, self.q_e = S(8 * BLOCK, "q_data"), S(16, "q_m"), S(8, "q_e")
 
     def ports(self):
         return [self.start, self.busy, self.done, self.fn, self.src, self.src2, self.dst, self.n, self.rows,

@@ -1,0 +1,21 @@
+"""SFU sequencer in Verilator (cocotb): whole MISC instructions vs sim/fsim.py's _x_MISC, cycles vs the model.
+
+The unit is generated 4 lanes wide (W = 4, the small-board width) to keep the Verilator build short; the
+sequencing is the same for every W (cores and chunking are parameterised)."""
+from __future__ import annotations
+
+import pytest
+
+from sfu_rtl_util import build, have_verilator, run
+
+pytestmark = [pytest.mark.rtl, pytest.mark.skipif(not have_verilator(), reason="needs amaranth, cocotb, verilator")]
+
+
+@pytest.mark.parametrize("W", [4])
+def test_misc_instructions(W):
+    from flightllm.hw.sfu import Sfu
+
+    sfu = Sfu(W)
+    name = f"sfu_w{W}"
+    runner, bdir = build(sfu, sfu.ports(), name)
+    run(runner, bdir, name, "sfu_cocotb_seq", "misc_ops", {"SFU_BOARD": "sim", "SFU_W": W})
