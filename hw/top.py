@@ -7,11 +7,11 @@ and memory bounds -> error) -> EXEC (LD / ST / MM,MV / SYS) -> RETIRE.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from amaranth import Cat, Const, Elaboratable, Module, Mux, Signal
 from amaranth.hdl import Array
-from amaranth.lib.memory import Memory
 
 from flightllm.boards import Board
 from flightllm.formats import BLOCK, QACT_BLOCK_BYTES, block_bytes
@@ -21,6 +21,7 @@ from flightllm.hw.csr import Csr
 from flightllm.hw.decoder import WIN_BITS, Decoder
 from flightllm.hw.dma import ReadStream, WriteStream
 from flightllm.hw.mpe import QWORD, Mpe
+from flightllm.hw.ram import VERILOG as RAM_VERILOG, Ram
 from flightllm.hw.regs import STATUS_BUSY, STATUS_DONE, STATUS_ERROR
 
 
@@ -70,13 +71,13 @@ class Top(Elaboratable):
         m.submodules.rs = rs = ReadStream(PB, P.stream_buffer_bytes(b), P.window_bytes(b))
         m.submodules.ws = ws = WriteStream(PB, a.abuf_words)
         # ---- on-chip buffers ---------------------------------------------------------------------------
-        m.submodules.qbuf = qbuf = Memory(shape=QWORD, depth=self.qdepth, init=[])
+        m.submodules.qbuf = qbuf = Ram(QWORD, self.qdepth, "qbuf")
         qports = [qbuf.read_port() for _ in range(K)]
         qw = qbuf.write_port()
         m.submodules.mpe = mpe = Mpe(b, qports, a.abuf_words)
         banks = []
         for i in range(NL):
-            mem = Memory(shape=32, depth=self.adepth, init=[])
+            mem = Ram(32, self.adepth, f"abuf{i}")
             m.submodules[f"abuf{i}"] = mem
             banks.append((mem.read_port(), mem.write_port()))
         bb_bits = (NL - 1).bit_length()
@@ -342,9 +343,7 @@ class Top(Elaboratable):
                             m.next = "ST_RUN"
                     with m.Case(int(Op.SYS)):
                         with m.If(f_sys["fn"] == SysOp.END):
-                            m.d.sync += [done.eq(1), busy.eq(0), instret.eq(instret + 1),
-                                         cyc["SYS"].eq(cyc["SYS"] + (cycles + 1 - last_ret))]
-                            m.next = "STOP"
+                            m.next = "END"
                         with m.Else():
                             m.next = "RETIRE"
             # ---- MM / MV ----------------------------------------------------------------------------------
@@ -417,6 +416,10 @@ class Top(Elaboratable):
                     with m.If(cls == i):
                         m.d.sync += cyc[k].eq(cyc[k] + (cycles + 1 - last_ret))
                 m.next = "FETCH"
+            with m.State("END"):      # retires like any instruction (one cycle), then stops
+                m.d.sync += [done.eq(1), busy.eq(0), instret.eq(instret + 1),
+                             cyc["SYS"].eq(cyc["SYS"] + (cycles + 1 - last_ret))]
+                m.next = "STOP"
             with m.State("STOP"):
                 with m.If(csr.start):
                     m.d.sync += [busy.eq(1), done.eq(0), err.eq(0), code.eq(0), pc.eq(0), cycles.eq(0),
@@ -430,11 +433,42 @@ def build_top(board: Board):
     return top, top.ports()
 
 
+_MEM_DECL = re.compile(r"^  reg \[(\d+):0\] ([A-Za-z_][A-Za-z0-9_]*) \[(\d+):0\];$")
+
+
+def _compact_memory_init(text: str) -> str:
+    """Amaranth writes one ``mem[i] = 0;`` line per word of every zero-initialised memory (megabytes for the
+    ABUF/QBUF); fold each such ``initial`` block into a loop."""
+    lines = text.split("\n")
+    out, i, n = [], 0, len(lines)
+    while i < n:
+        ln = lines[i]
+        mo = _MEM_DECL.match(ln)
+        if mo and i + 1 < n and lines[i + 1] == "  initial begin":
+            name, depth = mo.group(2), int(mo.group(3))
+            j = i + 2
+            pref = f"    {name}["
+            zero = True
+            while j < n and lines[j].startswith(pref):
+                v = lines[j].split("=", 1)[1].strip().rstrip(";")
+                zero &= set(v.split("'", 1)[-1][1:]) <= {"0"}
+                j += 1
+            if zero and j < n and lines[j] == "  end" and j - (i + 2) == depth + 1:
+                out += [ln, f"  integer {name}__i;",
+                        f"  initial for ({name}__i = 0; {name}__i <= {depth}; {name}__i = {name}__i + 1) "
+                        f"{name}[{name}__i] = 0;"]
+                i = j + 1
+                continue
+        out.append(ln)
+        i += 1
+    return "\n".join(out)
+
+
 def generate_verilog(board: Board, path, name: str = "flightllm_top") -> Path:
     from amaranth.back import verilog
 
     top, ports = build_top(board)
-    text = verilog.convert(top, ports=ports, name=name, emit_src=False)
+    text = _compact_memory_init(verilog.convert(top, ports=ports, name=name, emit_src=False)) + RAM_VERILOG
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(text)

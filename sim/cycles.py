@@ -12,7 +12,8 @@ from flightllm.isa import MiscOp
 ISSUE = 2                    # fetch/decode of one instruction (MISC; the RTL's other classes use fetch())
 FETCH_FIXED = 6              # RTL: AR, 2 beats after the read latency, align, decode, check, retire
 XFER_FIXED = 2               # RTL: stream start, last-beat drain
-MM_FIXED = 1                 # RTL: stream start per token tile
+MM_FIXED = 4                 # RTL: stream start, first window, issue, hand-off per token tile (+1 with > 1 token)
+LD_QACT_FIXED = 1            # RTL: the QBUF block writer's last block
 SFU_PASSES = {MiscOp.COPY: 1, MiscOp.ADD: 1, MiscOp.RMSNORM: 2, MiscOp.SOFTMAX: 3, MiscOp.SILU_MUL: 1,
               MiscOp.ROPE: 1, MiscOp.QUANT: 2, MiscOp.ARGMAX: 1}
 SFU_ROW_LATENCY = {MiscOp.RMSNORM: 48, MiscOp.SOFTMAX: 72, MiscOp.QUANT: 4}   # isqrt / divide per row
@@ -49,14 +50,15 @@ class CycleModel:
         total = 0
         for t0 in range(0, tokens, tt):
             n = min(tt, tokens - t0)
-            total += MM_FIXED + self.lat + max(self._mem(wbytes), groups * n)
+            total += MM_FIXED + (n > 1) + self.lat + max(self._mem(wbytes), groups * n)
         return self.fetch() + total + self.chain + 10
 
     def transfer(self, nbytes: int, rows: int, contiguous: bool, elems: int) -> int:
-        """LD/ST: one burst per row when contiguous; one beat per element when scattered (V^T writes)."""
+        """LD/ST: one burst per row when contiguous; one beat per element when scattered (V^T writes). A store
+        retires on its last write response, which the memory gives after its latency (sim/rtl/harness.cpp)."""
         beats = self._mem(nbytes) if contiguous else elems
         if contiguous and elems and nbytes * 32 == elems * 36:     # LD QACT: the RTL writes one block a cycle
-            beats = max(beats, elems // 32)
+            beats = max(beats, elems // 32) + LD_QACT_FIXED
         return self.fetch() + self.lat + beats + XFER_FIXED
 
     def misc(self, fn: MiscOp, rows: int, n: int) -> int:

@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 HW = HERE.parent / "hw"
 HARNESS = HERE / "rtl" / "harness.cpp"
 TOP = "flightllm_top"
-HW_SOURCES = ("regs", "decoder", "params", "mpe", "dma", "csr", "top")   # what hw/top.py is generated from
+HW_SOURCES = ("regs", "decoder", "params", "mpe", "dma", "csr", "ram", "top")   # what hw/top.py is generated from
 # Verilator flags (docs/rtl.md): Amaranth's output widens operands on purpose
 LINT_FLAGS = ["-Wall", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNUSEDSIGNAL", "-Wno-DECLFILENAME",
               "-Wno-UNUSEDPARAM", "-Wno-GENUNNAMED", "-Wno-PINCONNECTEMPTY", "-Wno-CASEINCOMPLETE"]

@@ -83,7 +83,8 @@ struct Harness {
     if (ar) rq.push_back({araddr, arlen + 1, cyc + latency - 1});
     if (r) { if (++rbeat == rq.front().beats) { rq.pop_front(); rbeat = 0; } }
     if (aw) wq.push_back({awaddr, awlen + 1, 0});
-    if (w) { if (++wbeat == wq.front().beats) { bq.push_back({cyc + 2, werr ? 3 : 0}); werr = false; wq.pop_front(); wbeat = 0; } }
+    // the write response comes after the memory latency, as a read's first beat does
+    if (w) { if (++wbeat == wq.front().beats) { bq.push_back({cyc + latency - 1, werr ? 3 : 0}); werr = false; wq.pop_front(); wbeat = 0; } }
     if (bb) bq.pop_front();
   }
 };

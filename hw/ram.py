@@ -1,0 +1,75 @@
+"""On-chip RAMs (QBUF, ABUF banks) as instances of one small Verilog module.
+
+Amaranth's ``lib.memory.Memory`` writes an initialiser line per word and spends tens of seconds emitting them for
+the ABUF/QBUF; ``Ram`` instead instantiates ``flightllm_ram`` (``VERILOG``, appended to the generated top by
+``hw/top.py``): ``NR`` synchronous read ports with enables (read-before-write, as Memory's default read ports),
+one write port, zero-initialised by a loop. The port objects have Memory's ``addr``/``en``/``data`` names, so
+hw/mpe.py works with either (its Amaranth-simulator tests use Memory).
+"""
+from __future__ import annotations
+
+from amaranth import Cat, ClockSignal, Elaboratable, Instance, Module, Signal
+
+MODULE = "flightllm_ram"
+
+VERILOG = """
+module flightllm_ram #(parameter W = 32, parameter D = 1024, parameter AW = 10, parameter NR = 1) (
+  input clk,
+  input [NR*AW-1:0] raddr,
+  input [NR-1:0] ren,
+  output [NR*W-1:0] rdata,
+  input [AW-1:0] waddr,
+  input [W-1:0] wdata,
+  input wen
+);
+  reg [W-1:0] mem [0:D-1];
+  integer i;
+  initial for (i = 0; i < D; i = i + 1) mem[i] = {W{1'b0}};
+  genvar g;
+  generate for (g = 0; g < NR; g = g + 1) begin : rd
+    reg [W-1:0] q = {W{1'b0}};
+    always @(posedge clk) if (ren[g]) q <= mem[raddr[g*AW +: AW]];
+    assign rdata[g*W +: W] = q;
+  end endgenerate
+  always @(posedge clk) if (wen) mem[waddr] <= wdata;
+endmodule
+"""
+
+
+class _Port:
+    def __init__(self, aw: int, w: int, name: str):
+        self.addr = Signal(aw, name=f"{name}_addr")
+        self.en = Signal(name=f"{name}_en")
+        self.data = Signal(w, name=f"{name}_data")
+
+
+class Ram(Elaboratable):
+    def __init__(self, width: int, depth: int, name: str = "ram"):
+        self.W, self.D = width, depth
+        self.AW = max(1, (depth - 1).bit_length())
+        self.name = name
+        self._rd: list[_Port] = []
+        self._wr: _Port | None = None
+
+    def read_port(self) -> _Port:
+        p = _Port(self.AW, self.W, f"{self.name}_r{len(self._rd)}")
+        self._rd.append(p)
+        return p
+
+    def write_port(self) -> _Port:
+        assert self._wr is None, "one write port"
+        self._wr = _Port(self.AW, self.W, f"{self.name}_w")
+        return self._wr
+
+    def elaborate(self, platform):
+        m = Module()
+        rd = self._rd or [self.read_port()]
+        wr = self._wr or self.write_port()
+        rdata = Signal(self.W * len(rd), name=f"{self.name}_rdata")
+        m.submodules.ram = Instance(
+            MODULE, p_W=self.W, p_D=self.D, p_AW=self.AW, p_NR=len(rd),
+            i_clk=ClockSignal(), i_raddr=Cat(p.addr for p in rd), i_ren=Cat(p.en for p in rd), o_rdata=rdata,
+            i_waddr=wr.addr, i_wdata=wr.data, i_wen=wr.en)
+        for i, p in enumerate(rd):
+            m.d.comb += p.data.eq(rdata[i * self.W:(i + 1) * self.W])
+        return m
