@@ -12,7 +12,7 @@ from flightllm.isa import MiscOp
 ISSUE = 2                    # fetch/decode of one instruction (MISC; the RTL's other classes use fetch())
 FETCH_FIXED = 6              # RTL: AR, 2 beats after the read latency, align, decode, check, retire
 XFER_FIXED = 2               # RTL: stream start, last-beat drain
-MM_FIXED = 4                 # RTL: stream start, first window, issue, hand-off per token tile (+1 with > 1 token)
+MM_FIXED = 4                 # RTL: stream start, first window, issue, hand-off per token tile
 LD_QACT_FIXED = 1            # RTL: the QBUF block writer's last block
 SFU_PASSES = {MiscOp.COPY: 1, MiscOp.ADD: 1, MiscOp.RMSNORM: 2, MiscOp.SOFTMAX: 3, MiscOp.SILU_MUL: 1,
               MiscOp.ROPE: 1, MiscOp.QUANT: 2, MiscOp.ARGMAX: 1}
@@ -46,11 +46,14 @@ class CycleModel:
         bb = wbytes // max(1, rows * nb)
         fmt = 2 if bb == 64 else (0 if sp_n in (8, 16) and bb == 20 or sp_n == 4 and bb == 12 else 1)
         groups = P.groups(self.board, fmt, sp_n, rows, nb, True)
+        # the first group waits for a second beat when its blocks span more than one (row-aligned weights)
+        k0 = min(P.lanes(self.board, fmt, sp_n), 2 * nb - 1, rows * nb)
+        first = 1 if k0 * bb > self.port else 0
         tt = P.token_tile(self.board)
         total = 0
         for t0 in range(0, tokens, tt):
             n = min(tt, tokens - t0)
-            total += MM_FIXED + (n > 1) + self.lat + max(self._mem(wbytes), groups * n)
+            total += MM_FIXED + self.lat + max(self._mem(wbytes), groups * n + first)
         return self.fetch() + total + self.chain + 10
 
     def transfer(self, nbytes: int, rows: int, contiguous: bool, elems: int) -> int:

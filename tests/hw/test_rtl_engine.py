@@ -11,11 +11,7 @@ from flightllm import boards
 from flightllm.errors import DeviceError
 from flightllm.isa import ErrCode, Op, SysOp, assemble, make, encode
 
-import os
-
-# WIP: the engine is not bit-exact yet and its Verilator build takes ~5 min; opt in until both are fixed.
-pytestmark = [pytest.mark.rtl, pytest.mark.skipif(os.environ.get("FLIGHTLLM_RTL_TESTS") != "1",
-                                                  reason="RTL engine WIP: set FLIGHTLLM_RTL_TESTS=1")]
+pytestmark = pytest.mark.rtl
 
 try:
     from flightllm.sim.rtl_device import verilator_bin
@@ -29,8 +25,10 @@ need = pytest.mark.skipif(not HAVE, reason="Verilator not installed")
 CASES = [
     ("mv", 192, 576, 4, 16, 0, 1),
     ("mv", 192, 576, 8, 16, 1, 1),
+    ("mv", 192, 576, 4, 8, 2, 1),
     ("mv", 192, 576, 4, 2, 2, 1),
     ("mv", 192, 576, 8, 4, 3, 1),
+    ("mv", 192, 576, 8, 2, 3, 1),
     ("mv", 576, 1536, 4, 8, 4, 1),
     ("mv", 1536, 576, 4, 16, 5, 1),
     ("mv", 100, 96, 8, 2, 6, 1),
@@ -48,6 +46,7 @@ def test_kernel_bit_exact_and_cycles(op, rows, cols, wbits, sp, seed, tokens):
     r = run(op, "rtl", "sim", rows, cols, wbits, sp, seed, tokens)
     assert r["bit_exact"], r
     assert r["cycle_model_error"] <= 0.02, r
+    assert r["cycles"] == r["fsim_cycles"], r          # sim/cycles.py describes the RTL exactly
     if op == "mv" and rows * cols >= 1536 * 576 and wbits == 4 and sp == 16:
         assert r["efficiency"] >= 0.90, r
 
@@ -79,3 +78,21 @@ def test_buffer_overflow_sets_error():
     with pytest.raises(DeviceError) as e:
         dev.run(4096)
     assert e.value.code == ErrCode.BUF_OVERFLOW and e.value.pc == 0
+
+
+@need
+def test_mv_weights_out_of_memory_sets_error():
+    """An MV whose weight rows run past the end of device memory stops with MEM_BOUNDS, as on fsim."""
+    from flightllm.sim.rtl_device import RtlDevice
+
+    b = boards.load("sim")
+    size = 1 << 16
+    prog = [make(Op.MV, fmt=0, sp_n=16, rows=4, cols=64, waddr=size - 64, wstride=40, xaddr=0, xstride=64,
+                 yaddr=0, ystride=4, tokens=1),
+            make(Op.SYS, fn=SysOp.END)]
+    dev = RtlDevice(b, size)
+    w = assemble(prog).view(np.uint8)
+    dev.mem[4096: 4096 + w.size] = w
+    with pytest.raises(DeviceError) as e:
+        dev.run(4096)
+    assert e.value.code == ErrCode.MEM_BOUNDS and e.value.pc == 0
