@@ -1,0 +1,111 @@
+"""hw/mpe.py alone in Amaranth's Python simulator: one group of blocks (one output row) per weight format, every
+lane's block dot product ``acc``, activation sum ``qs`` and dequantised term ``V`` against sim/mpe_model.py's
+arithmetic, and the ABUF word the engine writes. Fast to debug with: no Verilator, no top."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from amaranth import Elaboratable, Module
+from amaranth.lib.memory import Memory
+from amaranth.sim import Simulator
+
+from flightllm import boards
+from flightllm.formats import BLOCK, GROUP, pack_sparse, pack_weights, unpack_weights
+from flightllm.hw import params as P
+from flightllm.hw.mpe import Mpe
+from flightllm.isa import WFmt
+from flightllm.sim import mpe_model as MM
+
+
+def _case(fmt, sp, nb, seed, wfrac=9):
+    rng = np.random.default_rng(seed)
+    C = BLOCK * nb
+    if fmt == WFmt.I16:
+        q = rng.integers(-3000, 3000, (1, C)).astype("<i2")
+        raw = q.view(np.uint8).reshape(1, -1)
+    else:
+        q = rng.integers(0, 16, (1, C)) if fmt == WFmt.Q4_1 else rng.integers(-127, 128, (1, C))
+        d16 = np.float16(rng.uniform(-0.02, 0.02, (1, nb))).view(np.uint16)
+        m16 = np.float16(rng.uniform(-0.2, 0.0, (1, nb))).view(np.uint16) if fmt == WFmt.Q4_1 else None
+        if sp == 16:
+            raw = pack_weights(q, d16, m16, fmt)
+        else:
+            keep = np.zeros((1, C // GROUP, GROUP), bool)
+            for g in range(C // GROUP):
+                keep[0, g, rng.choice(GROUP, sp, replace=False)] = True
+            raw = pack_sparse(q, keep.reshape(1, C), d16, m16, fmt, sp)
+    Q, D, M, mask = unpack_weights(raw, fmt, sp, 1, C, wfrac)
+    xq = rng.integers(-127, 128, (1, C)).astype(np.int8)
+    xm = rng.integers(1024, 2048, (1, nb)).astype(np.uint16)
+    xe = rng.integers(-34, -22, (1, nb)).astype(np.int8)
+    return raw, Q, D, M, mask, xq, xm, xe
+
+
+@pytest.mark.parametrize("fmt,sp", [(WFmt.Q4_1, 16), (WFmt.Q8_0, 16), (WFmt.Q4_1, 2), (WFmt.Q8_0, 4),
+                                    (WFmt.I16, 16)])
+def test_mpe_one_group(fmt, sp):
+    b = boards.load("sim")
+    K = P.lanes(b, fmt, sp)
+    nb, wfrac = K, 9
+    raw, Q, D, M, mask, xq, xm, xe = _case(fmt, sp, nb, 7 + int(fmt) * 16 + sp, wfrac)
+    ref = MM.mm(MM.Weights(Q, D, M, mask, fmt), xq, xm, xe)[0, 0]
+    qb = Q.reshape(nb, BLOCK).astype(np.int64)
+    xb = xq.reshape(nb, BLOCK).astype(np.int64)
+    acc = (qb * xb).sum(-1)
+    kept = np.ones_like(qb, bool) if mask is None else mask.reshape(nb, BLOCK)
+    qs = (kept * xb).sum(-1)
+    T = D[0] * acc + (M[0] * qs if fmt == WFmt.Q4_1 else 0)
+    V = (T * xm[0].astype(np.int64)) >> (-xe[0].astype(np.int64))
+    words = [int.from_bytes(xq[0, BLOCK * i:BLOCK * (i + 1)].tobytes(), "little") | (int(xm[0, i]) << 256)
+             | ((int(xe[0, i]) & 0xFF) << 272) for i in range(nb)]
+    KM = P.max_lanes(b)
+
+    class Wrap(Elaboratable):
+        def __init__(self):
+            self.mem = Memory(shape=280, depth=16, init=words + [0] * (16 - nb))
+            self.mpe = Mpe(b, [self.mem.read_port() for _ in range(KM)], 16)
+
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.mem, m.submodules.mpe = self.mem, self.mpe
+            return m
+
+    top = Wrap()
+    mpe = top.mpe
+    seen = {"acc": None, "V": None, "y": None}
+
+    async def tb(ctx):
+        ctx.set(mpe.mode, P.mode_index(fmt, sp))
+        ctx.set(mpe.wfrac, wfrac)
+        ctx.set(mpe.clear, 1)
+        await ctx.tick()
+        ctx.set(mpe.clear, 0)
+        ctx.set(mpe.win, int.from_bytes(raw[0].tobytes(), "little"))
+        for sig, v in ((mpe.go, 1), (mpe.kp, nb), (mpe.rem, nb), (mpe.rowend, 1), (mpe.nb, nb), (mpe.b0, 0),
+                       (mpe.xrow, 0), (mpe.ybase, 3), (mpe.row, 2)):
+            ctx.set(sig, v)
+        await ctx.tick()
+        ctx.set(mpe.go, 0)
+        for c in range(mpe.depth + 4):
+            a = [ctx.get(x) for x in mpe.dbg["acc"][:nb]]
+            if any(a) and seen["acc"] is None:
+                seen["acc"] = (a, [ctx.get(x) for x in mpe.dbg["qs"][:nb]])
+            v = [ctx.get(x) for x in mpe.dbg["V"][:nb]]
+            if any(v) and seen["V"] is None:
+                seen["V"] = v
+            if ctx.get(mpe.ab_wen):
+                seen["y"] = (c, ctx.get(mpe.ab_waddr), ctx.get(mpe.ab_wdata))
+            await ctx.tick()
+
+    sim = Simulator(top)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    assert seen["acc"] is not None and list(seen["acc"][0]) == list(acc)
+    if fmt == WFmt.Q4_1:
+        assert list(seen["acc"][1]) == list(qs)
+    assert list(seen["V"]) == list(V)
+    assert seen["y"] is not None
+    c, addr, y = seen["y"]
+    assert (c, addr) == (mpe.depth - 1, 5)
+    assert y - (1 << 32) * (y >> 31) == ref
