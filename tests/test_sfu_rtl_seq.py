@@ -1,7 +1,6 @@
 """SFU sequencer in Verilator (cocotb): whole MISC instructions vs sim/fsim.py's _x_MISC, cycles vs the model.
 
-The unit is generated 4 lanes wide (W = 4, the small-board width) to keep the Verilator build short; the
-sequencing is the same for every W (cores and chunking are parameterised)."""
+Generated 4 lanes wide (quick build, many chunks per row) and 16 wide (the sim/kv260/zcu104 boards' width)."""
 from __future__ import annotations
 
 import pytest
@@ -11,7 +10,7 @@ from sfu_rtl_util import build, have_verilator, run
 pytestmark = [pytest.mark.rtl, pytest.mark.skipif(not have_verilator(), reason="needs amaranth, cocotb, verilator")]
 
 
-@pytest.mark.parametrize("W", [4])
+@pytest.mark.parametrize("W", [4, 16])
 def test_misc_instructions(W):
     from flightllm.hw.sfu import Sfu
 

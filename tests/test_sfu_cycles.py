@@ -1,0 +1,29 @@
+"""SFU width and cycle formula (pure Python; the RTL is checked against them in tests/test_sfu_rtl_seq.py)."""
+from __future__ import annotations
+
+import pytest
+
+from flightllm import boards
+from flightllm.isa import MiscOp
+from flightllm.sim.sfu_cycles import SFU_FIXED, SFU_PASS_OVERHEAD, sfu_cycles, sfu_width
+
+
+@pytest.mark.parametrize("name", boards.names())
+def test_width_fits_abuf_banks(name):
+    b = boards.load(name)
+    w = sfu_width(b)
+    assert 2 <= w <= 32 and w & (w - 1) == 0
+    assert w <= b.accel.sfu_lanes and w <= b.memory.port_bytes // 4
+
+
+def test_cycle_formula_shape():
+    W = 16
+    # one pass, one read per chunk: chunks + pass overhead per row
+    assert sfu_cycles(W, MiscOp.COPY, 3, 576) == SFU_FIXED + 3 * (36 + SFU_PASS_OVERHEAD)
+    # two operands double the reads; RMSNORM adds its bit-serial row latency
+    assert sfu_cycles(W, MiscOp.ADD, 1, 576) - SFU_FIXED == 72 + SFU_PASS_OVERHEAD
+    assert sfu_cycles(W, MiscOp.RMSNORM, 1, 576) > sfu_cycles(W, MiscOp.ADD, 1, 576) + 150
+    # QUANT walks whole 32-blocks; ROPE chunks stop at head boundaries
+    assert sfu_cycles(W, MiscOp.QUANT, 1, 33) == sfu_cycles(W, MiscOp.QUANT, 1, 64)
+    assert sfu_cycles(W, MiscOp.ROPE, 1, 24, 8) == SFU_FIXED + 3 * 3 + SFU_PASS_OVERHEAD
+    assert sfu_cycles(W, MiscOp.ARGMAX, 0, 10) == SFU_FIXED
