@@ -8,16 +8,13 @@ from __future__ import annotations
 
 from flightllm.boards import Board
 from flightllm.isa import MiscOp
+from flightllm.sim.sfu_cycles import sfu_cycles, sfu_width
 
 ISSUE = 2                    # fetch/decode of one instruction (MISC; the RTL's other classes use fetch())
 FETCH_FIXED = 6              # RTL: AR, 2 beats after the read latency, align, decode, check, retire
 XFER_FIXED = 2               # RTL: stream start, last-beat drain
 MM_FIXED = 4                 # RTL: stream start, first window, issue, hand-off per token tile
 LD_QACT_FIXED = 1            # RTL: the QBUF block writer's last block
-SFU_PASSES = {MiscOp.COPY: 1, MiscOp.ADD: 1, MiscOp.RMSNORM: 2, MiscOp.SOFTMAX: 3, MiscOp.SILU_MUL: 1,
-              MiscOp.ROPE: 1, MiscOp.QUANT: 2, MiscOp.ARGMAX: 1}
-SFU_ROW_LATENCY = {MiscOp.RMSNORM: 48, MiscOp.SOFTMAX: 72, MiscOp.QUANT: 4}   # isqrt / divide per row
-SFU_PIPE = 8
 
 
 class CycleModel:
@@ -64,9 +61,10 @@ class CycleModel:
             beats = max(beats, elems // 32) + LD_QACT_FIXED
         return self.fetch() + self.lat + beats + XFER_FIXED
 
-    def misc(self, fn: MiscOp, rows: int, n: int) -> int:
-        per_row = -(-n // self.lanes) * SFU_PASSES[fn] + SFU_ROW_LATENCY.get(fn, 0)
-        return ISSUE + SFU_PIPE + rows * per_row
+    def misc(self, fn: MiscOp, rows: int, n: int, imm: int | None = None) -> int:
+        """The SFU's exact cycles (hw/sfu.py, sim/sfu_cycles.py) plus issue. n: row width (SOFTMAX: n + rows - 1
+        when causal); imm: ROPE's head dim (without it, taken as a multiple of the SFU width)."""
+        return ISSUE + sfu_cycles(sfu_width(self.board), fn, rows, n, imm)
 
     def sys(self) -> int:
         return self.fetch()
