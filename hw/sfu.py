@@ -321,3 +321,53 @@ class Sfu(Elaboratable):
                 m.d.sync += self.busy.eq(0)
                 m.next = "IDLE"
         return m
+
+
+class SfuAbufPorts(Elaboratable):
+    """Glue between the SFU's W-word ABUF ports and ``NL`` single-word banks (hw/top.py's ABUF: word a in bank
+    a % NL at row a // NL), W <= NL, NL a power of two. Bank side: one read and one write port per bank
+    (``raddr/ren/rdata``, ``waddr/wen/wdata``; synchronous read, data the cycle after ``ren``). The SFU side is
+    the Sfu's rd_*/wr_* ports: connect ``sfu_*`` to them. W consecutive words never share a bank."""
+
+    def __init__(self, W: int, NL: int, rows_bits: int = ABITS):
+        assert W <= NL and NL & (NL - 1) == 0
+        self.W, self.NL = W, NL
+        S = lambda w, nm: Signal(w, name=nm)        # noqa: E731
+        self.sfu_rd_en, self.sfu_rd_addr, self.sfu_rd_mask = S(1, "sfu_rd_en"), S(ABITS, "sfu_rd_addr"), S(W, "sfu_rd_mask")
+        self.sfu_rd_data = S(32 * W, "sfu_rd_data")
+        self.sfu_wr_en, self.sfu_wr_addr, self.sfu_wr_mask = S(1, "sfu_wr_en"), S(ABITS, "sfu_wr_addr"), S(W, "sfu_wr_mask")
+        self.sfu_wr_data = S(32 * W, "sfu_wr_data")
+        self.raddr = [Signal(rows_bits, name=f"raddr{b}") for b in range(NL)]
+        self.ren = S(NL, "ren")
+        self.rdata = [Signal(32, name=f"rdata{b}") for b in range(NL)]
+        self.waddr = [Signal(rows_bits, name=f"waddr{b}") for b in range(NL)]
+        self.wen = S(NL, "wen")
+        self.wdata = [Signal(32, name=f"wdata{b}") for b in range(NL)]
+
+    def elaborate(self, platform):
+        m = Module()
+        W, NL = self.W, self.NL
+        lg = (NL - 1).bit_length()
+
+        def spread(addr, en, mask, row_out, en_out):
+            off = addr[:lg] if lg else Const(0, 1)
+            row = addr >> lg
+            lanes = []
+            for b in range(NL):
+                lane = Signal(max(lg, 1), name=f"lane{b}_{len(lanes)}_{id(row_out) % 997}")
+                m.d.comb += lane.eq((b - off)[:max(lg, 1)] if lg else 0)
+                m.d.comb += row_out[b].eq(row + (Const(b, lg + 1) < off))
+                m.d.comb += en_out[b].eq(en & (lane < W) & Array(mask)[lane[:max((W - 1).bit_length(), 1)]])
+                lanes.append(lane)
+            return lanes
+
+        spread(self.sfu_rd_addr, self.sfu_rd_en, list(self.sfu_rd_mask), self.raddr, self.ren)
+        wl = spread(self.sfu_wr_addr, self.sfu_wr_en, list(self.sfu_wr_mask), self.waddr, self.wen)
+        wlanes = [self.sfu_wr_data[32 * i: 32 * i + 32] for i in range(W)]
+        for b in range(NL):
+            m.d.comb += self.wdata[b].eq(Array(wlanes)[wl[b][:max((W - 1).bit_length(), 1)]])
+        off_r = Signal(max(lg, 1))
+        m.d.sync += off_r.eq(self.sfu_rd_addr[:lg] if lg else 0)
+        for i in range(W):
+            m.d.comb += self.sfu_rd_data[32 * i: 32 * i + 32].eq(Array(self.rdata)[(off_r + i)[:max(lg, 1)]])
+        return m

@@ -18,3 +18,15 @@ def test_misc_instructions(W):
     name = f"sfu_w{W}"
     runner, bdir = build(sfu, sfu.ports(), name)
     run(runner, bdir, name, "sfu_cocotb_seq", "misc_ops", {"SFU_BOARD": "sim", "SFU_W": W})
+
+
+@pytest.mark.parametrize("W,NL", [(4, 16)])
+def test_abuf_ports(W, NL):
+    from flightllm.hw.sfu import SfuAbufPorts
+
+    a = SfuAbufPorts(W, NL, rows_bits=12)
+    ports = [a.sfu_rd_en, a.sfu_rd_addr, a.sfu_rd_mask, a.sfu_rd_data, a.sfu_wr_en, a.sfu_wr_addr, a.sfu_wr_mask,
+             a.sfu_wr_data, a.ren, a.wen] + a.raddr + a.rdata + a.waddr + a.wdata
+    name = f"sfu_abuf_w{W}_nl{NL}"
+    runner, bdir = build(a, ports, name)
+    run(runner, bdir, name, "sfu_cocotb_seq", "abuf_ports", {"SFU_W": W, "SFU_NL": NL})
