@@ -1,14 +1,14 @@
-"""One DSP chain, standalone, for synthesis estimates (yosys synth_xilinx) and block tests.
+"""One lane's DSP cascade, standalone, for synthesis estimates (yosys synth_xilinx) and block tests.
 
-Same stage structure as the chains inside hw/mpe.py: per stage two (weight, activation) products summed in the
-DSP's M register, the cascade adder into the P register (PCIN from the previous stage, cut to zero at a
-reduction node), inputs skewed by the stage index, reduction-node outputs de-skewed to one cycle.
+The same structure as every lane of hw/mpe.py (``mpe.dsp_cascade``): per stage two (weight, activation) products
+summed in the DSP's M register, the cascade adder into the P register (PCIN from the previous stage), inputs
+skewed by the stage index; the block's dot product and activation sum leave the last stage.
 """
 from __future__ import annotations
 
-from amaranth import Elaboratable, Module, Mux, Signal, signed
+from amaranth import Elaboratable, Module, Signal, signed
 
-from flightllm.hw.mpe import ACC_BITS, W_BITS, X_BITS, delay
+from flightllm.hw.mpe import ACC_BITS, QS_BITS, W_BITS, X_BITS, dsp_cascade
 
 
 class DspChain(Elaboratable):
@@ -16,30 +16,14 @@ class DspChain(Elaboratable):
         self.L = length
         self.w = [Signal(signed(W_BITS), name=f"w{i}") for i in range(2 * length)]
         self.x = [Signal(signed(X_BITS), name=f"x{i}") for i in range(2 * length)]
-        self.half = Signal(5)            # stages per segment (P/2): 16, 8, 4, 2
-        self.out = [Signal(signed(ACC_BITS), name=f"acc{i}") for i in range(length // 2)]
+        self.acc = Signal(signed(ACC_BITS))
+        self.qs = Signal(signed(QS_BITS))
 
     def ports(self):
-        return self.w + self.x + [self.half] + self.out
+        return self.w + self.x + [self.acc, self.qs]
 
     def elaborate(self, platform):
         m = Module()
-        L = self.L
-        prev = None
-        for l in range(L):
-            w0, w1 = delay(m, self.w[2 * l], l, f"sw0_{l}"), delay(m, self.w[2 * l + 1], l, f"sw1_{l}")
-            x0, x1 = delay(m, self.x[2 * l], l, f"sx0_{l}"), delay(m, self.x[2 * l + 1], l, f"sx1_{l}")
-            start = delay(m, (l & (self.half - 1)) == 0, l, f"ss_{l}") if l else None
-            mreg = Signal(signed(ACC_BITS), name=f"m_{l}")
-            m.d.sync += mreg.eq(w0 * x0 + w1 * x1)
-            preg = Signal(signed(ACC_BITS), name=f"p_{l}")
-            if l == 0:
-                m.d.sync += preg.eq(mreg)
-            else:
-                st = Signal(name=f"st_{l}")
-                m.d.sync += st.eq(start)
-                m.d.sync += preg.eq(mreg + Mux(st, 0, prev))
-            prev = preg
-            if l % 2 == 1:
-                m.d.comb += self.out[l // 2].eq(delay(m, preg, L - 1 - l, f"dk_{l}"))
+        a, q = dsp_cascade(m, self.w, self.x, "ch")
+        m.d.comb += [self.acc.eq(a), self.qs.eq(q)]
         return m

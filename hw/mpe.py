@@ -210,8 +210,14 @@ class Mpe(Elaboratable):
                 pos = Signal(5, name=f"pos_{k}_{j}")
                 m.d.comb += pos.eq(Mux(sparse, Cat(nib, Const(j, 6) >= nsp), j))
                 ok = on & (~sparse | (Const(j, 6) < (nsp << 1)))
-                m.d.sync += [sw[k][j].eq(Mux(ok, w_c, 0)),
-                             sx[k][j].eq(Mux(ok, qx.word_select(pos, 8).as_signed(), 0))]
+                # the sparse MUX as a case over the 32 activations (a variable shift of the 256-bit block costs
+                # Verilator a wide shift per product and cycle)
+                x_c = Signal(signed(X_BITS), name=f"xc_{k}_{j}")
+                with m.Switch(pos):
+                    for i in range(BLOCK):
+                        with m.Case(i):
+                            m.d.comb += x_c.eq(qx[8 * i: 8 * i + 8])
+                m.d.sync += [sw[k][j].eq(Mux(ok, w_c, 0)), sx[k][j].eq(Mux(ok, x_c, 0))]
             # scales, raw, registered with the products then delayed to C
             sc = Signal(16 + 16 + 16 + 8, name=f"scl_{k}")
             m.d.sync += sc.eq(Cat(d16, m16, qd[k][256:272], qd[k][272:280]))

@@ -247,7 +247,10 @@ class Top(Elaboratable):
                         m.d.sync += fail(ErrCode.AXI_ERROR)
                         m.next = "STOP"
             with m.State("ALIGN"):
-                m.d.sync += iw.eq(line >> (faddr[:lg] << 3))
+                with m.Switch(faddr[:lg]):           # a case per byte offset (cheaper than a wide shift)
+                    for i in range(PB):
+                        with m.Case(i):
+                            m.d.sync += iw.eq(line[8 * i:])
                 m.next = "DECODE"
             with m.State("DECODE"):
                 m.d.sync += op.eq(dec.op)

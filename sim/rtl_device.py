@@ -30,9 +30,11 @@ HW = HERE.parent / "hw"
 HARNESS = HERE / "rtl" / "harness.cpp"
 TOP = "flightllm_top"
 HW_SOURCES = ("regs", "decoder", "params", "mpe", "dma", "csr", "ram", "top")   # what hw/top.py is generated from
-# Verilator flags (docs/rtl.md): Amaranth's output widens operands on purpose
+# Verilator flags (docs/rtl.md): Amaranth's output widens operands on purpose, declares registers with their reset
+# value (PROCASSINIT) and lowers If/Elif chains to priority casez statements whose patterns overlap (CASEOVERLAP)
 LINT_FLAGS = ["-Wall", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNUSEDSIGNAL", "-Wno-DECLFILENAME",
-              "-Wno-UNUSEDPARAM", "-Wno-GENUNNAMED", "-Wno-PINCONNECTEMPTY", "-Wno-CASEINCOMPLETE"]
+              "-Wno-UNUSEDPARAM", "-Wno-GENUNNAMED", "-Wno-PINCONNECTEMPTY", "-Wno-CASEINCOMPLETE",
+              "-Wno-PROCASSINIT", "-Wno-CASEOVERLAP"]
 BUILD_FLAGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert", "-Wno-fatal", "-Wno-lint",
                "-Wno-style", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC"]
 MAX_CYCLES = 2_000_000_000

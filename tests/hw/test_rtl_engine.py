@@ -96,3 +96,12 @@ def test_mv_weights_out_of_memory_sets_error():
     with pytest.raises(DeviceError) as e:
         dev.run(4096)
     assert e.value.code == ErrCode.MEM_BOUNDS and e.value.pc == 0
+
+
+@need
+def test_verilator_lint_clean(tmp_path):
+    """`verilator --lint-only` with the documented flags (sim/rtl_device.py LINT_FLAGS) reports nothing."""
+    from flightllm.sim.rtl_device import lint
+
+    r = lint(boards.load("sim"), tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
