@@ -121,7 +121,7 @@ class Sfu(Elaboratable):
         m.submodules.div_s = div_s = SerialDiv(62, 56, RINV_SM_BITS)
         # accumulators
         ss = Signal(64 + 24)
-        mx, mxh = Signal(signed(32)), Signal()
+        mx = Signal(signed(32))         # SOFTMAX row max = the first-maximum scan's value
         tot = Signal(56)
         best, bidx, have = Signal(signed(32)), Signal(NBITS + 1), Signal()
         rinv_rms = Signal(RINV_RMS_BITS)
@@ -232,7 +232,6 @@ class Sfu(Elaboratable):
             with m.If(is_[MiscOp.SOFTMAX] & (p == 1)):
                 m.d.sync += tot.eq(tot + sum(exp.e))
         m.d.comb += mx.eq(best)
-        _ = mxh
 
         # ---- sequencing -------------------------------------------------------------------------------
         dcnt = Signal(2)
