@@ -1,4 +1,4 @@
-"""cocotb testbenches of the SFU datapath cores (run by tests/test_sfu_rtl_cores.py), against sfu_model.
+"""cocotb testbenches of the SFU datapath cores (run by tests/hw/test_sfu_rtl_cores.py), against sfu_model.
 
 Each core is streamed one chunk per cycle; every result must come out exactly 2 cycles after its input and
 equal the reference model's bits.

@@ -1,4 +1,4 @@
-"""cocotb testbench of the SFU sequencer (run by tests/test_sfu_rtl_seq.py): whole MISC instructions on a
+"""cocotb testbench of the SFU sequencer (run by tests/hw/test_sfu_rtl_seq.py): whole MISC instructions on a
 Python ABUF/QBUF model, compared with sim/fsim.py's _x_MISC on the same state; cycles with sim/sfu_cycles.py."""
 from __future__ import annotations
 
