@@ -79,8 +79,8 @@ class Decoder(Elaboratable):
                     pad(Op.LD) | (f["fmt"] > int(max(LdFmt)))
                     | (((f["fmt"] == LdFmt.Q8_0) | (f["fmt"] == LdFmt.QACT)) & (f["cols"][:5] != 0))
                     | ((f["fmt"] == LdFmt.QACT) & ((f["dst"][:5] != 0) | (f["dst_stride"][:5] != 0)))
-                    # not implemented in this RTL yet: gathered rows (idx) and Q8_0 dequantising loads
-                    | f["idx"] | (f["fmt"] == LdFmt.Q8_0))
+                    # not implemented in this RTL yet: gathered rows (idx)
+                    | f["idx"])
             with m.Case(int(Op.ST)):
                 f = self.f[Op.ST]
                 m.d.comb += self.known.eq(1)
@@ -90,8 +90,13 @@ class Decoder(Elaboratable):
                 m.d.comb += self.known.eq(1)
                 m.d.comb += ill.eq(pad(Op.SYS) | (f["fn"] > int(max(SysOp))))
             with m.Case(int(Op.MISC)):
-                # the SFU is a separate block (a later issue): MISC decodes as illegal until it is attached
-                m.d.comb += ill.eq(1)
+                f = self.f[Op.MISC]
+                m.d.comb += self.known.eq(1)
+                imm = f["imm"]
+                m.d.comb += ill.eq(
+                    pad(Op.MISC) | (f["fn"] > int(max(MiscOp)))
+                    | ((f["fn"] == MiscOp.QUANT) & ((f["dst"][:5] != 0) | (f["dst_stride"][:5] != 0)))
+                    | ((f["fn"] == MiscOp.ROPE) & ((imm < 2) | imm[0] | (f["n"] % imm != 0))))
             with m.Default():
                 m.d.comb += ill.eq(1)
         m.d.comb += self.illegal.eq(ill)

@@ -26,6 +26,7 @@ REGS: dict[str, tuple[int, str, str]] = {
     "RD_BYTES":    (0x40, "r",  "payload bytes read by LD/MM/MV (bits 31:0)"),
     "WR_BYTES":    (0x44, "r",  "payload bytes written by ST (bits 31:0)"),
     "ID":          (0x48, "r",  "0x464C4C31 ('FLL1')"),
+    "CYC_SFU":     (0x4C, "r",  "cycles spent on MISC (SFU) instructions"),
     # 0x80..0xFF reserved for the region registers (base/size/writable per region), a later issue
 }
 ID_VALUE = 0x464C4C31

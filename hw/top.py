@@ -3,30 +3,32 @@
 Entry points: ``build_top(board)`` (an Amaranth Elaboratable plus its port list) and
 ``generate_verilog(board, path)``. Execution is in order, one instruction at a time (as sim/cycles.py models):
 FETCH (one 2-beat AR at the instruction's 64-byte line) -> ALIGN -> DECODE (illegal -> error) -> CHECK (buffer
-and memory bounds -> error) -> EXEC (LD / ST / MM,MV / SYS) -> RETIRE.
+and memory bounds -> error) -> EXEC (LD / ST / MM,MV / MISC on the SFU / SYS) -> RETIRE.
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from amaranth import Cat, Const, Elaboratable, Module, Mux, Signal
+from amaranth import Cat, Const, Elaboratable, Module, Mux, Signal, signed
 from amaranth.hdl import Array
 
 from flightllm.boards import Board
-from flightllm.formats import BLOCK, QACT_BLOCK_BYTES, block_bytes
-from flightllm.isa import ErrCode, LdFmt, Op, StFmt, SysOp, WFmt
+from flightllm.formats import ACT_FRAC, BLOCK, QACT_BLOCK_BYTES, SCALE_FIX, block_bytes
+
+Q8_BLOCK_BYTES = 34          # LD Q8_0: fp16 d + 32 int8
+from flightllm.isa import ErrCode, LdFmt, MiscOp, Op, StFmt, SysOp, WFmt
 from flightllm.hw import params as P
 from flightllm.hw.csr import Csr
 from flightllm.hw.decoder import WIN_BITS, Decoder
 from flightllm.hw.dma import ReadStream, WriteStream
 from flightllm.hw.mpe import QWORD, Mpe
 from flightllm.hw.ram import VERILOG as RAM_VERILOG, Ram
+from flightllm.hw.sfu import Sfu, SfuAbufPorts, sfu_width
 from flightllm.hw.regs import STATUS_BUSY, STATUS_DONE, STATUS_ERROR
 
 
-def _sat_lt(a, b):
-    return a < b
+CLASSES = ("LD", "ST", "MM", "SYS", "SFU")     # cls register value -> CYC_<class> counter
 
 
 class Top(Elaboratable):
@@ -81,6 +83,14 @@ class Top(Elaboratable):
             m.submodules[f"abuf{i}"] = mem
             banks.append((mem.read_port(), mem.write_port()))
         bb_bits = (NL - 1).bit_length()
+        # special function unit (docs/sfu.md): its W-word ABUF ports spread over the banks by SfuAbufPorts
+        SW = sfu_width(b)
+        m.submodules.sfu = sfu = Sfu(SW)
+        m.submodules.sfu_ab = sab = SfuAbufPorts(SW, NL)
+        m.d.comb += [sab.sfu_rd_en.eq(sfu.rd_en), sab.sfu_rd_addr.eq(sfu.rd_addr), sab.sfu_rd_mask.eq(sfu.rd_mask),
+                     sfu.rd_data.eq(sab.sfu_rd_data), sab.sfu_wr_en.eq(sfu.wr_en), sab.sfu_wr_addr.eq(sfu.wr_addr),
+                     sab.sfu_wr_mask.eq(sfu.wr_mask), sab.sfu_wr_data.eq(sfu.wr_data)]
+        m.d.comb += [sab.rdata[i].eq(banks[i][0].data) for i in range(NL)]
 
         m.d.comb += [self.m_arsize.eq(lg), self.m_arburst.eq(1), self.m_awsize.eq(lg), self.m_awburst.eq(1),
                      self.m_bready.eq(1)]
@@ -90,9 +100,9 @@ class Top(Elaboratable):
         pc = Signal(32)
         cycles = Signal(64)
         instret = Signal(32)
-        cyc = {k: Signal(32, name=f"cyc_{k}") for k in ("LD", "ST", "MM", "SYS")}
+        cyc = {k: Signal(32, name=f"cyc_{k}") for k in CLASSES}
         last_ret = Signal(64)
-        cls = Signal(2)
+        cls = Signal(3)
         wr_bytes = Signal(32)
         ibase = Cat(csr.rw["INSTR_BASE_LO"], csr.rw["INSTR_BASE_HI"])
         memsize = Cat(csr.rw["MEM_SIZE_LO"], csr.rw["MEM_SIZE_HI"])
@@ -116,6 +126,14 @@ class Top(Elaboratable):
         m.d.comb += dec.iw.eq(iw)
         # decoded, resolved operands (registered in DECODE)
         f_mm, f_ld, f_st, f_sys = dec.f[Op.MM], dec.f[Op.LD], dec.f[Op.ST], dec.f[Op.SYS]
+        f_misc = dec.f[Op.MISC]
+        mn = Signal(25)             # MISC n, resolved (n + POS when n_pos)
+        # the SFU's fields: the decoded word (stable until the next fetch) and the resolved n
+        m.d.comb += [sfu.fn.eq(f_misc["fn"]), sfu.src.eq(f_misc["src"]), sfu.src2.eq(f_misc["src2"]),
+                     sfu.dst.eq(f_misc["dst"]), sfu.n.eq(mn), sfu.rows.eq(f_misc["rows"]),
+                     sfu.src_stride.eq(f_misc["src_stride"]), sfu.src2_stride.eq(f_misc["src2_stride"]),
+                     sfu.dst_stride.eq(f_misc["dst_stride"]), sfu.imm.eq(f_misc["imm"]),
+                     sfu.causal.eq(f_misc["causal"])]
         op = Signal(4)
         rows = Signal(25)
         cols = Signal(25)
@@ -178,19 +196,33 @@ class Top(Elaboratable):
         with m.If(self.m_wvalid & self.m_wready):
             m.d.sync += wr_bytes.eq(wr_bytes + sum(self.m_wstrb[i] for i in range(PB)))
 
-        # ABUF port muxing: ST reads all banks; MPE reads one word (acc) and writes one word; LD I32 writes
+        # ABUF port muxing: the SFU (while it runs) reads and writes W words; ST reads all banks; MPE reads one word
+        # (acc) and writes one word; LD I32 writes
+        sfu_mode = Signal()
+        ldq_mode = Signal()         # LD Q8_0: SW dequantised words a cycle through the SFU's bank write port
+        ldq_addr = Signal(24)
+        ldq_data = Signal(32 * SW)
+        HALVES = BLOCK // SW
+        uh = Signal(range(HALVES))
+        with m.If(ldq_mode):
+            m.d.comb += [sab.sfu_wr_en.eq(1), sab.sfu_wr_addr.eq(ldq_addr), sab.sfu_wr_mask.eq((1 << SW) - 1),
+                         sab.sfu_wr_data.eq(ldq_data)]
         st_mode = Signal()
         ld_wen = Signal()
         ld_waddr = Signal(26)
         ld_wdata = Signal(32)
         for i, (rp, wp) in enumerate(banks):
             sel_mpe = mpe.ab_raddr[:bb_bits] == i
-            m.d.comb += [rp.addr.eq(Mux(st_mode, ws.rd_addr[i], mpe.ab_raddr >> bb_bits)),
-                         rp.en.eq(Mux(st_mode, ws.rd_en, mpe.ab_ren & sel_mpe)),
+            m.d.comb += [rp.addr.eq(Mux(sfu_mode, sab.raddr[i], Mux(st_mode, ws.rd_addr[i], mpe.ab_raddr >> bb_bits))),
+                         rp.en.eq(Mux(sfu_mode, sab.ren[i], Mux(st_mode, ws.rd_en, mpe.ab_ren & sel_mpe))),
                          ws.rd_data[i].eq(rp.data)]
-            m.d.comb += [wp.addr.eq(Mux(ld_wen, ld_waddr >> bb_bits, mpe.ab_waddr >> bb_bits)),
-                         wp.data.eq(Mux(ld_wen, ld_wdata, mpe.ab_wdata)),
-                         wp.en.eq(Mux(ld_wen, ld_waddr[:bb_bits] == i, mpe.ab_wen & (mpe.ab_waddr[:bb_bits] == i)))]
+            sw_mode = sfu_mode | ldq_mode
+            m.d.comb += [wp.addr.eq(Mux(sw_mode, sab.waddr[i],
+                                        Mux(ld_wen, ld_waddr >> bb_bits, mpe.ab_waddr >> bb_bits))),
+                         wp.data.eq(Mux(sw_mode, sab.wdata[i], Mux(ld_wen, ld_wdata, mpe.ab_wdata))),
+                         wp.en.eq(Mux(sw_mode, sab.wen[i],
+                                      Mux(ld_wen, ld_waddr[:bb_bits] == i,
+                                          mpe.ab_wen & (mpe.ab_waddr[:bb_bits] == i))))]
         rsel = Signal(bb_bits)
         m.d.sync += rsel.eq(mpe.ab_raddr[:bb_bits])
         m.d.comb += mpe.ab_rdata.eq(Array([banks[i][0].data for i in range(NL)])[rsel])
@@ -269,7 +301,8 @@ class Top(Elaboratable):
                                          wfrac.eq(f_mm["wfrac"]), accf.eq(f_mm["acc"])]
                         with m.Case(int(Op.LD)):
                             nbc = Mux(f_ld["fmt"] == LdFmt.QACT, (f_ld["cols"] >> 5) * QACT_BLOCK_BYTES,
-                                      f_ld["cols"] << 2)
+                                      Mux(f_ld["fmt"] == LdFmt.Q8_0, (f_ld["cols"] >> 5) * Q8_BLOCK_BYTES,
+                                          f_ld["cols"] << 2))
                             m.d.sync += [cls.eq(0), rows.eq(f_ld["rows"]), cols.eq(f_ld["cols"]),
                                          nb.eq(f_ld["cols"] >> 5), nbytes.eq(nbc),
                                          base.eq(f_ld["addr"] + pos * f_ld["pos_stride"])]
@@ -278,6 +311,9 @@ class Top(Elaboratable):
                                          base.eq(f_st["addr"] + pos * f_st["pos_stride"])]
                         with m.Case(int(Op.SYS)):
                             m.d.sync += cls.eq(3)
+                        with m.Case(int(Op.MISC)):
+                            m.d.sync += [cls.eq(4), rows.eq(f_misc["rows"]),
+                                         mn.eq(f_misc["n"] + Mux(f_misc["n_pos"], pos, 0))]
             with m.State("CHECK"):
                 # bounds, computed from the registered operands (mirrors sim/fsim.py's order of checks)
                 with m.Switch(op):
@@ -316,7 +352,8 @@ class Top(Elaboratable):
                                          rs.seg_len.eq(Mux(mg, rows * nbytes, nbytes)),
                                          rs.stride.eq(f_ld["src_stride"]), rs.nseg.eq(Mux(mg, 1, rows))]
                             m.d.sync += [ublk.eq(0), urow.eq(0),
-                                         uleft.eq(Mux(isq, rows * nb, rows * cols))]
+                                         uleft.eq(Mux(isq | (f_ld["fmt"] == LdFmt.Q8_0), rows * nb, rows * cols)),
+                                         uh.eq(0)]
                             m.next = "LD_RUN"
                     with m.Case(int(Op.ST)):
                         es = f_st["elem_stride"]
@@ -344,6 +381,31 @@ class Top(Elaboratable):
                                          ws.src.eq(f_st["src"]), ws.src_stride.eq(f_st["src_stride"]),
                                          ws.rows.eq(Mux(mg, 1, rows)), ws.cols.eq(Mux(mg, rows * cols, cols))]
                             m.next = "ST_RUN"
+                    with m.Case(int(Op.MISC)):
+                        # every operand range before any work, as sim/fsim.py::_x_MISC (all BUF_OVERFLOW)
+                        fm = f_misc
+                        fn = fm["fn"]
+                        r1 = Signal(16)
+                        mw = Signal(42)
+                        n32 = Signal(30)
+                        m.d.comb += [r1.eq(rows - 1),
+                                     mw.eq(mn + Mux((fn == MiscOp.SOFTMAX) & fm["causal"], r1, 0)),
+                                     n32.eq(((mn + 31) >> 5) << 5)]
+                        hi_src = fm["src"] + r1 * fm["src_stride"] + mw
+                        hi_dst = fm["dst"] + r1 * fm["dst_stride"] + Mux(fn == MiscOp.ARGMAX, 1, mw)
+                        hi_q = fm["dst"] + r1 * fm["dst_stride"] + n32
+                        hi_2 = fm["src2"] + r1 * fm["src2_stride"] + Mux(fn == MiscOp.ROPE, fm["imm"], mn)
+                        two = (fn == MiscOp.ADD) | (fn == MiscOp.SILU_MUL) | (fn == MiscOp.ROPE)
+                        bad = ((rows == 0) | (mw == 0) | (hi_src > a.abuf_words)
+                               | Mux(fn == MiscOp.QUANT, hi_q > a.qbuf_bytes, hi_dst > a.abuf_words)
+                               | (two & (hi_2 > a.abuf_words))
+                               | ((fn == MiscOp.RMSNORM) & (fm["src2"] + mn > a.abuf_words)))
+                        with m.If(bad):
+                            m.d.sync += fail(ErrCode.BUF_OVERFLOW)
+                            m.next = "STOP"
+                        with m.Else():
+                            m.d.comb += sfu.start.eq(1)
+                            m.next = "SFU_RUN"
                     with m.Case(int(Op.SYS)):
                         with m.If(f_sys["fn"] == SysOp.END):
                             m.next = "END"
@@ -387,7 +449,8 @@ class Top(Elaboratable):
             # ---- LD -----------------------------------------------------------------------------------------
             with m.State("LD_RUN"):
                 isq = f_ld["fmt"] == LdFmt.QACT
-                ub = Mux(isq, QACT_BLOCK_BYTES, 4)
+                isq8 = f_ld["fmt"] == LdFmt.Q8_0
+                ub = Mux(isq, QACT_BLOCK_BYTES, Mux(isq8, Q8_BLOCK_BYTES, 4))
                 fire = Signal()
                 m.d.comb += fire.eq((uleft != 0) & rs.data_phase & (rs.cnt >= ub))
                 w = rs.win
@@ -395,9 +458,35 @@ class Top(Elaboratable):
                              qw.data.eq(Cat(w[32: 32 + 256], w[0:16], w[16:24])),
                              ld_waddr.eq(f_ld["dst"] + urow * f_ld["dst_stride"] + ublk), ld_wdata.eq(w[:32])]
                 with m.If(fire):
-                    m.d.comb += [rs.take.eq(ub), qw.en.eq(isq), ld_wen.eq(~isq)]
-                    lastb = ublk + 1 == Mux(isq, nb, cols)
-                    m.d.sync += [uleft.eq(uleft - 1), ublk.eq(Mux(lastb, 0, ublk + 1)), urow.eq(urow + lastb)]
+                    more = isq8 & (uh != HALVES - 1)          # Q8_0: 32 / SW cycles per block
+                    with m.If(more):
+                        m.d.sync += uh.eq(uh + 1)
+                    with m.Else():
+                        m.d.comb += rs.take.eq(ub)
+                        lastb = ublk + 1 == Mux(isq | isq8, nb, cols)
+                        m.d.sync += [uh.eq(0), uleft.eq(uleft - 1), ublk.eq(Mux(lastb, 0, ublk + 1)),
+                                     urow.eq(urow + lastb)]
+                    m.d.comb += [qw.en.eq(isq), ld_wen.eq(~isq & ~isq8), ldq_mode.eq(isq8)]
+                # Q8_0 dequantisation (docs/numerics.md): x = sat32((D * q + 2^11) >> 12), D = fp16 * 2^24, SW
+                # elements a cycle written through the SFU's W-word bank port
+                h = w[0:16]
+                hexp = h[10:15]
+                mant = Mux(hexp == 0, h[0:10], Cat(h[0:10], Const(1, 1)))
+                sh = Signal(5)
+                m.d.comb += sh.eq(Mux(hexp == 0, 0, hexp - 1))
+                dmag = Signal(42)
+                m.d.comb += dmag.eq(mant << sh)
+                dfix = Signal(signed(43))
+                m.d.comb += dfix.eq(Mux(h[15], -dmag, dmag))
+                qsel = Array([w[16 + 8 * SW * k: 16 + 8 * SW * (k + 1)] for k in range(HALVES)])[uh]
+                lanes_q8 = []
+                for i in range(SW):
+                    prod = Signal(signed(52), name=f"q8_prod{i}")
+                    m.d.comb += prod.eq(dfix * qsel[8 * i: 8 * i + 8].as_signed() + (1 << (SCALE_FIX - ACT_FRAC - 1)))
+                    v = prod >> (SCALE_FIX - ACT_FRAC)
+                    lanes_q8.append(Mux(v > 0x7FFFFFFF, 0x7FFFFFFF, Mux(v < -0x80000000, -0x80000000, v))[:32])
+                m.d.comb += [ldq_addr.eq(f_ld["dst"] + urow * f_ld["dst_stride"] + (ublk << 5) + uh * SW),
+                             ldq_data.eq(Cat(*lanes_q8))]
                 with m.If((uleft == 0) & ~rs.busy):
                     m.next = "RETIRE"
                 with m.If(self.m_rvalid & self.m_rready & (self.m_rresp != 0)):
@@ -413,9 +502,15 @@ class Top(Elaboratable):
                         m.next = "STOP"
                     with m.Else():
                         m.next = "RETIRE"
+            # ---- MISC (SFU) ---------------------------------------------------------------------------------
+            with m.State("SFU_RUN"):
+                m.d.comb += [sfu_mode.eq(1), qw.addr.eq(sfu.q_addr), qw.data.eq(Cat(sfu.q_data, sfu.q_m, sfu.q_e)),
+                             qw.en.eq(sfu.q_en)]
+                with m.If(sfu.done):
+                    m.next = "RETIRE"
             with m.State("RETIRE"):
                 m.d.sync += [pc.eq(pc + dec.nwords), instret.eq(instret + 1), last_ret.eq(cycles + 1)]
-                for i, k in enumerate(("LD", "ST", "MM", "SYS")):
+                for i, k in enumerate(CLASSES):
                     with m.If(cls == i):
                         m.d.sync += cyc[k].eq(cyc[k] + (cycles + 1 - last_ret))
                 m.next = "FETCH"

@@ -10,11 +10,12 @@ from flightllm.boards import Board
 from flightllm.isa import MiscOp
 from flightllm.sim.sfu_cycles import sfu_cycles, sfu_width
 
-ISSUE = 2                    # fetch/decode of one instruction (MISC; the RTL's other classes use fetch())
+MISC_FIXED = -1              # RTL: the SFU's start cycle is the engine's CHECK cycle (counted in both)
 FETCH_FIXED = 6              # RTL: AR, 2 beats after the read latency, align, decode, check, retire
 XFER_FIXED = 2               # RTL: stream start, last-beat drain
 MM_FIXED = 4                 # RTL: stream start, first window, issue, hand-off per token tile
 LD_QACT_FIXED = 1            # RTL: the QBUF block writer's last block
+LD_Q8_FIXED = 1              # RTL: LD Q8_0 dequantises sfu_width words a cycle
 
 
 class CycleModel:
@@ -59,12 +60,15 @@ class CycleModel:
         beats = self._mem(nbytes) if contiguous else elems
         if contiguous and elems and nbytes * 32 == elems * 36:     # LD QACT: the RTL writes one block a cycle
             beats = max(beats, elems // 32) + LD_QACT_FIXED
+        elif contiguous and elems and nbytes * 32 == elems * 34:   # LD Q8_0: SFU-width words a cycle
+            beats = max(beats, elems // sfu_width(self.board)) + LD_Q8_FIXED
         return self.fetch() + self.lat + beats + XFER_FIXED
 
     def misc(self, fn: MiscOp, rows: int, n: int, imm: int | None = None) -> int:
-        """The SFU's exact cycles (hw/sfu.py, sim/sfu_cycles.py) plus issue. n: row width (SOFTMAX: n + rows - 1
-        when causal); imm: ROPE's head dim (without it, taken as a multiple of the SFU width)."""
-        return ISSUE + sfu_cycles(sfu_width(self.board), fn, rows, n, imm)
+        """RTL: instruction fetch/decode/check/retire plus the SFU's exact cycles (hw/sfu.py, sim/sfu_cycles.py),
+        its start cycle being the CHECK cycle. n: row width (SOFTMAX: n + rows - 1 when causal); imm: ROPE's head
+        dim (without it, taken as a multiple of the SFU width)."""
+        return self.fetch() + MISC_FIXED + sfu_cycles(sfu_width(self.board), fn, rows, n, imm)
 
     def sys(self) -> int:
         return self.fetch()

@@ -273,7 +273,7 @@ class FunctionalSim:
         else:  # pragma: no cover - MiscOp is exhaustive
             raise DeviceError(f"pc {pc}: MISC {fn}", ErrCode.ILLEGAL_INSTR, pc)
         dst[...] = y
-        st.charge("SFU", self.cm.misc(fn, rows, width))
+        st.charge("SFU", self.cm.misc(fn, rows, width, f["imm"] if fn == MiscOp.ROPE else None))
 
     def _x_SYS(self, f, pc, st):
         st.charge("SYS", self.cm.sys())

@@ -52,7 +52,8 @@ def test_kernel_bit_exact_and_cycles(op, rows, cols, wbits, sp, seed, tokens):
 
 
 @need
-@pytest.mark.parametrize("word,code", [(0xF, ErrCode.ILLEGAL_INSTR), (Op.MISC, ErrCode.ILLEGAL_INSTR)])
+@pytest.mark.parametrize("word,code", [(0xF, ErrCode.ILLEGAL_INSTR), (Op.MISC | 15 << 12, ErrCode.ILLEGAL_INSTR),
+                                       (Op.MISC, ErrCode.BUF_OVERFLOW)])
 def test_bad_instruction_sets_error(word, code):
     from flightllm.sim.rtl_device import RtlDevice
 
