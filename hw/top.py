@@ -199,13 +199,14 @@ class Top(Elaboratable):
         # ABUF port muxing: the SFU (while it runs) reads and writes W words; ST reads all banks; MPE reads one word
         # (acc) and writes one word; LD I32 writes
         sfu_mode = Signal()
-        ldq_mode = Signal()         # LD Q8_0: SW dequantised words a cycle through the SFU's bank write port
+        ldq_mode = Signal()         # LD Q8_0 / I32: SW words a cycle through the SFU's bank write port
         ldq_addr = Signal(24)
         ldq_data = Signal(32 * SW)
+        ldq_mask = Signal(SW)
         HALVES = BLOCK // SW
         uh = Signal(range(HALVES))
         with m.If(ldq_mode):
-            m.d.comb += [sab.sfu_wr_en.eq(1), sab.sfu_wr_addr.eq(ldq_addr), sab.sfu_wr_mask.eq((1 << SW) - 1),
+            m.d.comb += [sab.sfu_wr_en.eq(1), sab.sfu_wr_addr.eq(ldq_addr), sab.sfu_wr_mask.eq(ldq_mask),
                          sab.sfu_wr_data.eq(ldq_data)]
         st_mode = Signal()
         ld_wen = Signal()
@@ -450,7 +451,11 @@ class Top(Elaboratable):
             with m.State("LD_RUN"):
                 isq = f_ld["fmt"] == LdFmt.QACT
                 isq8 = f_ld["fmt"] == LdFmt.Q8_0
-                ub = Mux(isq, QACT_BLOCK_BYTES, Mux(isq8, Q8_BLOCK_BYTES, 4))
+                is32 = ~isq & ~isq8
+                # LD I32: up to SW words a cycle (a chunk never straddles a row), through the SFU's bank port
+                k32 = Signal(range(SW + 1))
+                m.d.comb += k32.eq(Mux(cols - ublk < SW, cols - ublk, SW))
+                ub = Mux(isq, QACT_BLOCK_BYTES, Mux(isq8, Q8_BLOCK_BYTES, k32 << 2))
                 fire = Signal()
                 m.d.comb += fire.eq((uleft != 0) & rs.data_phase & (rs.cnt >= ub))
                 w = rs.win
@@ -463,10 +468,11 @@ class Top(Elaboratable):
                         m.d.sync += uh.eq(uh + 1)
                     with m.Else():
                         m.d.comb += rs.take.eq(ub)
-                        lastb = ublk + 1 == Mux(isq | isq8, nb, cols)
-                        m.d.sync += [uh.eq(0), uleft.eq(uleft - 1), ublk.eq(Mux(lastb, 0, ublk + 1)),
+                        step = Mux(is32, k32, 1)
+                        lastb = ublk + step == Mux(isq | isq8, nb, cols)
+                        m.d.sync += [uh.eq(0), uleft.eq(uleft - step), ublk.eq(Mux(lastb, 0, ublk + step)),
                                      urow.eq(urow + lastb)]
-                    m.d.comb += [qw.en.eq(isq), ld_wen.eq(~isq & ~isq8), ldq_mode.eq(isq8)]
+                    m.d.comb += [qw.en.eq(isq), ldq_mode.eq(~isq)]
                 # Q8_0 dequantisation (docs/numerics.md): x = sat32((D * q + 2^11) >> 12), D = fp16 * 2^24, SW
                 # elements a cycle written through the SFU's W-word bank port
                 h = w[0:16]
@@ -485,8 +491,9 @@ class Top(Elaboratable):
                     m.d.comb += prod.eq(dfix * qsel[8 * i: 8 * i + 8].as_signed() + (1 << (SCALE_FIX - ACT_FRAC - 1)))
                     v = prod >> (SCALE_FIX - ACT_FRAC)
                     lanes_q8.append(Mux(v > 0x7FFFFFFF, 0x7FFFFFFF, Mux(v < -0x80000000, -0x80000000, v))[:32])
-                m.d.comb += [ldq_addr.eq(f_ld["dst"] + urow * f_ld["dst_stride"] + (ublk << 5) + uh * SW),
-                             ldq_data.eq(Cat(*lanes_q8))]
+                m.d.comb += [ldq_addr.eq(f_ld["dst"] + urow * f_ld["dst_stride"] + Mux(is32, ublk, (ublk << 5) + uh * SW)),
+                             ldq_data.eq(Mux(is32, w[:32 * SW], Cat(*lanes_q8))),
+                             ldq_mask.eq(Mux(is32, (Const(1, SW + 1) << k32) - 1, (1 << SW) - 1))]
                 with m.If((uleft == 0) & ~rs.busy):
                     m.next = "RETIRE"
                 with m.If(self.m_rvalid & self.m_rready & (self.m_rresp != 0)):

@@ -15,6 +15,7 @@ FETCH_FIXED = 6              # RTL: AR, 2 beats after the read latency, align, d
 XFER_FIXED = 2               # RTL: stream start, last-beat drain
 MM_FIXED = 4                 # RTL: stream start, first window, issue, hand-off per token tile
 LD_QACT_FIXED = 1            # RTL: the QBUF block writer's last block
+LD_I32_FIXED = 1             # RTL: LD I32 writes sfu_width words a cycle (hw/top.py LD_RUN)
 LD_Q8_FIXED = 1              # RTL: LD Q8_0 dequantises sfu_width words a cycle
 
 
@@ -63,6 +64,12 @@ class CycleModel:
         elif contiguous and elems and nbytes * 32 == elems * 34:   # LD Q8_0: SFU-width words a cycle
             beats = max(beats, elems // sfu_width(self.board)) + LD_Q8_FIXED
         return self.fetch() + self.lat + beats + XFER_FIXED
+
+    def ld_i32(self, rows: int, cols: int) -> int:
+        """LD I32: the RTL writes up to sfu_width words a cycle into the ABUF, a chunk never straddling a row."""
+        W = sfu_width(self.board)
+        beats = max(self._mem(rows * cols * 4), rows * -(-cols // W))
+        return self.fetch() + self.lat + beats + XFER_FIXED + LD_I32_FIXED
 
     def misc(self, fn: MiscOp, rows: int, n: int, imm: int | None = None) -> int:
         """RTL: instruction fetch/decode/check/retire plus the SFU's exact cycles (hw/sfu.py, sim/sfu_cycles.py),

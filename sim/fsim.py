@@ -162,7 +162,9 @@ class FunctionalSim:
             sh = SCALE_FIX - ACT_FRAC
             val = sat32((D[..., None] * q + (1 << (sh - 1))) >> sh).reshape(rows, cols)
         dst[...] = val
-        st.charge("LD", self.cm.transfer(rows * nbytes, rows, True, rows * cols), rd=rows * nbytes)
+        cyc = (self.cm.ld_i32(rows, cols) if fmt == LdFmt.I32
+               else self.cm.transfer(rows * nbytes, rows, True, rows * cols))
+        st.charge("LD", cyc, rd=rows * nbytes)
 
     def _x_ST(self, f, pc, st):
         rows, cols = f["rows"], f["cols"]
