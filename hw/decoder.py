@@ -2,8 +2,7 @@
 
 ``Decoder`` takes the instruction window (up to max(NWORDS) little-endian words, word 0 at bit 0) and exposes
 per-opcode field signals, the opcode, the instruction length and an ``illegal`` flag that mirrors
-:func:`flightllm.isa.validate` (plus the features this RTL does not implement yet, which are reported as illegal
-instead of being executed wrongly).
+:func:`flightllm.isa.validate` (the features this RTL does not implement, scattered ST I32, are refused by hw/top.py's CHECK).
 """
 from __future__ import annotations
 
@@ -78,9 +77,7 @@ class Decoder(Elaboratable):
                 m.d.comb += ill.eq(
                     pad(Op.LD) | (f["fmt"] > int(max(LdFmt)))
                     | (((f["fmt"] == LdFmt.Q8_0) | (f["fmt"] == LdFmt.QACT)) & (f["cols"][:5] != 0))
-                    | ((f["fmt"] == LdFmt.QACT) & ((f["dst"][:5] != 0) | (f["dst_stride"][:5] != 0)))
-                    # not implemented in this RTL yet: gathered rows (idx)
-                    | f["idx"])
+                    | ((f["fmt"] == LdFmt.QACT) & ((f["dst"][:5] != 0) | (f["dst_stride"][:5] != 0))))
             with m.Case(int(Op.ST)):
                 f = self.f[Op.ST]
                 m.d.comb += self.known.eq(1)

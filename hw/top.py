@@ -173,6 +173,8 @@ class Top(Elaboratable):
         ttile = Signal(range(TT + 1))
         drain = Signal(8)
         merged = Signal()
+        xgot = Signal()              # LD idx: the row's index word has been read
+        xaddr_row = Signal(80)
         # LD unit counters
         ublk = Signal(20)
         urow = Signal(25)
@@ -189,10 +191,34 @@ class Top(Elaboratable):
                      rs.arready.eq(~fetch_ar & self.m_arready),
                      rs.rvalid.eq(~fetch_r & self.m_rvalid), rs.rdata.eq(self.m_rdata),
                      self.m_rready.eq(Mux(fetch_r, 1, rs.rready))]
+        # ST I16 element store (state ST16_RUN): read word e_sa, AW at e_da in cycle t; W with the rounded,
+        # saturated int16 in t + 1 (the bank's read latency); B responses counted down to zero
+        e_row, e_col = Signal(16), Signal(16)
+        e_sa, e_rsa = Signal(26), Signal(26)
+        e_da, e_rda = Signal(48), Signal(48)
+        e_left, e_bleft = Signal(32), Signal(32)
+        e_v, e_err = Signal(), Signal()
+        e_off = Signal(lg)
+        e_awvalid = Signal()
+        st16_ren = Signal()
+        e_bank = Signal(bb_bits)
+        m.d.sync += e_bank.eq(e_sa[:bb_bits])
+        e_x = Signal(signed(32))
+        m.d.comb += e_x.eq(Array([banks[i][0].data for i in range(NL)])[e_bank])
+        e_sh = f_st["shift"]
+        e_r = Signal(signed(34))
+        m.d.comb += e_r.eq((e_x + ((Const(1, 33) << e_sh) >> 1)) >> e_sh)
+        e_y = Signal(16)
+        m.d.comb += e_y.eq(Mux(e_r > 32767, 32767, Mux(e_r < -32768, -32768, e_r)))
+        st16_mode = Signal()
         m.d.comb += [self.m_awvalid.eq(ws.awvalid), ws.awready.eq(self.m_awready), self.m_awaddr.eq(ws.awaddr),
                      self.m_awlen.eq(ws.awlen), self.m_wvalid.eq(ws.wvalid), ws.wready.eq(self.m_wready),
                      self.m_wdata.eq(ws.wdata), self.m_wstrb.eq(ws.wstrb), self.m_wlast.eq(ws.wlast),
                      ws.bvalid.eq(self.m_bvalid), ws.bresp.eq(self.m_bresp)]
+        with m.If(st16_mode):       # the memory model accepts every AW and, one cycle later, its W beat
+            m.d.comb += [self.m_awvalid.eq(e_awvalid), self.m_awaddr.eq((e_da >> lg) << lg), self.m_awlen.eq(0),
+                         self.m_wvalid.eq(e_v), self.m_wdata.eq(Cat(*([e_y] * (PB // 2)))),
+                         self.m_wstrb.eq(Const(3, PB) << e_off), self.m_wlast.eq(1), ws.bvalid.eq(0)]
         with m.If(self.m_wvalid & self.m_wready):
             m.d.sync += wr_bytes.eq(wr_bytes + sum(self.m_wstrb[i] for i in range(PB)))
 
@@ -214,8 +240,12 @@ class Top(Elaboratable):
         ld_wdata = Signal(32)
         for i, (rp, wp) in enumerate(banks):
             sel_mpe = mpe.ab_raddr[:bb_bits] == i
-            m.d.comb += [rp.addr.eq(Mux(sfu_mode, sab.raddr[i], Mux(st_mode, ws.rd_addr[i], mpe.ab_raddr >> bb_bits))),
-                         rp.en.eq(Mux(sfu_mode, sab.ren[i], Mux(st_mode, ws.rd_en, mpe.ab_ren & sel_mpe))),
+            m.d.comb += [rp.addr.eq(Mux(sfu_mode, sab.raddr[i],
+                                        Mux(st16_mode, e_sa >> bb_bits,
+                                            Mux(st_mode, ws.rd_addr[i], mpe.ab_raddr >> bb_bits)))),
+                         rp.en.eq(Mux(sfu_mode, sab.ren[i],
+                                      Mux(st16_mode, st16_ren & (e_sa[:bb_bits] == i),
+                                          Mux(st_mode, ws.rd_en, mpe.ab_ren & sel_mpe)))),
                          ws.rd_data[i].eq(rp.data)]
             sw_mode = sfu_mode | ldq_mode
             m.d.comb += [wp.addr.eq(Mux(sw_mode, sab.waddr[i],
@@ -339,7 +369,9 @@ class Top(Elaboratable):
                             m.next = "MM_START"
                     with m.Case(int(Op.LD)):
                         isq = f_ld["fmt"] == LdFmt.QACT
-                        m.d.comb += [c_hi_mem.eq(base + (rows - 1) * f_ld["src_stride"] + nbytes),
+                        # gathered rows (idx): the index words' range here; each row's range when its index is read
+                        m.d.comb += [c_hi_mem.eq(Mux(f_ld["idx"], f_ld["idx_addr"] + (rows << 2),
+                                                     base + (rows - 1) * f_ld["src_stride"] + nbytes)),
                                      c_hi_buf.eq(f_ld["dst"] + (rows - 1) * f_ld["dst_stride"] + cols)]
                         with m.If((rows == 0) | (c_hi_mem > memsize)):
                             m.d.sync += fail(ErrCode.MEM_BOUNDS)
@@ -347,6 +379,9 @@ class Top(Elaboratable):
                         with m.Elif((cols == 0) | (c_hi_buf > Mux(isq, a.qbuf_bytes, a.abuf_words))):
                             m.d.sync += fail(ErrCode.BUF_OVERFLOW)
                             m.next = "STOP"
+                        with m.Elif(f_ld["idx"]):
+                            m.d.sync += [ublk.eq(0), urow.eq(0), uh.eq(0)]
+                            m.next = "LDX_IDX"
                         with m.Else():
                             mg = (f_ld["src_stride"] == nbytes) | (rows == 1)
                             m.d.comb += [rs.start.eq(1), rs.base.eq(base),
@@ -358,24 +393,30 @@ class Top(Elaboratable):
                             m.next = "LD_RUN"
                     with m.Case(int(Op.ST)):
                         es = f_st["elem_stride"]
+                        is16 = f_st["fmt"] == StFmt.I16
+                        esz = Mux(is16, 2, 4)
                         m.d.comb += [c_hi_buf.eq(f_st["src"] + (rows - 1) * f_st["src_stride"] + cols),
-                                     c_hi_mem.eq(base + (rows - 1) * f_st["dst_stride"] + (cols - 1) * es + 4)]
+                                     c_hi_mem.eq(base + (rows - 1) * f_st["dst_stride"] + (cols - 1) * es + esz)]
                         with m.If((rows == 0) | (cols == 0) | (c_hi_buf > a.abuf_words)):
                             m.d.sync += fail(ErrCode.BUF_OVERFLOW)
                             m.next = "STOP"
-                        with m.Elif(((es < 4) & (cols > 1)) | ((es != 4) & (cols > 1))):
-                            # overlapping elements are illegal; scattered (V^T) stores are not implemented yet
+                        with m.Elif(((es < esz) | (~is16 & (es != 4))) & (cols > 1)):
+                            # overlapping elements are illegal; scattered I32 stores are not implemented
                             m.d.sync += fail(ErrCode.ILLEGAL_INSTR)
                             m.next = "STOP"
-                        with m.Elif((base[:2] != 0) | (f_st["dst_stride"][:2] != 0)):
+                        with m.Elif(Mux(is16, base[0] | es[0] | f_st["dst_stride"][0],
+                                        (base[:2] != 0) | (es[:2] != 0) | (f_st["dst_stride"][:2] != 0))):
                             m.d.sync += fail(ErrCode.MISALIGNED)
                             m.next = "STOP"
                         with m.Elif(c_hi_mem > memsize):
                             m.d.sync += fail(ErrCode.MEM_BOUNDS)
                             m.next = "STOP"
-                        with m.Elif(f_st["fmt"] != StFmt.I32):
-                            m.d.sync += fail(ErrCode.ILLEGAL_INSTR)
-                            m.next = "STOP"
+                        with m.Elif(is16):
+                            # element by element: one ABUF read, one single-beat AW + W (2-byte strobe) each cycle
+                            m.d.sync += [e_row.eq(0), e_col.eq(0), e_sa.eq(f_st["src"]), e_rsa.eq(f_st["src"]),
+                                         e_da.eq(base), e_rda.eq(base), e_left.eq(rows * cols), e_bleft.eq(rows * cols),
+                                         e_v.eq(0), e_err.eq(0)]
+                            m.next = "ST16_RUN"
                         with m.Else():
                             mg = ((f_st["src_stride"] == cols) & (f_st["dst_stride"] == (cols << 2))) | (rows == 1)
                             m.d.comb += [ws.start.eq(1), ws.dst.eq(base), ws.dst_stride.eq(f_st["dst_stride"]),
@@ -495,7 +536,33 @@ class Top(Elaboratable):
                              ldq_data.eq(Mux(is32, w[:32 * SW], Cat(*lanes_q8))),
                              ldq_mask.eq(Mux(is32, (Const(1, SW + 1) << k32) - 1, (1 << SW) - 1))]
                 with m.If((uleft == 0) & ~rs.busy):
-                    m.next = "RETIRE"
+                    with m.If(f_ld["idx"] & (urow != rows)):
+                        m.next = "LDX_IDX"
+                    with m.Else():
+                        m.next = "RETIRE"
+                with m.If(self.m_rvalid & self.m_rready & (self.m_rresp != 0)):
+                    m.d.comb += rs.flush.eq(1)
+                    m.d.sync += fail(ErrCode.AXI_ERROR)
+                    m.next = "STOP"
+            # ---- LD with idx: per row, read its index word, then the row at addr + index * src_stride -------
+            with m.State("LDX_IDX"):
+                m.d.comb += [rs.start.eq(1), rs.base.eq(f_ld["idx_addr"] + (urow << 2)), rs.seg_len.eq(4),
+                             rs.stride.eq(4), rs.nseg.eq(1)]
+                m.d.sync += xgot.eq(0)
+                m.next = "LDX_WAIT"
+            with m.State("LDX_WAIT"):
+                with m.If(~xgot & rs.data_phase & (rs.cnt >= 4)):
+                    m.d.comb += rs.take.eq(4)
+                    m.d.sync += [xgot.eq(1), xaddr_row.eq(base + rs.win[:32] * f_ld["src_stride"])]
+                with m.If(xgot & ~rs.busy):
+                    with m.If(xaddr_row + nbytes > memsize):
+                        m.d.sync += fail(ErrCode.MEM_BOUNDS)
+                        m.next = "STOP"
+                    with m.Else():
+                        m.d.comb += [rs.start.eq(1), rs.base.eq(xaddr_row), rs.seg_len.eq(nbytes),
+                                     rs.stride.eq(nbytes), rs.nseg.eq(1)]
+                        m.d.sync += uleft.eq(Mux(f_ld["fmt"] == LdFmt.I32, cols, nb))
+                        m.next = "LD_RUN"
                 with m.If(self.m_rvalid & self.m_rready & (self.m_rresp != 0)):
                     m.d.comb += rs.flush.eq(1)
                     m.d.sync += fail(ErrCode.AXI_ERROR)
@@ -515,6 +582,32 @@ class Top(Elaboratable):
                              qw.en.eq(sfu.q_en)]
                 with m.If(sfu.done):
                     m.next = "RETIRE"
+            # ---- ST I16 (KV cache, contiguous or scattered) -------------------------------------------------
+            with m.State("ST16_RUN"):
+                m.d.comb += st16_mode.eq(1)
+                issue16 = e_left != 0
+                with m.If(issue16):
+                    m.d.comb += [st16_ren.eq(1), e_awvalid.eq(1)]
+                    lastc = e_col + 1 == cols
+                    m.d.sync += [e_left.eq(e_left - 1), e_v.eq(1), e_off.eq(e_da[:lg]),
+                                 e_col.eq(Mux(lastc, 0, e_col + 1)), e_row.eq(e_row + lastc)]
+                    with m.If(lastc):
+                        m.d.sync += [e_rsa.eq(e_rsa + f_st["src_stride"]), e_sa.eq(e_rsa + f_st["src_stride"]),
+                                     e_rda.eq(e_rda + f_st["dst_stride"]), e_da.eq(e_rda + f_st["dst_stride"])]
+                    with m.Else():
+                        m.d.sync += [e_sa.eq(e_sa + 1), e_da.eq(e_da + f_st["elem_stride"])]
+                with m.Else():
+                    m.d.sync += e_v.eq(0)
+                with m.If(self.m_bvalid):
+                    m.d.sync += e_bleft.eq(e_bleft - 1)
+                    with m.If(self.m_bresp != 0):
+                        m.d.sync += e_err.eq(1)
+                with m.If((e_bleft == 0) & ~e_v):
+                    with m.If(e_err):
+                        m.d.sync += fail(ErrCode.AXI_ERROR)
+                        m.next = "STOP"
+                    with m.Else():
+                        m.next = "RETIRE"
             with m.State("RETIRE"):
                 m.d.sync += [pc.eq(pc + dec.nwords), instret.eq(instret + 1), last_ret.eq(cycles + 1)]
                 for i, k in enumerate(CLASSES):

@@ -16,6 +16,7 @@ XFER_FIXED = 2               # RTL: stream start, last-beat drain
 MM_FIXED = 4                 # RTL: stream start, first window, issue, hand-off per token tile
 LD_QACT_FIXED = 1            # RTL: the QBUF block writer's last block
 LD_I32_FIXED = 1             # RTL: LD I32 writes sfu_width words a cycle (hw/top.py LD_RUN)
+LDX_ROW_FIXED = 9            # RTL: LD idx per row: two stream starts, index hand-over, row drain
 LD_Q8_FIXED = 1              # RTL: LD Q8_0 dequantises sfu_width words a cycle
 
 
@@ -70,6 +71,14 @@ class CycleModel:
         W = sfu_width(self.board)
         beats = max(self._mem(rows * cols * 4), rows * -(-cols // W))
         return self.fetch() + self.lat + beats + XFER_FIXED + LD_I32_FIXED
+
+    def ld_gather(self, addrs, chunks_per_row: int) -> int:
+        """LD with idx (hw/top.py LDX_IDX/LDX_WAIT/LD_RUN): per row, a 4-byte read of its index, then the row's own
+        read, one cycle more when the row does not start on a beat boundary. ``addrs``: the gathered rows' byte
+        addresses; ``chunks_per_row``: the row's write cycles (Q8_0: blocks * 32 / W, I32: ceil(cols / W))."""
+        per_row = 2 * self.lat + LDX_ROW_FIXED + chunks_per_row
+        mis = sum(1 for a in addrs if int(a) % self.port)
+        return self.fetch() - 1 + len(addrs) * per_row + mis
 
     def misc(self, fn: MiscOp, rows: int, n: int, imm: int | None = None) -> int:
         """RTL: instruction fetch/decode/check/retire plus the SFU's exact cycles (hw/sfu.py, sim/sfu_cycles.py),

@@ -19,6 +19,7 @@ from flightllm.isa import ErrCode, Instr, LdFmt, MiscOp, Op, StFmt, SysOp, decod
 from flightllm.compiler.memmap import MemoryMap
 from flightllm.sim import mpe_model, sfu_model
 from flightllm.sim.cycles import CycleModel
+from flightllm.sim.sfu_cycles import sfu_width
 
 MAX_INSTRUCTIONS = 10_000_000     # the watchdog: a stream with no END cannot spin forever
 
@@ -139,6 +140,14 @@ class FunctionalSim:
             addrs = base + ids * f["src_stride"]
         else:
             addrs = base + np.arange(rows, dtype=np.int64) * f["src_stride"]
+        if f["idx"]:
+            W = sfu_width(self.board)
+            ch = {LdFmt.I32: -(-cols // W), LdFmt.Q8_0: cols // BLOCK * (BLOCK // W), LdFmt.QACT: cols // BLOCK}[fmt]
+            cyc = self.cm.ld_gather(addrs, ch)
+        elif fmt == LdFmt.I32:
+            cyc = self.cm.ld_i32(rows, cols)
+        else:
+            cyc = self.cm.transfer(rows * nbytes, rows, True, rows * cols)
         dbuf = (self.qbuf, "QBUF") if fmt == LdFmt.QACT else (self.abuf, "ABUF")
         self._buf(*dbuf, f["dst"], f["dst_stride"], rows, cols, pc)        # bounds before any data moves
         self._region(int(addrs.min()), int(addrs.max()) + nbytes, False, pc)
@@ -150,7 +159,7 @@ class FunctionalSim:
             bs = (f["dst"] // BLOCK, f["dst_stride"] // BLOCK, rows, cols // BLOCK, pc)
             self._buf(self.qm, "QBUF", *bs)[...] = blk[..., 0:2].copy().view("<u2")[..., 0]
             self._buf(self.qe, "QBUF", *bs)[...] = blk[..., 2].view(np.int8)
-            st.charge("LD", self.cm.transfer(rows * nbytes, rows, True, rows * cols), rd=rows * nbytes)
+            st.charge("LD", cyc, rd=rows * nbytes)
             return
         dst = self._buf(self.abuf, "ABUF", f["dst"], f["dst_stride"], rows, cols, pc)
         if fmt == LdFmt.I32:
@@ -162,8 +171,6 @@ class FunctionalSim:
             sh = SCALE_FIX - ACT_FRAC
             val = sat32((D[..., None] * q + (1 << (sh - 1))) >> sh).reshape(rows, cols)
         dst[...] = val
-        cyc = (self.cm.ld_i32(rows, cols) if fmt == LdFmt.I32
-               else self.cm.transfer(rows * nbytes, rows, True, rows * cols))
         st.charge("LD", cyc, rd=rows * nbytes)
 
     def _x_ST(self, f, pc, st):
@@ -191,7 +198,9 @@ class FunctionalSim:
         byt = data.reshape(rows, cols, 1).view(np.uint8).reshape(rows, cols, esz)
         self.mem[starts[..., None] + np.arange(esz)] = byt
         self._invalidate(base, hi)
-        st.charge("ST", self.cm.transfer(rows * cols * esz, rows, es == esz, rows * cols), wr=rows * cols * esz)
+        # the RTL stores I16 element by element (one single-beat write each), contiguous or not
+        st.charge("ST", self.cm.transfer(rows * cols * esz, rows, es == esz and fmt == StFmt.I32, rows * cols),
+                  wr=rows * cols * esz)
 
     def _invalidate(self, lo, hi):
         if self._wcache:

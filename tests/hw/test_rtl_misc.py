@@ -141,3 +141,82 @@ def test_misc_bounds(kw):
             dev.run(4096)
         codes.append((e.value.code, e.value.pc))
     assert codes[0] == codes[1] == (ErrCode.BUF_OVERFLOW, 1)
+
+
+def _kv_gather_program(rng):
+    """ST I16 (K rows contiguous, V^T scattered with elem_stride, pos_stride, saturation, shifts 0..31) and LD with
+    idx (Q8_0 embedding rows at unaligned addresses, I32 rows) in one program."""
+    mem = np.zeros(MEM, np.uint8)
+    x = (rng.standard_normal(4096) * 3e4).astype(np.int32)
+    x[:8] = [2**31 - 1, -2**31, 70000, -70000, 5, -5, 1, -1]
+    mem[DATA: DATA + x.nbytes] = x.view(np.uint8)
+    ids = np.array([5, 0, 17, 3], np.uint32)
+    mem[0x30000: 0x30010] = ids.view(np.uint8)
+    mem[0x30040: 0x30048] = ids[1:3].view(np.uint8)     # index words 64-byte aligned (see docs/rtl.md)
+    q = rng.integers(0, 256, 40 * 612).astype(np.uint8)
+    q.reshape(40, 18, 34)[:, :, 1] &= 0x3F                       # finite fp16 scales
+    mem[0x50000: 0x50000 + q.size] = q
+    st16 = lambda **kw: make(Op.ST, fmt=StFmt.I16, src=kw.pop("src", 0), **kw)   # noqa: E731
+    prog = [make(Op.LD, fmt=LdFmt.I32, dst=0, addr=DATA, rows=1, cols=4096, src_stride=16384, dst_stride=4096),
+            st16(shift=4, addr=OUT, rows=1, cols=192, src_stride=100, dst_stride=384, elem_stride=2, pos_stride=384),
+            st16(shift=0, addr=OUT + 0x1000, rows=2, cols=64, src_stride=100, dst_stride=256, elem_stride=2),
+            st16(shift=9, addr=OUT + 0x2000, rows=3, cols=64, src_stride=100, dst_stride=2, elem_stride=512,
+                 pos_stride=2),
+            st16(shift=31, src=3, addr=OUT + 0x3000, rows=1, cols=1, src_stride=1, dst_stride=2, elem_stride=0),
+            make(Op.LD, fmt=LdFmt.Q8_0, idx=1, dst=5000, addr=0x50000, rows=4, cols=576, src_stride=612,
+                 dst_stride=600, idx_addr=0x30000),
+            make(Op.LD, fmt=LdFmt.Q8_0, idx=1, dst=8000, addr=0x50000, rows=2, cols=64, src_stride=612,
+                 dst_stride=64, idx_addr=0x30040),
+            make(Op.LD, fmt=LdFmt.I32, idx=1, dst=9000, addr=0x50000, rows=4, cols=96, src_stride=612,
+                 dst_stride=112, idx_addr=0x30000),
+            make(Op.ST, fmt=StFmt.I32, src=5000, addr=OUT + 0x4000, rows=1, cols=4600, src_stride=4600,
+                 dst_stride=4600 * 4, elem_stride=4),
+            make(Op.SYS, fn=SysOp.END)]
+    w = assemble(prog).view(np.uint8)
+    mem[PROG: PROG + w.size] = w
+    return mem
+
+
+@need
+def test_st_i16_and_ld_gather_bit_exact_and_cycles():
+    from flightllm.sim.fsim import FunctionalSim
+    from flightllm.sim.rtl_device import RtlDevice
+
+    b = boards.load("sim")
+    mem = _kv_gather_program(np.random.default_rng(3))
+    fs = FunctionalSim(b, MEM)
+    fs.mem[:] = mem
+    ref = fs.run(PROG, pos=3)
+    dev = RtlDevice(b, MEM)
+    dev.mem[:] = mem
+    got = dev.run(PROG, pos=3)
+    assert np.any(fs.mem[OUT: OUT + 0x3000] != 0) and np.any(fs.mem[OUT + 0x4000: OUT + 0x8000] != 0)
+    bad = np.flatnonzero(dev.mem != fs.mem)
+    assert bad.size == 0, f"{bad.size} bytes differ, first at {bad[:8]}"
+    assert (got.instructions, got.bytes_written) == (ref.instructions, ref.bytes_written)
+    assert got.cycles == ref.cycles, (got.by_class, ref.by_class)
+    assert got.by_class["LD"] == ref.by_class["LD"] and got.by_class["ST"] == ref.by_class["ST"]
+
+
+@need
+@pytest.mark.parametrize("kw,code", [
+    (dict(idx_addr=MEM - 8, rows=4), ErrCode.MEM_BOUNDS),                 # index words past memory
+    (dict(idx_addr=0x30000, rows=2, src_stride=1 << 20), ErrCode.MEM_BOUNDS),   # a gathered row past memory
+    (dict(idx_addr=0x30000, rows=2, dst=262144 - 600), ErrCode.BUF_OVERFLOW)])
+def test_ld_gather_errors(kw, code):
+    from flightllm.sim.fsim import FunctionalSim
+    from flightllm.sim.rtl_device import RtlDevice
+
+    b = boards.load("sim")
+    f = dict(fmt=LdFmt.Q8_0, idx=1, dst=0, addr=0x50000, cols=576, src_stride=612, dst_stride=576)
+    f.update(kw)
+    prog = [make(Op.SYS, fn=SysOp.NOP), make(Op.LD, **f), make(Op.SYS, fn=SysOp.END)]
+    w = assemble(prog).view(np.uint8)
+    codes = []
+    for dev in (FunctionalSim(b, MEM), RtlDevice(b, MEM)):
+        dev.mem[0x30000: 0x30008] = np.array([1, 2], "<u4").view(np.uint8)
+        dev.mem[PROG: PROG + w.size] = w
+        with pytest.raises(DeviceError) as e:
+            dev.run(PROG)
+        codes.append((e.value.code, e.value.pc))
+    assert codes[0] == codes[1] == (code, 1)
