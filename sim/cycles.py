@@ -14,6 +14,8 @@ MISC_FIXED = -1              # RTL: the SFU's start cycle is the engine's CHECK 
 FETCH_FIXED = 6              # RTL: AR, 2 beats after the read latency, align, decode, check, retire
 XFER_FIXED = 2               # RTL: stream start, last-beat drain
 MM_FIXED = 4                 # RTL: stream start, first window, issue, hand-off per token tile
+SEG_GAP = 2                  # RTL: each further row segment of a read stream whose rows are not contiguous
+                             # (MM weights with wstride != row bytes, e.g. the V^T cache; LD with src_stride)
 LD_QACT_FIXED = 1            # RTL: the QBUF block writer's last block
 LD_I32_FIXED = 1             # RTL: LD I32 writes sfu_width words a cycle (hw/top.py LD_RUN)
 LDX_ROW_FIXED = 9            # RTL: LD idx per row: two stream starts, index hand-over, row drain
@@ -37,7 +39,7 @@ class CycleModel:
         """Instruction fetch (one 2-beat read at the memory latency), decode and bounds check, retire."""
         return self.lat + FETCH_FIXED
 
-    def mm(self, wbytes: int, rows: int, cols: int, tokens: int, sp_n: int) -> int:
+    def mm(self, wbytes: int, rows: int, cols: int, tokens: int, sp_n: int, segments: int = 1) -> int:
         """RTL (docs/rtl.md): per token tile the weights stream once; each group of blocks issues once per
         token of the tile; the pipeline drains once at the end."""
         from flightllm.hw import params as P
@@ -53,10 +55,10 @@ class CycleModel:
         total = 0
         for t0 in range(0, tokens, tt):
             n = min(tt, tokens - t0)
-            total += MM_FIXED + self.lat + max(self._mem(wbytes), groups * n + first)
+            total += MM_FIXED + self.lat + max(self._mem(wbytes), groups * n + first) + SEG_GAP * (segments - 1)
         return self.fetch() + total + self.chain + 10
 
-    def transfer(self, nbytes: int, rows: int, contiguous: bool, elems: int) -> int:
+    def transfer(self, nbytes: int, rows: int, contiguous: bool, elems: int, segments: int = 1) -> int:
         """LD/ST: one burst per row when contiguous; one beat per element when scattered (V^T writes). A store
         retires on its last write response, which the memory gives after its latency (sim/rtl/harness.cpp)."""
         beats = self._mem(nbytes) if contiguous else elems
@@ -64,7 +66,7 @@ class CycleModel:
             beats = max(beats, elems // 32) + LD_QACT_FIXED
         elif contiguous and elems and nbytes * 32 == elems * 34:   # LD Q8_0: SFU-width words a cycle
             beats = max(beats, elems // sfu_width(self.board)) + LD_Q8_FIXED
-        return self.fetch() + self.lat + beats + XFER_FIXED
+        return self.fetch() + self.lat + beats + XFER_FIXED + SEG_GAP * (segments - 1)
 
     def ld_i32(self, rows: int, cols: int) -> int:
         """LD I32: the RTL writes up to sfu_width words a cycle into the ABUF, a chunk never straddling a row."""

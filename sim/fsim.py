@@ -147,7 +147,8 @@ class FunctionalSim:
         elif fmt == LdFmt.I32:
             cyc = self.cm.ld_i32(rows, cols)
         else:
-            cyc = self.cm.transfer(rows * nbytes, rows, True, rows * cols)
+            segs = rows if rows > 1 and f["src_stride"] != nbytes else 1
+            cyc = self.cm.transfer(rows * nbytes, rows, True, rows * cols, segs)
         dbuf = (self.qbuf, "QBUF") if fmt == LdFmt.QACT else (self.abuf, "ABUF")
         self._buf(*dbuf, f["dst"], f["dst_stride"], rows, cols, pc)        # bounds before any data moves
         self._region(int(addrs.min()), int(addrs.max()) + nbytes, False, pc)
@@ -239,7 +240,8 @@ class FunctionalSim:
         yv = self._buf(self.abuf, "ABUF", f["yaddr"], f["ystride"], T, rows, pc)
         y = mpe_model.mm(w, xq, self._buf(self.qm, "QBUF", *xs), self._buf(self.qe, "QBUF", *xs))
         yv[...] = sfu_model.add(yv, y) if f["acc"] else y
-        st.charge("MM", self.cm.mm(wbytes, rows, cols, T, f["sp_n"]), rd=wbytes)
+        segs = rows if rows > 1 and f["wstride"] != wbytes // rows else 1
+        st.charge("MM", self.cm.mm(wbytes, rows, cols, T, f["sp_n"], segs), rd=wbytes)
 
     _x_MV = _x_MM
 

@@ -45,5 +45,4 @@ def test_smollm2_prefill_and_decode_on_rtl():
     assert rt_ == ft, (rt_, ft)
     for a, b in zip(fl, rl):
         assert np.array_equal(a, b)                  # the logits' int32 bits (exact /2^12 floats)
-    for a, b in zip(fc, rc):
-        assert abs(b - a) <= 0.02 * a, (rc, fc)
+    assert rc == fc, (rc, fc)                        # sim/cycles.py describes the RTL exactly
