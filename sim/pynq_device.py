@@ -10,6 +10,8 @@ invalidate), as on an Alveo card, so a driver that forgets a sync fails here too
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from pynq.buffer import PynqBuffer
 from pynq.pl_server.device import Device
@@ -116,7 +118,8 @@ class SimulatedDevice(Device):
         return dev
 
     def __init__(self, board: boards.Board, engine: str, mem_size: int, memmap=None):
-        super().__init__(f"flightllm-sim-{engine}-{board.name}")
+        # a simulated device lives inside its process: the pid in the tag keeps two processes' devices apart
+        super().__init__(f"flightllm-sim-{engine}-{board.name}-{os.getpid()}")
         if engine not in ENGINES:
             raise FlightLLMError(f"unknown simulated engine '{engine}' (choose from {', '.join(ENGINES)})")
         self.board, self.name = board, f"flightllm {engine} model of {board.name}"
