@@ -63,7 +63,11 @@ def _env() -> dict:
     env = dict(os.environ)
     vb = str(Path(verilator_bin()).parent)
     env["PATH"] = os.pathsep.join([vb, str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.setdefault("MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include")
+    # The wheel's verilated.mk leaves the precompiled-header flag empty. Under an outer `make` (e.g. `make test`)
+    # MAKEFLAGS is already set and a jobserver may be half-visible: give the Verilator build its own.
+    for k in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"):
+        env.pop(k, None)
+    env["MAKEFLAGS"] = "CFG_CXXFLAGS_PCH_I=-include"
     return env
 
 
