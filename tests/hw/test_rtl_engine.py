@@ -13,14 +13,7 @@ from flightllm.isa import ErrCode, Op, SysOp, assemble, make, encode
 
 pytestmark = pytest.mark.rtl
 
-try:
-    from flightllm.sim.rtl_device import verilator_bin
-    verilator_bin()
-    HAVE = True
-except Exception:   # pragma: no cover
-    HAVE = False
-
-need = pytest.mark.skipif(not HAVE, reason="Verilator not installed")
+from rtl_available import HAVE, need  # noqa: E402,F401
 
 CASES = [
     ("mv", 192, 576, 4, 16, 0, 1),

@@ -14,14 +14,7 @@ from flightllm.isa import ErrCode, LdFmt, MiscOp, Op, StFmt, SysOp, WFmt, assemb
 
 pytestmark = pytest.mark.rtl
 
-try:
-    from flightllm.sim.rtl_device import verilator_bin
-    verilator_bin()
-    HAVE = True
-except Exception:   # pragma: no cover
-    HAVE = False
-
-need = pytest.mark.skipif(not HAVE, reason="Verilator not installed")
+from rtl_available import HAVE, need  # noqa: E402,F401
 
 MEM = 1 << 20
 PROG, DATA, OUT = 0x1000, 0x10000, 0x80000

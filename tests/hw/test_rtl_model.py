@@ -10,12 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.rtl
 
-try:
-    from flightllm.sim.rtl_device import verilator_bin
-    verilator_bin()
-    HAVE = True
-except Exception:   # pragma: no cover
-    HAVE = False
+from rtl_available import HAVE, need  # noqa: E402,F401
 
 
 @pytest.mark.skipif(not HAVE, reason="Verilator not installed")
