@@ -132,7 +132,9 @@ def run(op: str = "mv", backend: str = "fsim", board: str = "sim", rows: int = 1
            "op": op, "backend": backend, "board": b.name, "rows": rows, "cols": cols, "wbits": wbits,
            "sparsity": f"{sparsity}:16", "tokens": tokens, "weight_bytes": int(rows * row_bytes(
                WFmt.Q4_1 if wbits == 4 else WFmt.Q8_0, cols, sparsity))}
+    res["bytes_read"], res["bytes_written"] = int(st.bytes_read), int(st.bytes_written)     # the device's counters
     if backend != "fsim":
         res["fsim_cycles"] = int(st_f.cycles)
+        res["fsim_bytes"] = [int(st_f.bytes_read), int(st_f.bytes_written)]
         res["cycle_model_error"] = round(abs(st_f.cycles - st.cycles) / st.cycles, 4)
     return res

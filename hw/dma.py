@@ -41,6 +41,7 @@ class ReadStream(Elaboratable):
         self.take = Signal(range(buf_bytes + 1))
         self.busy = Signal()            # segments remain to be consumed
         self.bytes_taken = Signal(32)   # data bytes consumed (statistics)
+        self.clear_stats = Signal()     # zero bytes_taken (a new run starts)
 
     def elaborate(self, platform):
         m = Module()
@@ -134,6 +135,8 @@ class ReadStream(Elaboratable):
                             m.d.sync += on.eq(0)
                     with m.Else():
                         m.d.sync += left.eq(left - tk)
+        with m.If(self.clear_stats):          # last: wins over the count above
+            m.d.sync += self.bytes_taken.eq(0)
         return m
 
 

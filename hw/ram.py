@@ -5,6 +5,11 @@ the ABUF/QBUF; ``Ram`` instead instantiates ``flightllm_ram`` (``VERILOG``, appe
 ``hw/top.py``): ``NR`` synchronous read ports with enables (read-before-write, as Memory's default read ports),
 one write port, zero-initialised by a loop. The port objects have Memory's ``addr``/``en``/``data`` names, so
 hw/mpe.py works with either (its Amaranth-simulator tests use Memory).
+
+``VERILOG_SIM`` is the same RAM for Verilator: each read register is clocked by its own gated clock (enable
+sampled on the falling edge, as hw/clock_gate.py) instead of a clock enable. The behaviour is identical cycle for
+cycle; Verilator then evaluates the logic behind a read port (e.g. the SFU's lanes behind the ABUF banks) only in
+cycles that read. Synthesis uses ``VERILOG``: a clock enable is what the RAM primitives have.
 """
 from __future__ import annotations
 
@@ -29,6 +34,32 @@ module flightllm_ram #(parameter W = 32, parameter D = 1024, parameter AW = 10, 
   generate for (g = 0; g < NR; g = g + 1) begin : rd
     reg [W-1:0] q = {W{1'b0}};
     always @(posedge clk) if (ren[g]) q <= mem[raddr[g*AW +: AW]];
+    assign rdata[g*W +: W] = q;
+  end endgenerate
+  always @(posedge clk) if (wen) mem[waddr] <= wdata;
+endmodule
+"""
+
+VERILOG_SIM = """
+module flightllm_ram #(parameter W = 32, parameter D = 1024, parameter AW = 10, parameter NR = 1) (
+  input clk,
+  input [NR*AW-1:0] raddr,
+  input [NR-1:0] ren,
+  output [NR*W-1:0] rdata,
+  input [AW-1:0] waddr,
+  input [W-1:0] wdata,
+  input wen
+);
+  reg [W-1:0] mem [0:D-1];
+  integer i;
+  initial for (i = 0; i < D; i = i + 1) mem[i] = {W{1'b0}};
+  genvar g;
+  generate for (g = 0; g < NR; g = g + 1) begin : rd
+    reg [W-1:0] q = {W{1'b0}};
+    reg ren_l = 1'b0;
+    always @(negedge clk) ren_l <= ren[g];
+    wire rclk = clk & ren_l;
+    always @(posedge rclk) q <= mem[raddr[g*AW +: AW]];
     assign rdata[g*W +: W] = q;
   end endgenerate
   always @(posedge clk) if (wen) mem[waddr] <= wdata;

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from amaranth import Cat, Const, Elaboratable, Module, Mux, Signal, signed
+from amaranth import (Cat, ClockDomain, ClockSignal, Const, DomainRenamer, Elaboratable, Module, Mux, ResetSignal,
+                      Signal, signed)
 from amaranth.hdl import Array
 
 from flightllm.boards import Board
@@ -19,11 +20,12 @@ from flightllm.formats import ACT_FRAC, BLOCK, QACT_BLOCK_BYTES, SCALE_FIX, bloc
 Q8_BLOCK_BYTES = 34          # LD Q8_0: fp16 d + 32 int8
 from flightllm.isa import ErrCode, LdFmt, MiscOp, Op, StFmt, SysOp, WFmt
 from flightllm.hw import params as P
+from flightllm.hw.clock_gate import VERILOG as CLKGATE_VERILOG, VERILOG_BUFGCE as CLKGATE_BUFGCE, ClockGate
 from flightllm.hw.csr import Csr
 from flightllm.hw.decoder import WIN_BITS, Decoder
 from flightllm.hw.dma import ReadStream, WriteStream
 from flightllm.hw.mpe import QWORD, Mpe
-from flightllm.hw.ram import VERILOG as RAM_VERILOG, Ram
+from flightllm.hw.ram import VERILOG as RAM_VERILOG, VERILOG_SIM as RAM_VERILOG_SIM, Ram
 from flightllm.hw.sfu import Sfu, SfuAbufPorts, sfu_width
 from flightllm.hw.regs import STATUS_BUSY, STATUS_DONE, STATUS_ERROR
 
@@ -84,9 +86,14 @@ class Top(Elaboratable):
             banks.append((mem.read_port(), mem.write_port()))
         bb_bits = (NL - 1).bit_length()
         # special function unit (docs/sfu.md): its W-word ABUF ports spread over the banks by SfuAbufPorts
+        # on its own gated clock (hw/clock_gate.py): running only from start to done, it behaves as if clock-enabled
         SW = sfu_width(b)
-        m.submodules.sfu = sfu = Sfu(SW)
-        m.submodules.sfu_ab = sab = SfuAbufPorts(SW, NL)
+        m.domains.sfu = ClockDomain("sfu", local=True)
+        m.submodules.sfu_gate = sgate = ClockGate()
+        m.submodules.sfu = sfu = DomainRenamer("sfu")(Sfu(SW))
+        m.d.comb += [ClockSignal("sfu").eq(sgate.gclk), ResetSignal("sfu").eq(ResetSignal("sync")),
+                     sgate.en.eq(sfu.start | sfu.busy | ResetSignal("sync"))]
+        m.submodules.sfu_ab = sab = DomainRenamer("sfu")(SfuAbufPorts(SW, NL))
         m.d.comb += [sab.sfu_rd_en.eq(sfu.rd_en), sab.sfu_rd_addr.eq(sfu.rd_addr), sab.sfu_rd_mask.eq(sfu.rd_mask),
                      sfu.rd_data.eq(sab.sfu_rd_data), sab.sfu_wr_en.eq(sfu.wr_en), sab.sfu_wr_addr.eq(sfu.wr_addr),
                      sab.sfu_wr_mask.eq(sfu.wr_mask), sab.sfu_wr_data.eq(sfu.wr_data)]
@@ -285,6 +292,7 @@ class Top(Elaboratable):
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(csr.start):
+                    m.d.comb += rs.clear_stats.eq(1)
                     m.d.sync += [busy.eq(1), done.eq(0), err.eq(0), code.eq(0), pc.eq(0), cycles.eq(0),
                                  instret.eq(0), last_ret.eq(0), wr_bytes.eq(0)] + [s.eq(0) for s in cyc.values()]
                     m.next = "FETCH"
@@ -620,6 +628,7 @@ class Top(Elaboratable):
                 m.next = "STOP"
             with m.State("STOP"):
                 with m.If(csr.start):
+                    m.d.comb += rs.clear_stats.eq(1)
                     m.d.sync += [busy.eq(1), done.eq(0), err.eq(0), code.eq(0), pc.eq(0), cycles.eq(0),
                                  instret.eq(0), last_ret.eq(0), wr_bytes.eq(0)] + [s.eq(0) for s in cyc.values()]
                     m.next = "FETCH"
@@ -662,11 +671,20 @@ def _compact_memory_init(text: str) -> str:
     return "\n".join(out)
 
 
-def generate_verilog(board: Board, path, name: str = "flightllm_top") -> Path:
+TARGETS = ("sim", "synth", "xilinx")
+
+
+def generate_verilog(board: Board, path, name: str = "flightllm_top", target: str = "sim") -> Path:
+    """Write the engine's Verilog. The design is the same for every ``target``; only the leaf modules' bodies
+    differ: ``sim`` (Verilator) gates the RAM read registers' clocks (hw/ram.py), ``synth`` (yosys estimates) uses
+    clock enables, ``xilinx`` (vendor builds) also makes the clock gate a BUFGCE (hw/clock_gate.py)."""
     from amaranth.back import verilog
 
+    assert target in TARGETS, target
     top, ports = build_top(board)
-    text = _compact_memory_init(verilog.convert(top, ports=ports, name=name, emit_src=False)) + RAM_VERILOG
+    text = (_compact_memory_init(verilog.convert(top, ports=ports, name=name, emit_src=False))
+            + (RAM_VERILOG_SIM if target == "sim" else RAM_VERILOG)
+            + (CLKGATE_BUFGCE if target == "xilinx" else CLKGATE_VERILOG))
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(text)

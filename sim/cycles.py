@@ -39,14 +39,13 @@ class CycleModel:
         """Instruction fetch (one 2-beat read at the memory latency), decode and bounds check, retire."""
         return self.lat + FETCH_FIXED
 
-    def mm(self, wbytes: int, rows: int, cols: int, tokens: int, sp_n: int, segments: int = 1) -> int:
+    def mm(self, wbytes: int, rows: int, cols: int, tokens: int, fmt: int, sp_n: int, segments: int = 1) -> int:
         """RTL (docs/rtl.md): per token tile the weights stream once; each group of blocks issues once per
-        token of the tile; the pipeline drains once at the end."""
+        token of the tile; the pipeline drains once at the end. ``wbytes``: one stream of the weights."""
         from flightllm.hw import params as P
 
         nb = cols // 32
         bb = wbytes // max(1, rows * nb)
-        fmt = 2 if bb == 64 else (0 if sp_n in (8, 16) and bb == 20 or sp_n == 4 and bb == 12 else 1)
         groups = P.groups(self.board, fmt, sp_n, rows, nb, True)
         # the first group waits for a second beat when its blocks span more than one (row-aligned weights)
         k0 = min(P.lanes(self.board, fmt, sp_n), 2 * nb - 1, rows * nb)
@@ -57,6 +56,12 @@ class CycleModel:
             n = min(tt, tokens - t0)
             total += MM_FIXED + self.lat + max(self._mem(wbytes), groups * n + first) + SEG_GAP * (segments - 1)
         return self.fetch() + total + self.chain + 10
+
+    def mm_bytes(self, wbytes: int, tokens: int) -> int:
+        """Bytes an MM reads: the weights once per token tile."""
+        from flightllm.hw import params as P
+
+        return wbytes * -(-tokens // P.token_tile(self.board))
 
     def transfer(self, nbytes: int, rows: int, contiguous: bool, elems: int, segments: int = 1) -> int:
         """LD/ST: one burst per row when contiguous; one beat per element when scattered (V^T writes). A store

@@ -133,6 +133,7 @@ class FunctionalSim:
         nbytes = {LdFmt.I32: cols * 4, LdFmt.Q8_0: row_bytes(1, cols),
                   LdFmt.QACT: cols // BLOCK * QACT_BLOCK_BYTES}[fmt]
         base = f["addr"] + self.pos * f["pos_stride"]
+        rd = rows * (nbytes + 4 * f["idx"])      # a gather also reads one index word per row
         if f["idx"]:
             ia = f["idx_addr"]
             self._region(ia, ia + 4 * rows, False, pc)
@@ -160,7 +161,7 @@ class FunctionalSim:
             bs = (f["dst"] // BLOCK, f["dst_stride"] // BLOCK, rows, cols // BLOCK, pc)
             self._buf(self.qm, "QBUF", *bs)[...] = blk[..., 0:2].copy().view("<u2")[..., 0]
             self._buf(self.qe, "QBUF", *bs)[...] = blk[..., 2].view(np.int8)
-            st.charge("LD", cyc, rd=rows * nbytes)
+            st.charge("LD", cyc, rd=rd)
             return
         dst = self._buf(self.abuf, "ABUF", f["dst"], f["dst_stride"], rows, cols, pc)
         if fmt == LdFmt.I32:
@@ -172,7 +173,7 @@ class FunctionalSim:
             sh = SCALE_FIX - ACT_FRAC
             val = sat32((D[..., None] * q + (1 << (sh - 1))) >> sh).reshape(rows, cols)
         dst[...] = val
-        st.charge("LD", cyc, rd=rows * nbytes)
+        st.charge("LD", cyc, rd=rd)
 
     def _x_ST(self, f, pc, st):
         rows, cols = f["rows"], f["cols"]
@@ -241,7 +242,7 @@ class FunctionalSim:
         y = mpe_model.mm(w, xq, self._buf(self.qm, "QBUF", *xs), self._buf(self.qe, "QBUF", *xs))
         yv[...] = sfu_model.add(yv, y) if f["acc"] else y
         segs = rows if rows > 1 and f["wstride"] != wbytes // rows else 1
-        st.charge("MM", self.cm.mm(wbytes, rows, cols, T, f["sp_n"], segs), rd=wbytes)
+        st.charge("MM", self.cm.mm(wbytes, rows, cols, T, f["fmt"], f["sp_n"], segs), rd=self.cm.mm_bytes(wbytes, T))
 
     _x_MV = _x_MM
 

@@ -29,7 +29,6 @@ HERE = Path(__file__).resolve().parent
 HW = HERE.parent / "hw"
 HARNESS = HERE / "rtl" / "harness.cpp"
 TOP = "flightllm_top"
-HW_SOURCES = ("regs", "decoder", "params", "mpe", "dma", "csr", "ram", "top", "sfu", "sfu_arith", "sfu_cores")   # what hw/top.py is generated from
 # Verilator flags (docs/rtl.md): Amaranth's output widens operands on purpose, declares registers with their reset
 # value (PROCASSINIT) and lowers If/Elif chains to priority casez statements whose patterns overlap (CASEOVERLAP)
 LINT_FLAGS = ["-Wall", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNUSEDSIGNAL", "-Wno-DECLFILENAME",
@@ -77,7 +76,7 @@ def cache_root() -> Path:
 
 def build_key(board: boards.Board, trace: bool) -> str:
     h = hashlib.sha256()
-    for p in sorted(HW / f"{n}.py" for n in HW_SOURCES):
+    for p in sorted(HW.glob("*.py")):          # hw/top.py and everything it is generated from
         h.update(p.name.encode()); h.update(p.read_bytes())
     for p in (HARNESS, HW.parent / "flightllm" / "isa.py", HW.parent / "flightllm" / "formats.py",
               HERE / "sfu_model.py"):

@@ -67,19 +67,19 @@ def design_key(board: Board) -> str:
     return h.hexdigest()[:20]
 
 
-def verilog_for(board: Board) -> Path:
-    """The generated top for ``board``, cached under $FLIGHTLLM_CACHE/verilog/<board>-<key>/ (generation of the
-    big boards takes minutes)."""
+def verilog_for(board: Board, target: str = "synth") -> Path:
+    """The generated top for ``board``, cached under $FLIGHTLLM_CACHE/verilog/<board>-<target>-<key>/ (generation
+    of the big boards takes minutes). ``target``: see hw/top.py's ``generate_verilog``."""
     from flightllm.hw.top import generate_verilog
 
-    d = cache_root() / "verilog" / f"{board.name}-{design_key(board)}"
+    d = cache_root() / "verilog" / f"{board.name}-{target}-{design_key(board)}"
     v = d / f"{TOP}.v"
     if v.is_file():
         return v
     tmp = d.with_name(d.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        generate_verilog(board, tmp / f"{TOP}.v", TOP)
+        generate_verilog(board, tmp / f"{TOP}.v", TOP, target)
     except AssertionError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise FlowError(f"board '{board.name}': hw/top.py cannot generate this board's engine: {e}") from None
@@ -199,7 +199,7 @@ def build(board: Board, out, run: bool = False) -> Project:
         if missing:
             raise ToolMissing(f"--run needs {' and '.join(missing)} on PATH (source Vivado/Vitis settings64.sh); "
                               f"without --run the project is written and the commands printed")
-    prj = write_project(board, verilog_for(board), Path(out))
+    prj = write_project(board, verilog_for(board, "xilinx"), Path(out))
     if run:
         for cmd in prj.commands:
             r = subprocess.run(cmd, cwd=prj.out)

@@ -40,6 +40,7 @@ def test_kernel_bit_exact_and_cycles(op, rows, cols, wbits, sp, seed, tokens):
     assert r["bit_exact"], r
     assert r["cycle_model_error"] <= 0.02, r
     assert r["cycles"] == r["fsim_cycles"], r          # sim/cycles.py describes the RTL exactly
+    assert [r["bytes_read"], r["bytes_written"]] == r["fsim_bytes"], r      # RD_BYTES/WR_BYTES, per run
     if op == "mv" and rows * cols >= 1536 * 576 and wbits == 4 and sp == 16:
         assert r["efficiency"] >= 0.90, r
 

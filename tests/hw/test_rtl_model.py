@@ -27,12 +27,12 @@ def test_smollm2_prefill_and_decode_on_rtl():
             toks, logits, cycles = list(prompt), [], []
             lg, st = rt.forward(toks, 0)
             logits.append(lg)
-            cycles.append(st.cycles)
+            cycles.append((st.cycles, st.bytes_read, st.bytes_written))
             for _ in range(2):
                 toks.append(int(np.argmax(logits[-1][0] if logits[-1].ndim == 2 else logits[-1])))
                 lg, st = rt.forward(toks[-1:], len(toks) - 1)
                 logits.append(lg)
-                cycles.append(st.cycles)
+                cycles.append((st.cycles, st.bytes_read, st.bytes_written))
             runs[backend] = (toks, logits, cycles)
         finally:
             rt.close()
@@ -40,4 +40,4 @@ def test_smollm2_prefill_and_decode_on_rtl():
     assert rt_ == ft, (rt_, ft)
     for a, b in zip(fl, rl):
         assert np.array_equal(a, b)                  # the logits' int32 bits (exact /2^12 floats)
-    assert rc == fc, (rc, fc)                        # sim/cycles.py describes the RTL exactly
+    assert rc == fc, (rc, fc)          # cycles (sim/cycles.py describes the RTL exactly) and RD/WR_BYTES
