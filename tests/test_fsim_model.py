@@ -80,6 +80,14 @@ def test_decode_cycles_and_bytes(rt):
     # bytes per decode token = weights (head included) + the KV cache read so far + small tables
     assert 96e6 < st1.bytes_read < 98e6
     assert st2.bytes_read > st1.bytes_read          # one more KV position
+    # always on chip: a decode step writes only its K and V rows (int16) and the logits (int32), no activations
+    cfg = rt.art.header["model"]
+    kv_row = cfg["n_layers"] * cfg["n_kv_heads"] * cfg["head_dim"] * 2
+    assert st1.bytes_written == st2.bytes_written == 2 * kv_row + cfg["vocab"] * 4
+    # ... and reads weights + the KV cache: one more position adds one K row per layer (V^T rows grow by blocks
+    # of 32 positions); everything else read comes from the weights region
+    assert st2.bytes_read - st1.bytes_read == kv_row
+    assert rt.art.header["weight_bytes"] < st1.bytes_read < rt.art.header["weight_bytes"] + 4 * kv_row * 32
     eff = st1.bytes_read / board.mem_bytes_per_cycle / st1.cycles
     assert 0.85 < eff <= 1.0
 
