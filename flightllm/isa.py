@@ -197,6 +197,8 @@ def validate(ins: Instr) -> None:
             raise ISAError(f"{op.name}: sparsity N must be 2, 4, 8 or 16 (got {f['sp_n']})")
         if f["fmt"] == WFmt.I16 and f["sp_n"] != 16:
             raise ISAError(f"{op.name}: I16 weights are dense only")
+        if f["fmt"] == WFmt.I16 and f["wfrac"] > 24:     # formats.SCALE_FIX: D = 2^(24 - wfrac) must be an integer
+            raise ISAError(f"{op.name}: I16 wfrac must be <= 24 (got {f['wfrac']})")
         if (f["cols"] % 32 and not f["cols_pos"]) or f["xaddr"] % 32 or f["xstride"] % 32:
             raise ISAError(f"{op.name}: cols, xaddr and xstride must be multiples of 32")
         if op == Op.MV and f["tokens"] != 1:

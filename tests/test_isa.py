@@ -20,6 +20,8 @@ def _valid_fields(op, draw):
         for k in ("cols", "xaddr", "xstride"):
             f[k] -= f[k] % 32
         f["tokens"] = 1 if op == Op.MV else max(1, f["tokens"])
+        if f["fmt"] == WFmt.I16:
+            f["wfrac"] = min(f["wfrac"], 24)
     elif op == Op.LD:
         f["fmt"] = draw(st.sampled_from(list(LdFmt)))
         f["cols"] -= f["cols"] % 32
@@ -97,6 +99,9 @@ def test_semantic_checks():
         isa.make(Op.MV, fmt=0, sp_n=16, cols=32, tokens=2)
     with pytest.raises(ISAError, match="dense only"):
         isa.make(Op.MM, fmt=WFmt.I16, sp_n=8, cols=32, tokens=1)
+    with pytest.raises(ISAError, match="wfrac"):      # hw/decoder.py flags it too (tests/hw/test_decoder_rtl.py)
+        isa.make(Op.MM, fmt=WFmt.I16, sp_n=16, cols=32, tokens=1, wfrac=25)
+    isa.make(Op.MM, fmt=WFmt.I16, sp_n=16, cols=32, tokens=1, wfrac=24)
 
 
 def test_disasm_text_names_the_operation():
