@@ -89,6 +89,94 @@ def dsp_cascade(m, w, x, name):
     return prev_p, prev_q
 
 
+def lane_select(m, body, idx, qx, wk, nsp, sparse, on, k):
+    """Comb: one lane's weight decode and sparse MUX; returns the 32 (weight, activation) product inputs.
+
+    ``body``: the block's value bytes (512 bits), ``idx``: its index bytes (N:16 formats), ``qx``: the lane's 32
+    activations (256 bits), ``wk``: the weight kind (WK_*), ``nsp``: N (16 when dense), ``sparse``: N:16 index
+    mode, ``on``: the lane takes part. Product j: weight j of the kind's layout; activation j (dense) or, sparse,
+    the one at the stored 4-bit index within group j // N (j < 2N; products past 2N and off lanes are zero).
+    """
+    ws, xs = [], []
+    for j in range(BLOCK):
+        w_c = Signal(signed(W_BITS), name=f"wc_{k}_{j}")
+        with m.Switch(wk):
+            with m.Case(WK_Q4D):
+                b_ = body[8 * (j % 16): 8 * (j % 16) + 8]
+                m.d.comb += w_c.eq(b_[4:8] if j >= 16 else b_[0:4])
+            with m.Case(WK_Q4S):
+                b_ = body[8 * (j // 2): 8 * (j // 2) + 8]
+                m.d.comb += w_c.eq(b_[4:8] if j % 2 else b_[0:4])
+            with m.Case(WK_Q8):
+                m.d.comb += w_c.eq(body[8 * j: 8 * j + 8].as_signed())
+            with m.Case(WK_I16):
+                m.d.comb += w_c.eq(body[16 * j: 16 * j + 16].as_signed())
+        ib = idx[8 * (j // 2): 8 * (j // 2) + 8]
+        nib = ib[4:8] if j % 2 else ib[0:4]
+        pos = Signal(5, name=f"pos_{k}_{j}")
+        m.d.comb += pos.eq(Mux(sparse, Cat(nib, Const(j, 6) >= nsp), j))
+        ok = on & (~sparse | (Const(j, 6) < (nsp << 1)))
+        # the sparse MUX as a case over the 32 activations (a variable shift of the 256-bit block costs
+        # Verilator a wide shift per product and cycle)
+        x_c = Signal(signed(X_BITS), name=f"xc_{k}_{j}")
+        with m.Switch(pos):
+            for i in range(BLOCK):
+                with m.Case(i):
+                    m.d.comb += x_c.eq(qx[8 * i: 8 * i + 8])
+        ws.append(Mux(ok, w_c, 0))
+        xs.append(Mux(ok, x_c, 0))
+    return ws, xs
+
+
+def dequant(m, s, acc, qs, c_q4, c_i16, c_wfrac, k):
+    """One lane's block dequantisation, all mod 2^64; inputs valid at cycle C, V registered at C + 4.
+
+    ``s`` = Cat(d fp16, m fp16, m_x u16, e_x i8) of the block; C+1: D*acc, M*qs | C+2: T = sum | C+3: U = T*m_x |
+    C+4: V = U shifted by e_x (floor). D = fp16 d * 2^24 (I16: 2^(24 - wfrac)), M = fp16 m * 2^24 (Q4_1 only).
+    Returns (V, (Dk, Mk, Dsel, Msel, p1, p2, T, U, ex3, mxex)).
+    """
+    Dk = fp16_fixed(m, s[0:16], f"dfix_{k}")
+    Mk = fp16_fixed(m, s[16:32], f"mfix_{k}")
+    i16sh = Signal(5, name=f"i16sh_{k}")
+    m.d.comb += i16sh.eq(SCALE_FIX - c_wfrac)
+    Dsel = Signal(signed(FIX_BITS), name=f"Dsel_{k}")
+    Msel = Signal(signed(FIX_BITS), name=f"Msel_{k}")
+    m.d.comb += [Dsel.eq(Mux(c_i16, Const(1, FIX_BITS) << i16sh, Dk)), Msel.eq(Mux(c_q4, Mk, 0))]
+    p1 = Signal(signed(64), name=f"p1_{k}")
+    p2 = Signal(signed(64), name=f"p2_{k}")
+    # assignment truncates to 64 bits / sign-extends (a [:64] slice of a narrower product would zero-extend)
+    m.d.sync += [p1.eq(Dsel * acc), p2.eq(Msel * qs)]
+    mxex = delay(m, s[32:56], 2, f"mxex_{k}")
+    T = Signal(signed(64), name=f"T_{k}")
+    m.d.sync += T.eq(p1 + p2)
+    U = Signal(signed(64), name=f"U_{k}")
+    m.d.sync += U.eq(T * mxex[0:16])
+    ex3 = delay(m, mxex[16:24], 1, f"ex3_{k}").as_signed()
+    v = Signal(signed(64), name=f"V_{k}")
+    neg = Signal(7, name=f"nsh_{k}")
+    m.d.comb += neg.eq(Mux(ex3 < -63, 63, -ex3))
+    lsh = Signal(signed(64), name=f"lsh_{k}")
+    m.d.comb += lsh.eq(Mux(ex3 >= 64, 0, (U << ex3.as_unsigned()[:6])[:64]))
+    m.d.sync += v.eq(Mux(ex3 >= 0, lsh, U >> neg))
+    return v, (Dk, Mk, Dsel, Msel, p1, p2, T, U, ex3, mxex)
+
+
+def act_out(m, out, oacc, prev):
+    """Comb: a finished 64-bit row sum (2^-ACC_FRAC) -> ACT int32: round half up to ACT_FRAC, saturate; with
+    ``oacc`` also saturating-add ``prev`` (the ABUF word already there)."""
+    sh = ACC_FRAC - ACT_FRAC
+    r = Signal(signed(64), name="rnd")
+    m.d.comb += r.eq((out + (1 << (sh - 1)))[:64].as_signed() >> sh)
+    y32 = Signal(signed(32), name="y32")
+    lo, hi = -(1 << 31), (1 << 31) - 1
+    m.d.comb += y32.eq(Mux(r > hi, hi, Mux(r < lo, lo, r[:32].as_signed())))
+    s33 = Signal(signed(34), name="yacc")
+    m.d.comb += s33.eq(y32 + prev.as_signed())
+    yfin = Signal(signed(32), name="yfin")
+    m.d.comb += yfin.eq(Mux(oacc, Mux(s33 > hi, hi, Mux(s33 < lo, lo, s33[:32].as_signed())), y32))
+    return yfin
+
+
 class Mpe(Elaboratable):
     def __init__(self, board, qbuf_ports, abuf_words: int):
         self.board = board
@@ -190,34 +278,9 @@ class Mpe(Elaboratable):
                         if sp != 16 and fmt != WFmt.I16:
                             vb = sp if fmt == WFmt.Q4_1 else 2 * sp
                             m.d.comb += idx.eq(win[8 * (base + hdr + vb): 8 * (base + bb)])
-            qx = qd[k][:256]
-            on = lane_on[k]
+            wsel, xsel = lane_select(m, body, idx, qd[k][:256], wk, nsp, sparse, lane_on[k], k)
             for j in range(BLOCK):
-                w_c = Signal(signed(W_BITS), name=f"wc_{k}_{j}")
-                with m.Switch(wk):
-                    with m.Case(WK_Q4D):
-                        b_ = body[8 * (j % 16): 8 * (j % 16) + 8]
-                        m.d.comb += w_c.eq(b_[4:8] if j >= 16 else b_[0:4])
-                    with m.Case(WK_Q4S):
-                        b_ = body[8 * (j // 2): 8 * (j // 2) + 8]
-                        m.d.comb += w_c.eq(b_[4:8] if j % 2 else b_[0:4])
-                    with m.Case(WK_Q8):
-                        m.d.comb += w_c.eq(body[8 * j: 8 * j + 8].as_signed())
-                    with m.Case(WK_I16):
-                        m.d.comb += w_c.eq(body[16 * j: 16 * j + 16].as_signed())
-                ib = idx[8 * (j // 2): 8 * (j // 2) + 8]
-                nib = ib[4:8] if j % 2 else ib[0:4]
-                pos = Signal(5, name=f"pos_{k}_{j}")
-                m.d.comb += pos.eq(Mux(sparse, Cat(nib, Const(j, 6) >= nsp), j))
-                ok = on & (~sparse | (Const(j, 6) < (nsp << 1)))
-                # the sparse MUX as a case over the 32 activations (a variable shift of the 256-bit block costs
-                # Verilator a wide shift per product and cycle)
-                x_c = Signal(signed(X_BITS), name=f"xc_{k}_{j}")
-                with m.Switch(pos):
-                    for i in range(BLOCK):
-                        with m.Case(i):
-                            m.d.comb += x_c.eq(qx[8 * i: 8 * i + 8])
-                m.d.sync += [sw[k][j].eq(Mux(ok, w_c, 0)), sx[k][j].eq(Mux(ok, x_c, 0))]
+                m.d.sync += [sw[k][j].eq(wsel[j]), sx[k][j].eq(xsel[j])]
             # scales, raw, registered with the products then delayed to C
             sc = Signal(16 + 16 + 16 + 8, name=f"scl_{k}")
             m.d.sync += sc.eq(Cat(d16, m16, qd[k][256:272], qd[k][272:280]))
@@ -240,32 +303,9 @@ class Mpe(Elaboratable):
         V = []
         dbgT = []
         for k in range(K):
-            s = sclC[k]
-            Dk = fp16_fixed(m, s[0:16], f"dfix_{k}")
-            Mk = fp16_fixed(m, s[16:32], f"mfix_{k}")
-            i16sh = Signal(5, name=f"i16sh_{k}")
-            m.d.comb += i16sh.eq(SCALE_FIX - c_wfrac)
-            Dsel = Signal(signed(FIX_BITS), name=f"Dsel_{k}")
-            Msel = Signal(signed(FIX_BITS), name=f"Msel_{k}")
-            m.d.comb += [Dsel.eq(Mux(c_i16, Const(1, FIX_BITS) << i16sh, Dk)), Msel.eq(Mux(c_q4, Mk, 0))]
-            p1 = Signal(signed(64), name=f"p1_{k}")
-            p2 = Signal(signed(64), name=f"p2_{k}")
-            # assignment truncates to 64 bits / sign-extends (a [:64] slice of a narrower product would zero-extend)
-            m.d.sync += [p1.eq(Dsel * accC[k]), p2.eq(Msel * qsC[k])]
-            mxex = delay(m, s[32:56], 2, f"mxex_{k}")
-            T = Signal(signed(64), name=f"T_{k}")
-            m.d.sync += T.eq(p1 + p2)
-            U = Signal(signed(64), name=f"U_{k}")
-            m.d.sync += U.eq(T * mxex[0:16])
-            ex3 = delay(m, mxex[16:24], 1, f"ex3_{k}").as_signed()
-            v = Signal(signed(64), name=f"V_{k}")
-            neg = Signal(7, name=f"nsh_{k}")
-            m.d.comb += neg.eq(Mux(ex3 < -63, 63, -ex3))
-            lsh = Signal(signed(64), name=f"lsh_{k}")
-            m.d.comb += lsh.eq(Mux(ex3 >= 64, 0, (U << ex3.as_unsigned()[:6])[:64]))
-            m.d.sync += v.eq(Mux(ex3 >= 0, lsh, U >> neg))
+            v, dbg = dequant(m, sclC[k], accC[k], qsC[k], c_q4, c_i16, c_wfrac, k)
             V.append(v)
-            dbgT.append((Dsel, Msel, p1, p2, T, U, ex3, mxex))
+            dbgT.append(dbg[2:])
         self.dbg = dict(acc=accC, qs=qsC, V=V, T=dbgT, sw=sw, sx=sx)
         # meta: S0 -> C+4 (V visible): 1 (S1) + 1 (A) + L + 1 (C) + 4
         metaV = delay(m, meta_in, L + 7, "metaV")
@@ -318,15 +358,77 @@ class Mpe(Elaboratable):
         m.d.sync += [oaddr.eq(wa), oacc.eq(ms["acc"])]
         m.d.comb += [self.ab_raddr.eq(wa), self.ab_ren.eq(ms["go"] & ms["rowend"] & ms["acc"])]
         # ---- round, saturate, optional saturating accumulate, write -----------------------------------
-        sh = ACC_FRAC - ACT_FRAC
-        r = Signal(signed(64), name="rnd")
-        m.d.comb += r.eq((out + (1 << (sh - 1)))[:64].as_signed() >> sh)
-        y32 = Signal(signed(32), name="y32")
-        lo, hi = -(1 << 31), (1 << 31) - 1
-        m.d.comb += y32.eq(Mux(r > hi, hi, Mux(r < lo, lo, r[:32].as_signed())))
-        s33 = Signal(signed(34), name="yacc")
-        m.d.comb += s33.eq(y32 + self.ab_rdata.as_signed())
-        yfin = Signal(signed(32), name="yfin")
-        m.d.comb += yfin.eq(Mux(oacc, Mux(s33 > hi, hi, Mux(s33 < lo, lo, s33[:32].as_signed())), y32))
+        yfin = act_out(m, out, oacc, self.ab_rdata)
         m.d.comb += [self.ab_waddr.eq(oaddr), self.ab_wdata.eq(yfin), self.ab_wen.eq(outv)]
+        return m
+
+
+class LaneSelect(Elaboratable):
+    """One lane's weight decode + sparse MUX (:func:`lane_select`) standalone, for block tests (comb)."""
+
+    def __init__(self):
+        self.body = Signal(8 * 64)
+        self.idx = Signal(8 * 16)
+        self.qx = Signal(8 * BLOCK)
+        self.wk = Signal(2)
+        self.nsp = Signal(6)
+        self.sparse = Signal()
+        self.on = Signal()
+        self.w = [Signal(signed(W_BITS), name=f"w{j}") for j in range(BLOCK)]
+        self.x = [Signal(signed(X_BITS), name=f"x{j}") for j in range(BLOCK)]
+
+    def elaborate(self, platform):
+        m = Module()
+        ws, xs = lane_select(m, self.body, self.idx, self.qx, self.wk, self.nsp, self.sparse, self.on, 0)
+        m.d.comb += [o.eq(e) for o, e in zip(self.w, ws)] + [o.eq(e) for o, e in zip(self.x, xs)]
+        return m
+
+
+class DequantAcc(Elaboratable):
+    """One lane's :func:`dequant` followed by a 64-bit accumulation across blocks and :func:`act_out`, for block
+    tests. Per cycle one block enters (``valid``, with ``first``/``last`` of its row): its ``acc``/``qs`` and
+    scales as the lane presents them at C. ``v`` (V of the block) is valid 4 cycles later (``v_valid``); the
+    row's ACT result ``y`` (with ``yacc``: saturating add of ``yadd``, as MM with acc=1 adds the ABUF word)
+    5 cycles after its last block (``y_valid``). ``dfix``/``mfix``: the fp16 scales as exact integers (x 2^24).
+    The accumulator here is a plain wrapping adder; the engine's (hw/mpe.py Mpe) splits lane sums at row
+    boundaries and keeps one per token.
+    """
+
+    def __init__(self):
+        self.valid, self.first, self.last = Signal(), Signal(), Signal()
+        self.acc = Signal(signed(ACC_BITS))
+        self.qs = Signal(signed(QS_BITS))
+        self.d16, self.m16, self.mx = Signal(16), Signal(16), Signal(16)
+        self.ex = Signal(signed(8))
+        self.q4, self.i16 = Signal(), Signal()
+        self.wfrac = Signal(5)
+        self.yacc = Signal()
+        self.yadd = Signal(signed(32))
+        self.dfix = Signal(signed(FIX_BITS))
+        self.mfix = Signal(signed(FIX_BITS))
+        self.v = Signal(signed(64))
+        self.v_valid = Signal()
+        self.y = Signal(signed(32))
+        self.y_valid = Signal()
+
+    def elaborate(self, platform):
+        m = Module()
+        scl = Cat(self.d16, self.m16, self.mx, self.ex)
+        v, dbg = dequant(m, scl, self.acc, self.qs, self.q4, self.i16, self.wfrac, 0)
+        m.d.comb += [self.dfix.eq(dbg[0]), self.mfix.eq(dbg[1]), self.v.eq(v)]
+        ctl = delay(m, Cat(self.valid, self.first, self.last, self.yacc, self.yadd), 4, "ctlV")
+        vv, first, last, yacc, yadd = ctl[0], ctl[1], ctl[2], ctl[3], ctl[4:36]
+        m.d.comb += self.v_valid.eq(vv)
+        racc = Signal(signed(64), name="racc")
+        out = Signal(signed(64), name="rowsum")
+        oacc = Signal()
+        oadd = Signal(signed(32))
+        s = Signal(signed(64), name="racc_next")
+        m.d.comb += s.eq((Mux(first, 0, racc) + v)[:64])
+        m.d.sync += self.y_valid.eq(vv & last)
+        with m.If(vv):
+            m.d.sync += racc.eq(s)
+            with m.If(last):
+                m.d.sync += [out.eq(s), oacc.eq(yacc), oadd.eq(yadd)]
+        m.d.comb += self.y.eq(act_out(m, out, oacc, oadd))
         return m
