@@ -153,9 +153,8 @@ async def rows(dut):
             if ins is None:
                 dut.valid.value = 0
             else:
-                for n_, x in ins.items():
-                    dut.__getattr__(n_).value = x & ((1 << 32) - 1) if n_ in ("acc", "yadd") else \
-                        x & 0xFF if n_ == "ex" else x & 0xFFFF if n_ == "qs" else x
+                for n_, x in ins.items():           # the bench's ports are unsigned vectors
+                    getattr(dut, n_).value = x & ((1 << len(getattr(dut, n_))) - 1)
             issued.append(v)
         else:
             dut.valid.value = 0

@@ -17,6 +17,9 @@ except ImportError:      # pragma: no cover - part of the hw extra
     HAVE_AXI = False
 
 
+_BUILDS = {}
+
+
 def geometry(which):
     if which == "pb16":
         return 16, 64, 32, 1024
@@ -35,6 +38,8 @@ def test_dma(which, case):
 
     pb, bb, wb, abuf = geometry(which)
     name = f"blk_dma_{which}"
-    elab, ports, _, _ = dma_bench(pb, bb, wb, abuf)
-    runner, bdir = build(elab, ports, name)
+    if name not in _BUILDS:
+        elab, ports, _, _ = dma_bench(pb, bb, wb, abuf)
+        _BUILDS[name] = build(elab, ports, name)
+    runner, bdir = _BUILDS[name]
     run(runner, bdir, name, "dma_cocotb", case, {"DMA_PB": pb, "DMA_BB": bb, "DMA_WB": wb, "DMA_ABUF": abuf})
