@@ -111,6 +111,7 @@ def dma_bench(port_bytes: int, buf_bytes: int, window: int, abuf_words: int):
 
     ins = {"rs_start": rs.start, "rs_base": rs.base, "rs_seg_len": rs.seg_len, "rs_stride": rs.stride,
            "rs_nseg": rs.nseg, "rs_flush": rs.flush, "rs_take": rs.take,
+           "rs_clear_stats": rs.clear_stats,
            "m_axi_arready": rs.arready, "m_axi_rvalid": rs.rvalid, "m_axi_rdata": rs.rdata,
            "ws_start": ws.start, "ws_flush": ws.flush, "ws_dst": ws.dst, "ws_dst_stride": ws.dst_stride,
            "ws_src": ws.src, "ws_src_stride": ws.src_stride, "ws_rows": ws.rows, "ws_cols": ws.cols,

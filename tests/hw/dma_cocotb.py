@@ -5,7 +5,7 @@
   to several 64-beat bursts, bases near 4 KiB boundaries) consumed by a random reader (take 0..min(cnt, window,
   bytes left in the segment) per cycle). The bytes taken equal the memory's segments; every AR is beat-aligned,
   <= 64 beats, inside one 4 KiB page, and the ARs cover exactly the beats of the segments, in order;
-  ``bytes_taken`` counts the data bytes.
+  ``bytes_taken`` counts the data bytes (and ``clear_stats`` zeroes it).
 - ``write_stream``: random WriteStream commands (ABUF source word, source stride, destination byte address
   (4-byte aligned) and stride, rows, words per row) with the ABUF banks served by the testbench (one-cycle
   synchronous reads, as hw/ram.py). The whole memory afterwards equals numpy's expectation (nothing written
@@ -65,7 +65,7 @@ class Env:
 
     async def reset(self):
         d = self.dut
-        for n in ("rs_start", "rs_flush", "rs_take", "ws_start", "ws_flush", "st_rd_data"):
+        for n in ("rs_start", "rs_flush", "rs_take", "rs_clear_stats", "ws_start", "ws_flush", "st_rd_data"):
             getattr(d, n).value = 0
         d.rst.value = 1
         for _ in range(3):
@@ -141,6 +141,12 @@ async def read_stream(dut):
     await env.reset()
     taken_total = 0
     for cmd in range(NCMD):
+        if cmd == NCMD // 2:                        # a new run: the byte counter restarts from zero
+            dut.rs_clear_stats.value = 1
+            await FallingEdge(dut.clk)
+            dut.rs_clear_stats.value = 0
+            assert u(dut.rs_bytes_taken) == 0, "clear_stats left bytes_taken at " + str(u(dut.rs_bytes_taken))
+            taken_total = 0
         nseg = int(rng.integers(1, 5))
         seg_len = rand_len(rng, BURST * PB * 2 + 3 * PB) if nseg == 1 else rand_len(rng, BURST * PB + PB)
         stride = seg_len + (0 if rng.random() < 0.2 else int(rng.integers(1, 400)))
