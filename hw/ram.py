@@ -17,8 +17,16 @@ from amaranth import Cat, ClockSignal, Elaboratable, Instance, Module, Signal
 
 MODULE = "flightllm_ram"
 
-VERILOG = """
-module flightllm_ram #(parameter W = 32, parameter D = 1024, parameter AW = 10, parameter NR = 1) (
+_READ_CE = """    always @(posedge clk) if (ren[g]) q <= mem[raddr[g*AW +: AW]];"""
+_READ_GATED = """    reg ren_l = 1'b0;
+    always @(negedge clk) ren_l <= ren[g];
+    wire rclk = clk & ren_l;
+    always @(posedge rclk) q <= mem[raddr[g*AW +: AW]];"""
+
+
+def _verilog(read: str) -> str:
+    return f"""
+module {MODULE} #(parameter W = 32, parameter D = 1024, parameter AW = 10, parameter NR = 1) (
   input clk,
   input [NR*AW-1:0] raddr,
   input [NR-1:0] ren,
@@ -29,42 +37,20 @@ module flightllm_ram #(parameter W = 32, parameter D = 1024, parameter AW = 10, 
 );
   reg [W-1:0] mem [0:D-1];
   integer i;
-  initial for (i = 0; i < D; i = i + 1) mem[i] = {W{1'b0}};
+  initial for (i = 0; i < D; i = i + 1) mem[i] = {{W{{1'b0}}}};
   genvar g;
   generate for (g = 0; g < NR; g = g + 1) begin : rd
-    reg [W-1:0] q = {W{1'b0}};
-    always @(posedge clk) if (ren[g]) q <= mem[raddr[g*AW +: AW]];
+    reg [W-1:0] q = {{W{{1'b0}}}};
+{read}
     assign rdata[g*W +: W] = q;
   end endgenerate
   always @(posedge clk) if (wen) mem[waddr] <= wdata;
 endmodule
 """
 
-VERILOG_SIM = """
-module flightllm_ram #(parameter W = 32, parameter D = 1024, parameter AW = 10, parameter NR = 1) (
-  input clk,
-  input [NR*AW-1:0] raddr,
-  input [NR-1:0] ren,
-  output [NR*W-1:0] rdata,
-  input [AW-1:0] waddr,
-  input [W-1:0] wdata,
-  input wen
-);
-  reg [W-1:0] mem [0:D-1];
-  integer i;
-  initial for (i = 0; i < D; i = i + 1) mem[i] = {W{1'b0}};
-  genvar g;
-  generate for (g = 0; g < NR; g = g + 1) begin : rd
-    reg [W-1:0] q = {W{1'b0}};
-    reg ren_l = 1'b0;
-    always @(negedge clk) ren_l <= ren[g];
-    wire rclk = clk & ren_l;
-    always @(posedge rclk) q <= mem[raddr[g*AW +: AW]];
-    assign rdata[g*W +: W] = q;
-  end endgenerate
-  always @(posedge clk) if (wen) mem[waddr] <= wdata;
-endmodule
-"""
+
+VERILOG = _verilog(_READ_CE)
+VERILOG_SIM = _verilog(_READ_GATED)
 
 
 class _Port:

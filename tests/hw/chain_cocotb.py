@@ -19,29 +19,12 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge
 
 from mpe_blocks_model import chain
+from cocotb_values import u, s, pack
 
 L = int(os.environ["CHAIN_L"])
 SEED = int(os.environ.get("BLOCK_SEED", "1"))
 N = int(os.environ.get("CHAIN_N", "400"))
 W_BITS, X_BITS = 17, 8
-
-
-def u(h):
-    v = h.value
-    return v.to_unsigned() if hasattr(v, "to_unsigned") else int(v)
-
-
-def s(h):
-    v = h.value
-    return v.to_signed() if hasattr(v, "to_signed") else int(v)
-
-
-def pack(vals, bits):
-    mask = (1 << bits) - 1
-    out = 0
-    for i, v in enumerate(vals):
-        out |= (int(v) & mask) << (bits * i)
-    return out
 
 
 def vectors(rng, n):

@@ -18,16 +18,12 @@ from cocotb.triggers import Timer
 from flightllm import isa
 from flightllm.errors import ISAError
 from flightllm.isa import FIELDS, NWORDS, WORD_BITS, LdFmt, MiscOp, Op, StFmt, SysOp, WFmt
+from cocotb_values import u
 
 SEED = int(os.environ.get("BLOCK_SEED", "1"))
 N = int(os.environ.get("DECODER_N", "600"))
 MAX_WORDS = max(NWORDS.values())
 OPS = (Op.LD, Op.ST, Op.MM, Op.MV, Op.MISC, Op.SYS)
-
-
-def u(h):
-    v = h.value
-    return v.to_unsigned() if hasattr(v, "to_unsigned") else int(v)
 
 
 def rbits(rng, nbits):

@@ -26,6 +26,7 @@ from flightllm.isa import WFmt
 from flightllm.sim import mpe_model as MM
 from flightllm.sim import sfu_model
 from mpe_blocks_model import dequant_block, wrap64
+from cocotb_values import u
 
 SEED = int(os.environ.get("BLOCK_SEED", "1"))
 NROWS = int(os.environ.get("DEQUANT_ROWS", "160"))
@@ -34,11 +35,6 @@ NROWS = int(os.environ.get("DEQUANT_ROWS", "160"))
 def sval(h):
     v = h.value
     return v.to_signed() if hasattr(v, "to_signed") else int(v)
-
-
-def u(h):
-    v = h.value
-    return v.to_unsigned() if hasattr(v, "to_unsigned") else int(v)
 
 
 @cocotb.test()

@@ -23,6 +23,7 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge
 from cocotbext.axi import AxiBus, AxiRam
+from cocotb_values import u
 
 PB = int(os.environ["DMA_PB"])
 BB = int(os.environ["DMA_BB"])
@@ -35,11 +36,6 @@ LG = (PB - 1).bit_length()
 NL = PB // 4
 ROW_BITS = max(1, (ABUF // NL - 1).bit_length())
 BURST = 64
-
-
-def u(h):
-    v = h.value
-    return v.to_unsigned() if hasattr(v, "to_unsigned") else int(v)
 
 
 def pauses(seed, p):

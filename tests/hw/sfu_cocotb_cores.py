@@ -14,24 +14,11 @@ from cocotb.triggers import FallingEdge
 
 from flightllm.formats import BLOCK
 from flightllm.sim import sfu_model as sm
+from cocotb_values import u, pack
 
 W = int(os.environ["SFU_W"])
 SEED = int(os.environ.get("SFU_SEED", "1"))
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
-
-
-def u(h):
-    """Unsigned value of a handle (1-bit handles give Logic, wider ones LogicArray)."""
-    v = h.value
-    return v.to_unsigned() if hasattr(v, "to_unsigned") else int(v)
-
-
-def pack(vals, bits):
-    mask = (1 << bits) - 1
-    out = 0
-    for i, v in enumerate(vals):
-        out |= (int(v) & mask) << (bits * i)
-    return out
 
 
 def unpack(x, n, bits, signed=True):

@@ -14,13 +14,9 @@ from flightllm.formats import BLOCK
 from flightllm.isa import MiscOp
 from flightllm.sim.fsim import FunctionalSim, RunStats
 from flightllm.sim.sfu_cycles import sfu_cycles
+from cocotb_values import u
 
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
-
-
-def u(h):
-    v = h.value
-    return v.to_unsigned() if hasattr(v, "to_unsigned") else int(v)
 
 
 class Buffers:
