@@ -18,7 +18,7 @@ from flightllm.errors import CompileError
 from flightllm.compiler.memmap import MemoryMap
 
 MAGIC = b"FLLMART\0"
-VERSION = 1
+VERSION = 2          # 2: the memory map carries execute permission (region registers)
 MAX_HEADER = 64 << 20
 
 

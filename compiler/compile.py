@@ -17,7 +17,7 @@ from flightllm.compiler.gguf_model import Model
 from flightllm.compiler.lower import KV_BYTES, Lowering, Mat, Placement, plan_onchip
 from flightllm.compiler.memmap import MemoryMap
 
-COMPILER_VERSION = "1"
+COMPILER_VERSION = "2"
 ALIGN = 64          # one memory beat
 
 
@@ -95,7 +95,7 @@ def compile_model(model: Model, board: boards.Board, ctx: int | None = None) -> 
                            "instructions": len(low.prog), "layer_ends": list(low.layer_ends)}
             blobs.append((poff, words.view(np.uint8)))
             poff = _align(poff + words.nbytes)
-    mm.add("program", poff - pbase, writable=False)
+    mm.add("program", poff - pbase, writable=False, executable=True)
 
     if mm.top > board.memory.capacity_mib << 20:
         raise CompileError(f"model needs {mm.top >> 20} MiB of device memory; board {board.name} has "

@@ -8,8 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flightllm.errors import CompileError
+from flightllm.hw.regs import PERM_R, PERM_W, PERM_X, REGION_ALIGN
 
-PAGE = 4096
+PAGE = REGION_ALIGN         # regions are page aligned, as the region registers require
 
 
 @dataclass
@@ -18,13 +19,22 @@ class Region:
     base: int
     size: int
     writable: bool
+    executable: bool = False       # instructions are fetched from here (never together with writable)
 
     @property
     def end(self) -> int:
         return self.base + self.size
 
+    @property
+    def perm(self) -> int:
+        """The region register's permission bits (hw/regs.py): every region is readable."""
+        return PERM_R | (PERM_W if self.writable else 0) | (PERM_X if self.executable else 0)
+
     def to_dict(self) -> dict:
-        return {"base": self.base, "size": self.size, "writable": self.writable}
+        d = {"base": self.base, "size": self.size, "writable": self.writable}
+        if self.executable:
+            d["executable"] = True
+        return d
 
 
 class MemoryMap:
@@ -32,10 +42,10 @@ class MemoryMap:
         self.regions: dict[str, Region] = {}
         self.top = 0
 
-    def add(self, name: str, size: int, writable: bool) -> Region:
+    def add(self, name: str, size: int, writable: bool, executable: bool = False) -> Region:
         base = self.top
         size = max(size, 1)
-        r = Region(name, base, -(-size // PAGE) * PAGE, writable)
+        r = Region(name, base, -(-size // PAGE) * PAGE, writable, executable)
         self.regions[name] = r
         self.top = r.end
         return r
@@ -50,7 +60,7 @@ class MemoryMap:
     def from_dict(cls, d: dict) -> "MemoryMap":
         m = cls()
         for n, r in d.items():
-            m.regions[n] = Region(n, int(r["base"]), int(r["size"]), bool(r["writable"]))
+            m.regions[n] = Region(n, int(r["base"]), int(r["size"]), bool(r["writable"]), bool(r.get("executable")))
             m.top = max(m.top, m.regions[n].end)
         return m
 

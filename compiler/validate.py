@@ -7,7 +7,8 @@ turns a corrupt or hostile artifact into one clear error before it is loaded.
 """
 from __future__ import annotations
 
-from flightllm.errors import CompileError, ISAError
+from flightllm.errors import CompileError, DeviceError, ISAError
+from flightllm.hw.regs import region_writes
 from flightllm.formats import BLOCK, QACT_BLOCK_BYTES, row_bytes
 from flightllm.isa import LdFmt, MiscOp, Op, StFmt, disassemble
 from flightllm.compiler.memmap import MemoryMap
@@ -72,6 +73,10 @@ def check_program(words, memmap: MemoryMap, pos_max: int, abuf_words: int, qbuf_
         raise CompileError(f"{name}: {e}") from None
     regions = list(memmap.regions.values())
     for pc, ins in prog:
+        f = ins.f
+        if ins.op == Op.LD and ((f["idx"] and f["idx_addr"] % 4) or (f["fmt"] == LdFmt.I32 and (
+                f["addr"] % 4 or f["src_stride"] % 4 or f["pos_stride"] % 4))):
+            raise CompileError(f"{name} pc {pc}: LD not aligned to 4-byte words")
         for pos in {0, pos_max}:
             for lo, hi, write in _mem_ranges(ins, pos, 0):
                 r = next((r for r in regions if r.base <= lo and hi <= r.end), None)
@@ -94,6 +99,12 @@ def check_artifact(art, board) -> None:
     mm = art.memmap
     if mm.top > art.mem_size or art.image.size > art.mem_size:
         raise CompileError("artifact: image or regions larger than its device memory")
+    try:
+        region_writes([(r.base, r.size, r.perm) for r in mm.regions.values()])
+    except DeviceError as e:
+        raise CompileError(f"artifact: memory map does not fit the region registers: {e}") from None
+    if not mm["program"].executable or mm["program"].writable:
+        raise CompileError("artifact: the program region must be executable and read-only")
     for name, p in h["programs"].items():
         r = mm["program"]
         if not (r.base <= p["addr"] and p["addr"] + 4 * p["words"] <= r.end):

@@ -69,8 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("-n", "--max-tokens", type=int, default=16)
     b.add_argument("--json", action="store_true")
 
-    fz = sub.add_parser("fuzz", help="mutation-fuzz the GGUF loader or the instruction decoder/executor")
-    fz.add_argument("target", choices=["gguf", "isa"])
+    fz = sub.add_parser("fuzz", help="mutation-fuzz the GGUF loader or the instruction decoder/executor "
+                                     "(parity: the same streams on fsim and the RTL, needs Verilator)")
+    fz.add_argument("target", choices=["gguf", "isa", "parity"])
     fz.add_argument("-n", "--cases", type=int, default=10000)
     fz.add_argument("--seed", type=int, default=0)
     fz.add_argument("--json", action="store_true")

@@ -7,6 +7,11 @@ success or a FlightLLMError; anything else is a crash, a case over the time limi
 isa: random and mutated instruction streams are decoded and executed on the functional simulator with a
 protected memory map. Besides crashes and hangs it counts out-of-region writes: bytes outside the writable
 regions that changed.
+
+parity: the same kind of streams (with small shapes) on the functional simulator and on the RTL (Verilator, the
+region registers programmed from the same map): each case must end with the same error code and PC on both, or
+with the same memory and the same cycle count; mismatches are counted besides crashes, hangs and out-of-region
+writes (on either engine).
 """
 from __future__ import annotations
 
@@ -33,6 +38,8 @@ class Report:
     crashes: int = 0
     hangs: int = 0
     out_of_region_writes: int = 0
+    mismatches: int = 0                              # parity: fsim and RTL disagreed (error code, PC or memory)
+    cycle_mismatches: int = 0                        # parity: valid streams whose cycle counts differ
     seconds: float = 0.0
     examples: list = field(default_factory=list)     # the first few crash/hang descriptions
 
@@ -41,7 +48,7 @@ class Report:
 
     @property
     def clean(self) -> bool:
-        return self.crashes == self.hangs == self.out_of_region_writes == 0
+        return self.crashes == self.hangs == self.out_of_region_writes == self.mismatches == 0
 
 
 class _Timeout(Exception):
@@ -159,10 +166,10 @@ def fuzz_gguf(cases: int, seed: int = 0) -> Report:
     return rep
 
 
-def _case(rep: Report, i: int, fn) -> None:
+def _case(rep: Report, i: int, fn, seconds: int = CASE_SECONDS) -> None:
     """Run one case under the time limit; a FlightLLMError is a clean rejection, anything else a crash."""
     rep.cases += 1
-    signal.alarm(CASE_SECONDS)
+    signal.alarm(seconds)
     try:
         fn()
         rep.accepted += 1
@@ -183,19 +190,27 @@ def _note(rep: Report, i: int, what: str):
         rep.examples.append(f"case {i}: {what}")
 
 
-def fuzz_isa(cases: int, seed: int = 0) -> Report:
-    """Decode and run random/mutated streams on fsim; read-only and unmapped bytes must never change."""
-    from flightllm import boards, isa
+def _layout():
+    """The fuzzed device: a read-only region, a writable one, the program, and an unmapped tail."""
+    from flightllm import boards
     from flightllm.compiler.memmap import MemoryMap
-    from flightllm.sim.fsim import FunctionalSim
 
-    rep = Report("isa")
     board = boards.load("sim")
     mm = MemoryMap()
     mm.add("weights", 64 << 10, writable=False)
     data = mm.add("data", 64 << 10, writable=True)
-    prog = mm.add("program", 4 << 10, writable=False)
+    prog = mm.add("program", 4 << 10, writable=False, executable=True)
     mem_size = mm.top + (16 << 10)                 # an unmapped tail: nothing may land there either
+    return board, mm, data, prog, mem_size
+
+
+def fuzz_isa(cases: int, seed: int = 0) -> Report:
+    """Decode and run random/mutated streams on fsim; read-only and unmapped bytes must never change."""
+    from flightllm import isa
+    from flightllm.sim.fsim import FunctionalSim
+
+    rep = Report("isa")
+    board, mm, data, prog, mem_size = _layout()
     rng = np.random.default_rng(seed)
     base_img = rng.integers(0, 256, mem_size, dtype=np.uint8)
     protect = np.ones(mem_size, bool)
@@ -222,8 +237,92 @@ def fuzz_isa(cases: int, seed: int = 0) -> Report:
     return rep
 
 
-def _stream(rng, isa, mm, board) -> np.ndarray:
-    """A program: mostly well-formed instructions with hostile field values, sometimes raw random words."""
+COUNT_FIELDS = ("rows", "cols", "n", "tokens")
+SMALL = 256
+
+
+def _sane(rng, isa, mm, board):
+    """A well-formed instruction with small shapes inside the fuzz layout's regions (it may still fault: data
+    lies where the previous instructions left it, e.g. gather indices are random)."""
+    from flightllm.formats import row_bytes
+
+    I = lambda lo, hi: int(rng.integers(lo, hi))  # noqa: E731
+    w, d = mm["weights"], mm["data"]
+    buf = lambda: I(0, 128) * 32  # noqa: E731
+    op = isa.Op(I(1, 7))
+    if op == isa.Op.LD:
+        fmt = isa.LdFmt(I(0, 3))
+        rows, cols = I(1, 9), (I(1, 5) * 32 if fmt != isa.LdFmt.I32 else I(1, 65))
+        nb = {isa.LdFmt.I32: 4 * cols, isa.LdFmt.Q8_0: row_bytes(1, cols),
+              isa.LdFmt.QACT: cols // 32 * isa_qact_bytes()}[fmt]
+        reg = w if rng.random() < 0.5 else d
+        stride = nb + (4 * I(0, 4) if rng.random() < 0.3 else 0)
+        addr = reg.base + 4 * I(0, (reg.size - rows * stride) // 4)
+        kw = dict(fmt=fmt, addr=addr, rows=rows, cols=cols, src_stride=stride, dst=buf(),
+                  dst_stride=-(-cols // 32) * 32 + 32 * I(0, 2))
+        if rng.random() < 0.2:
+            kw.update(idx=1, idx_addr=d.base + 4 * I(0, 64), addr=reg.base, src_stride=stride)
+        return isa.make(op, **kw)
+    if op == isa.Op.ST:
+        fmt = isa.StFmt(I(0, 2))
+        rows, cols = I(1, 5), I(1, 65)
+        es = 4 if fmt == isa.StFmt.I32 else 2 * I(1, 4)
+        return isa.make(op, fmt=fmt, shift=I(0, 20), src=I(0, 4096), src_stride=cols + I(0, 4), rows=rows,
+                        cols=cols, addr=d.base + 4 * I(0, 1024), dst_stride=cols * es + 4 * I(0, 4), elem_stride=es)
+    if op in (isa.Op.MM, isa.Op.MV):
+        fmt = isa.WFmt(I(0, 3))
+        sp = 16 if fmt == isa.WFmt.I16 else (2, 4, 8, 16)[I(0, 4)]
+        rows, cols = I(1, 65), 32 * I(1, 5)
+        rb = row_bytes(int(fmt), cols, sp)
+        tokens = 1 if op == isa.Op.MV else I(1, 5)
+        return isa.make(op, fmt=fmt, sp_n=sp, rows=rows, cols=cols, waddr=w.base + I(0, max(1, w.size - rows * rb)),
+                        wstride=rb, tokens=tokens, xaddr=buf(), xstride=-(-cols // 32) * 32, yaddr=I(0, 4096),
+                        ystride=rows + I(0, 4), wfrac=I(0, 25), acc=I(0, 2))
+    if op == isa.Op.MISC:
+        fn = isa.MiscOp(I(0, 8))
+        rows, n = I(1, 5), 2 * I(1, 33)
+        # operands apart: fsim computes from the operands as they were, the SFU streams row by row, so a dst that
+        # partly overlaps a source (e.g. RMSNORM over its own gamma) gives different results (docs/reliability.md)
+        kw = dict(fn=fn, rows=rows, n=n, src=I(0, 1024), src2=I(1024, 2048), dst=I(2048, 4096), src_stride=n + I(0, 4),
+                  src2_stride=n + I(0, 4), dst_stride=n + I(0, 4), imm=I(0, 1 << 16))
+        if fn == isa.MiscOp.QUANT:
+            kw.update(dst=buf(), dst_stride=-(-n // 32) * 32, imm=I(0, 31))
+        if fn == isa.MiscOp.ROPE:
+            kw.update(imm=n)
+        if fn == isa.MiscOp.SOFTMAX:
+            kw.update(causal=I(0, 2))
+        return isa.make(op, **kw)
+    return isa.make(isa.Op.SYS, fn=isa.SysOp.NOP)
+
+
+def isa_qact_bytes():
+    from flightllm.formats import QACT_BLOCK_BYTES
+
+    return QACT_BLOCK_BYTES
+
+
+def _parity_stream(rng, isa, mm, board) -> np.ndarray:
+    """Half the cases: a few well-formed instructions (_sane), one field sometimes set hostile; the others the
+    isa target's streams with small shapes."""
+    if rng.random() < 0.5:
+        return _stream(rng, isa, mm, board, small=True)
+    prog = [_sane(rng, isa, mm, board) for _ in range(int(rng.integers(1, 6)))]
+    if rng.random() < 0.3:
+        ins = prog[int(rng.integers(0, len(prog)))]
+        names = [n for n, _ in isa.FIELDS[ins.op][3:]]
+        name = names[int(rng.integers(0, len(names)))]
+        bits = dict(isa.FIELDS[ins.op])[name]
+        near = [0, 1, 31, 33, board.accel.abuf_words - 1, board.accel.qbuf_bytes, mm.top - 64, mm["data"].end - 4]
+        ins.f[name] = near[int(rng.integers(0, len(near)))] & ((1 << bits) - 1)
+    words = []
+    for ins in prog + [isa.make(isa.Op.SYS, fn=isa.SysOp.END)]:
+        words += isa.encode(ins)
+    return np.array(words, dtype=np.uint32)
+
+
+def _stream(rng, isa, mm, board, small: bool = False) -> np.ndarray:
+    """A program: mostly well-formed instructions with hostile field values, sometimes raw random words.
+    ``small``: counts (rows, cols, n, tokens) at most SMALL, so every case runs in a few ms on the RTL."""
     if rng.random() < 0.2:
         return rng.integers(0, 2**32, int(rng.integers(1, 64)), dtype=np.uint64).astype(np.uint32)
     near = [0, 1, 31, 32, 33, 64, 4096, board.accel.abuf_words - 1, board.accel.abuf_words,
@@ -240,6 +339,8 @@ def _stream(rng, isa, mm, board) -> np.ndarray:
                 v = int(rng.integers(0, 256))
             else:
                 v = int(rng.integers(0, 1 << min(bits, 62)))
+            if small and name in COUNT_FIELDS:
+                v %= SMALL + 1
             f[name] = v & ((1 << bits) - 1)
         f.setdefault("op", int(op))
         f["op"] = int(op)
@@ -258,6 +359,79 @@ def _stream(rng, isa, mm, board) -> np.ndarray:
     return w
 
 
+PARITY_MAX_CYCLES = 5_000_000        # an RTL case still running after this is a hang
+PARITY_CASE_SECONDS = 60
+
+
+def _outcome(fn):
+    """('ok', stats) or ('err', code, pc) of one run; anything but a DeviceError propagates."""
+    from flightllm.errors import DeviceError
+
+    try:
+        st = fn()
+    except DeviceError as e:
+        return ("err", int(e.code), int(max(e.pc, 0)))
+    return ("ok", st.cycles)
+
+
+def fuzz_parity(cases: int, seed: int = 0) -> Report:
+    """The same streams on fsim and on the RTL: identical code and PC, or identical memory and cycles."""
+    from flightllm import isa
+    from flightllm.sim.fsim import FunctionalSim
+    from flightllm.sim.rtl_device import RtlDevice
+
+    rep = Report("parity")
+    board, mm, data, prog, mem_size = _layout()
+    rng = np.random.default_rng(seed)
+    base_img = rng.integers(0, 256, mem_size, dtype=np.uint8)
+    protect = np.ones(mem_size, bool)
+    protect[data.base: data.end] = False
+    t0, valid = time.time(), 0
+    old = signal.signal(signal.SIGALRM, _alarm)
+    try:
+        for i in range(cases):
+            words = _parity_stream(rng, isa, mm, board)
+            pos = int(rng.integers(0, 64))
+            img = base_img.copy()
+            nb = min(words.nbytes, prog.size)
+            img[prog.base: prog.base + nb] = words.view(np.uint8)[:nb]
+            # fresh devices (on-chip buffers zero) per case: ~10 ms for the RTL model; cases are independent
+            fs, rd = FunctionalSim(board, mem_size, mm), RtlDevice(board, mem_size, mm)
+            fs.mem[:] = img
+            rd.mem[:] = img
+            res = {}
+
+            def both():
+                res["fsim"] = _outcome(lambda: fs.run(prog.base, pos))
+                res["rtl"] = _outcome(lambda: rd.run(prog.base, pos, max_cycles=PARITY_MAX_CYCLES))
+                if res["rtl"][:2] == ("err", int(isa.ErrCode.WATCHDOG)) and res["fsim"][0] == "ok":
+                    raise _Timeout()
+
+            _case(rep, i, both, PARITY_CASE_SECONDS)
+            changed = int(np.count_nonzero(fs.mem[protect] != img[protect])) + \
+                int(np.count_nonzero(rd.mem[protect] != img[protect]))
+            if changed:
+                rep.out_of_region_writes += changed
+                _note(rep, i, f"{changed} protected bytes changed")
+            if len(res) == 2:
+                f_, r_ = res["fsim"], res["rtl"]
+                same = f_[0] == r_[0] == "ok" or f_ == r_              # ok on both, or the same code and PC
+                if not same or not np.array_equal(fs.mem, rd.mem):
+                    rep.mismatches += 1
+                    _note(rep, i, f"fsim {res['fsim']} rtl {res['rtl']} memory equal "
+                                  f"{np.array_equal(fs.mem, rd.mem)} words {[hex(int(w)) for w in words[:24]]}")
+                elif res["fsim"][0] == "ok":
+                    valid += 1
+                    if res["fsim"][1] != res["rtl"][1]:     # bits and memory equal, cycles not (see the docs)
+                        rep.cycle_mismatches += 1
+    finally:
+        signal.signal(signal.SIGALRM, old)
+    # _case counts every case that returned as accepted: split them into valid streams and stopped ones
+    rep.rejected, rep.accepted = rep.accepted - valid, valid
+    rep.seconds = round(time.time() - t0, 2)
+    return rep
+
+
 def run(target: str, cases: int, seed: int = 0, mem_limit_gb: float = 8.0) -> Report:
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     lim = int(mem_limit_gb * (1 << 30))
@@ -267,7 +441,9 @@ def run(target: str, cases: int, seed: int = 0, mem_limit_gb: float = 8.0) -> Re
             return fuzz_gguf(cases, seed)
         if target == "isa":
             return fuzz_isa(cases, seed)
-        raise FlightLLMError(f"fuzz: unknown target '{target}' (gguf or isa)")
+        if target == "parity":
+            return fuzz_parity(cases, seed)
+        raise FlightLLMError(f"fuzz: unknown target '{target}' (gguf, isa or parity)")
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 

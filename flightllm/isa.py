@@ -264,6 +264,7 @@ class ErrCode(enum.IntEnum):
     MISALIGNED = 5        # an access not aligned to its element size
     AXI_ERROR = 6         # the memory system answered SLVERR/DECERR
     WATCHDOG = 7          # no instruction retired for too long
+    MEM_PERM = 8          # an access its region does not permit: a fetch outside an executable region, a read without R
 
 
 def markdown_fields() -> str:

@@ -2,8 +2,10 @@
 ``pynq.allocate`` for device memory. It drives a board, or (no board) sim/pynq_device.py's simulated device,
 with the same code.
 
-Start: write INSTR_BASE, POS, MEM_SIZE, then CTRL.START; poll STATUS until DONE or ERROR. A watchdog reports the
-device's state when no instruction retires for too long; device error codes become one-line DeviceErrors.
+Start: write the region registers (from the artifact's memory map), INSTR_BASE, POS, MEM_SIZE, then CTRL.START;
+poll STATUS until DONE or ERROR. A watchdog reports the device's state when no instruction retires for too long;
+device error codes become one-line DeviceErrors. An engine found busy (an interrupted run) or stopped by an
+interrupt (Ctrl-C) is soft-reset through CTRL.RESET, so the next run starts clean.
 """
 from __future__ import annotations
 
@@ -57,6 +59,7 @@ class Accelerator:
         self.mmio = pynq.MMIO(csr_base, 0x100, device=device)
         self.buf = None
         self.mem_size = 0
+        self.regions: list[tuple[int, int, int]] = []
         if self.read("ID") != regs.ID_VALUE:
             self.lock.release()
             raise DeviceError(f"device {device.tag} is not a flightllm engine (ID {self.read('ID'):#x})")
@@ -69,8 +72,9 @@ class Accelerator:
         self.mmio.write(regs.offset(name), int(val) & 0xFFFFFFFF)
 
     # -- memory -------------------------------------------------------------------------------------
-    def load(self, image: np.ndarray, mem_size: int) -> None:
-        """Allocate device memory for the artifact and copy its image in."""
+    def load(self, image: np.ndarray, mem_size: int, memmap=None) -> None:
+        """Allocate device memory for the artifact and copy its image in; ``memmap`` (the artifact's
+        compiler.memmap.MemoryMap) gives the protection regions programmed before every run (none: MEM_SIZE only)."""
         import pynq
 
         self.buf = pynq.allocate((mem_size,), np.uint8, target=self.device)
@@ -80,6 +84,8 @@ class Accelerator:
         self.buf[: image.size] = image
         self.buf.sync_to_device()
         self.mem_size = mem_size
+        self.regions = [(r.base, r.size, r.perm) for r in memmap.regions.values()] if memmap is not None else []
+        regs.region_writes(self.regions)            # refuse what the registers cannot hold before any run
 
     def write_mem(self, addr: int, data: np.ndarray) -> None:
         b = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
@@ -92,15 +98,30 @@ class Accelerator:
         return np.asarray(v).copy()
 
     # -- execution ----------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Soft reset (CTRL.RESET): the engine abandons whatever it runs and returns to idle."""
+        self.write("CTRL", regs.CTRL_RESET)
+
     def run(self, prog_addr: int, pos: int):
+        try:
+            return self._run(prog_addr, pos)
+        except KeyboardInterrupt:
+            self.reset()            # leave the engine idle: the next run starts clean
+            raise
+
+    def _run(self, prog_addr: int, pos: int):
         from flightllm.sim.fsim import RunStats
 
+        if self.read("STATUS") & regs.STATUS_BUSY:
+            self.reset()            # a run was abandoned (a killed process): stop it before reprogramming
+        for name, val in regs.region_writes(self.regions):
+            self.write(name, val)
         self.write("INSTR_BASE_LO", prog_addr & 0xFFFFFFFF)
         self.write("INSTR_BASE_HI", prog_addr >> 32)
         self.write("MEM_SIZE_LO", self.mem_size & 0xFFFFFFFF)
         self.write("MEM_SIZE_HI", self.mem_size >> 32)
         self.write("POS", pos)
-        self.write("CTRL", 1)
+        self.write("CTRL", regs.CTRL_START)
         advance = getattr(self.device, "advance", None)
         idle, last = 0, -1
         while True:
@@ -111,9 +132,11 @@ class Accelerator:
             idle = idle + 1 if ret == last else 0
             last = ret
             if idle >= WATCHDOG_POLLS:
-                raise DeviceError(f"watchdog: no instruction retired in {idle} polls (pc {self.read('PC')}, "
-                                  f"status {status:#x}, {self.read('CYCLES_LO')} cycles)", ErrCode.WATCHDOG,
-                                  self.read("PC"))
+                e = DeviceError(f"watchdog: no instruction retired in {idle} polls (pc {self.read('PC')}, "
+                                f"status {status:#x}, {self.read('CYCLES_LO')} cycles)", ErrCode.WATCHDOG,
+                                self.read("PC"))
+                self.reset()
+                raise e
             if advance is not None:
                 advance(POLL_CYCLES)
             else:

@@ -79,7 +79,7 @@ def build(board: boards.Board, op: str, rows: int, cols: int, wbits: int, sp_n: 
                          dst_stride=rows * 4, elem_stride=4))
     prog.append(make(Op.SYS, fn=SysOp.END))
     words = assemble(prog)
-    pr = mm.add("program", words.nbytes, writable=False)
+    pr = mm.add("program", words.nbytes, writable=False, executable=True)
     img = np.zeros(mm.top, np.uint8)
     img[w_addr: w_addr + raw.nbytes] = raw.reshape(-1)
     img[x_addr: x_addr + qact.nbytes] = qact.reshape(-1)
@@ -103,9 +103,9 @@ def _execute(backend: str, board: boards.Board, k: dict, rows: int, tokens: int)
         from flightllm.host.driver import Accelerator
         from flightllm.sim.pynq_device import SimulatedDevice
 
-        acc = Accelerator(SimulatedDevice.configure(board, "rtl", img.size, k["memmap"]))
+        acc = Accelerator(SimulatedDevice.configure(board, "rtl", img.size))
         try:
-            acc.load(img, img.size)
+            acc.load(img, img.size, k["memmap"])
             st = acc.run(k["prog_addr"], 0)
             y = acc.read_mem(out, rows * tokens * 4)
         finally:

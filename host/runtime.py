@@ -70,11 +70,11 @@ def open_device(backend: str, board: boards.Board, art: Artifact):
     if backend == "rtl":
         from flightllm.sim.pynq_device import SimulatedDevice
 
-        dev = SimulatedDevice.configure(board, "rtl", art.mem_size, art.memmap)
+        dev = SimulatedDevice.configure(board, "rtl", art.mem_size)
     else:
         dev = find_board()
     acc = Accelerator(dev)
-    acc.load(art.image, art.mem_size)
+    acc.load(art.image, art.mem_size, art.memmap)
     return acc
 
 

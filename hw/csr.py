@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from amaranth import Elaboratable, Module, Signal
 
-from flightllm.hw.regs import ADDR_BITS, ID_VALUE, REGS
+from flightllm.hw.regs import ADDR_BITS, CTRL_RESET, CTRL_START, ID_VALUE, REGS
 
 
 class Csr(Elaboratable):
@@ -15,6 +15,7 @@ class Csr(Elaboratable):
             setattr(self, n, Signal(w, name=f"s_axil_{n}"))
         # engine side
         self.start = Signal()                         # one-cycle pulse on a CTRL write with bit 0 set
+        self.reset = Signal()                         # one-cycle pulse on a CTRL write with bit 1 set (soft reset)
         self.rw = {n: Signal(32, name=f"csr_{n.lower()}") for n, (_, acc, _) in REGS.items() if acc == "rw"}
         self.ro = {n: Signal(32, name=f"csr_{n.lower()}") for n, (_, acc, _) in REGS.items() if acc == "r"}
 
@@ -23,7 +24,7 @@ class Csr(Elaboratable):
         # write: accept AW and W together
         m.d.comb += [self.awready.eq(self.awvalid & self.wvalid & ~self.bvalid),
                      self.wready.eq(self.awvalid & self.wvalid & ~self.bvalid)]
-        m.d.comb += self.start.eq(0)
+        m.d.comb += [self.start.eq(0), self.reset.eq(0)]
         with m.If(self.awready):
             m.d.sync += [self.bvalid.eq(1), self.bresp.eq(0)]
             with m.Switch(self.awaddr):
@@ -31,7 +32,8 @@ class Csr(Elaboratable):
                     with m.Case(REGS[n][0]):
                         m.d.sync += s.eq(self.wdata)
                 with m.Case(REGS["CTRL"][0]):
-                    m.d.comb += self.start.eq(self.wdata[0])
+                    m.d.comb += [self.start.eq((self.wdata & CTRL_START).any() & ~(self.wdata & CTRL_RESET).any()),
+                                 self.reset.eq((self.wdata & CTRL_RESET).any())]
         with m.Elif(self.bvalid & self.bready):
             m.d.sync += self.bvalid.eq(0)
         m.d.comb += self.arready.eq(~self.rvalid)

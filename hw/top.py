@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from amaranth import (Cat, ClockDomain, ClockSignal, Const, DomainRenamer, Elaboratable, Module, Mux, ResetSignal,
-                      Signal, signed)
+from amaranth import (Cat, ClockDomain, ClockSignal, Const, DomainRenamer, Elaboratable, Module, Mux, ResetInserter,
+                      ResetSignal, Signal, signed)
 from amaranth.hdl import Array
 
 from flightllm.boards import Board
@@ -28,6 +28,7 @@ from flightllm.hw.mpe import QWORD, Mpe
 from flightllm.hw.ram import VERILOG as RAM_VERILOG, VERILOG_SIM as RAM_VERILOG_SIM, Ram
 from flightllm.hw.sfu import Sfu, SfuAbufPorts, sfu_width
 from flightllm.hw.regs import STATUS_BUSY, STATUS_DONE, STATUS_ERROR
+from flightllm.hw.prot import FETCH, READ, WRITE, RegionCheck, region_regs
 
 
 CLASSES = ("LD", "ST", "MM", "SYS", "SFU")     # cls register value -> CYC_<class> counter
@@ -71,14 +72,18 @@ class Top(Elaboratable):
         b, PB, lg, NL, K, TT = self.board, self.PB, self.lg, self.NL, self.K, self.TT
         a = b.accel
         m.submodules.csr = csr = self.csr
+        srst = csr.reset          # CTRL.RESET: the engine's state machines and datapaths back to idle (not the CSRs)
         m.submodules.dec = dec = Decoder()
-        m.submodules.rs = rs = ReadStream(PB, P.stream_buffer_bytes(b), P.window_bytes(b))
-        m.submodules.ws = ws = WriteStream(PB, a.abuf_words)
+        rs = ReadStream(PB, P.stream_buffer_bytes(b), P.window_bytes(b))
+        ws = WriteStream(PB, a.abuf_words)
+        m.submodules.rs = ResetInserter(srst)(rs)
+        m.submodules.ws = ResetInserter(srst)(ws)
         # ---- on-chip buffers ---------------------------------------------------------------------------
         m.submodules.qbuf = qbuf = Ram(QWORD, self.qdepth, "qbuf")
         qports = [qbuf.read_port() for _ in range(K)]
         qw = qbuf.write_port()
-        m.submodules.mpe = mpe = Mpe(b, qports, a.abuf_words)
+        mpe = Mpe(b, qports, a.abuf_words)
+        m.submodules.mpe = ResetInserter(srst)(mpe)
         banks = []
         for i in range(NL):
             mem = Ram(32, self.adepth, f"abuf{i}")
@@ -91,8 +96,9 @@ class Top(Elaboratable):
         m.domains.sfu = ClockDomain("sfu", local=True)
         m.submodules.sfu_gate = sgate = ClockGate()
         m.submodules.sfu = sfu = DomainRenamer("sfu")(Sfu(SW))
-        m.d.comb += [ClockSignal("sfu").eq(sgate.gclk), ResetSignal("sfu").eq(ResetSignal("sync")),
-                     sgate.en.eq(sfu.start | sfu.busy | ResetSignal("sync"))]
+        # CTRL.RESET resets the SFU too: its domain's reset, with the gate open for that edge
+        m.d.comb += [ClockSignal("sfu").eq(sgate.gclk), ResetSignal("sfu").eq(ResetSignal("sync") | srst),
+                     sgate.en.eq(sfu.start | sfu.busy | ResetSignal("sync") | srst)]
         m.submodules.sfu_ab = sab = DomainRenamer("sfu")(SfuAbufPorts(SW, NL))
         m.d.comb += [sab.sfu_rd_en.eq(sfu.rd_en), sab.sfu_rd_addr.eq(sfu.rd_addr), sab.sfu_rd_mask.eq(sfu.rd_mask),
                      sfu.rd_data.eq(sab.sfu_rd_data), sab.sfu_wr_en.eq(sfu.wr_en), sab.sfu_wr_addr.eq(sfu.wr_addr),
@@ -114,6 +120,12 @@ class Top(Elaboratable):
         ibase = Cat(csr.rw["INSTR_BASE_LO"], csr.rw["INSTR_BASE_HI"])
         memsize = Cat(csr.rw["MEM_SIZE_LO"], csr.rw["MEM_SIZE_HI"])
         pos = csr.rw["POS"]
+        # memory protection (hw/prot.py): chk for the instruction-level checks (FETCH, CHECK, LDX_WAIT), and a
+        # guard on each AXI channel that checks every burst before it is issued
+        rregs = region_regs(csr.rw)
+        m.submodules.chk = chk = RegionCheck(rregs, memsize)
+        m.submodules.gar = gar = RegionCheck(rregs, memsize)
+        m.submodules.gaw = gaw = RegionCheck(rregs, memsize)
         m.d.comb += [csr.ro["STATUS"].eq(Cat(busy, done, err)), csr.ro["ERROR"].eq(code), csr.ro["PC"].eq(pc),
                      csr.ro["CYCLES_LO"].eq(cycles[:32]), csr.ro["CYCLES_HI"].eq(cycles[32:]),
                      csr.ro["INSTRET"].eq(instret), csr.ro["RD_BYTES"].eq(rs.bytes_taken),
@@ -150,7 +162,7 @@ class Top(Elaboratable):
         klanes = Signal(range(K + 1))
         rb = Signal(32)
         tokens = Signal(16)
-        base = Signal(48)
+        base = Signal(66)
         nbytes = Signal(32)
         # MM/MV derived
         mode_c = Signal(4)
@@ -165,7 +177,7 @@ class Top(Elaboratable):
         m.d.comb += [rows_c.eq(f_mm["rows"] + Mux(f_mm["rows_pos"], pos, 0)),
                      cols_c.eq(Mux(f_mm["cols_pos"], ((f_mm["cols"] + pos + 31) >> 5) << 5, f_mm["cols"]))]
         # check operands
-        c_hi_mem = Signal(64)
+        c_hi_mem = Signal(84)
         c_hi_buf = Signal(48)
         c_hi_buf2 = Signal(48)
         c_ill = Signal()
@@ -181,7 +193,7 @@ class Top(Elaboratable):
         drain = Signal(8)
         merged = Signal()
         xgot = Signal()              # LD idx: the row's index word has been read
-        xaddr_row = Signal(80)
+        xaddr_row = Signal(84)
         # LD unit counters
         ublk = Signal(20)
         urow = Signal(25)
@@ -192,10 +204,22 @@ class Top(Elaboratable):
                      mpe.clear.eq(0), rs.take.eq(0)]
         fetch_ar = Signal()
         fetch_r = Signal()
-        m.d.comb += [self.m_arvalid.eq(Mux(fetch_ar, 1, rs.arvalid)),
-                     self.m_araddr.eq(Mux(fetch_ar, (faddr >> lg) << lg, rs.araddr)),
-                     self.m_arlen.eq(Mux(fetch_ar, 1, rs.arlen)),
-                     rs.arready.eq(~fetch_ar & self.m_arready),
+        fline = Signal(64)
+        m.d.comb += fline.eq((faddr >> lg) << lg)
+        fone = Signal()              # the fetch reads one beat: the line's second beat lies past its region
+        fone_c = Signal()
+        fend = Signal(50)            # end of the fetched instruction's region (an instruction may not cross it)
+        m.d.comb += fone_c.eq(fline + PB >= chk.end)
+        ar_cand, ar_ok, aw_cand, aw_ok = Signal(), Signal(), Signal(), Signal()
+        m.d.comb += [ar_cand.eq(Mux(fetch_ar, 1, rs.arvalid)), ar_ok.eq(gar.code == 0), aw_ok.eq(gaw.code == 0),
+                     self.m_arvalid.eq(ar_cand & ar_ok),
+                     self.m_araddr.eq(Mux(fetch_ar, fline, rs.araddr)),
+                     self.m_arlen.eq(Mux(fetch_ar, ~fone_c, rs.arlen)),
+                     rs.arready.eq(~fetch_ar & self.m_arready & ar_ok),
+                     gar.lo.eq(self.m_araddr), gar.hi.eq(self.m_araddr + ((self.m_arlen + 1) << lg)),
+                     gar.need.eq(Mux(fetch_ar, FETCH, READ)),
+                     gaw.lo.eq(self.m_awaddr), gaw.hi.eq(self.m_awaddr + ((self.m_awlen + 1) << lg)),
+                     gaw.need.eq(WRITE),
                      rs.rvalid.eq(~fetch_r & self.m_rvalid), rs.rdata.eq(self.m_rdata),
                      self.m_rready.eq(Mux(fetch_r, 1, rs.rready))]
         # ST I16 element store (state ST16_RUN): read word e_sa, AW at e_da in cycle t; W with the rounded,
@@ -218,12 +242,13 @@ class Top(Elaboratable):
         e_y = Signal(16)
         m.d.comb += e_y.eq(Mux(e_r > 32767, 32767, Mux(e_r < -32768, -32768, e_r)))
         st16_mode = Signal()
-        m.d.comb += [self.m_awvalid.eq(ws.awvalid), ws.awready.eq(self.m_awready), self.m_awaddr.eq(ws.awaddr),
+        m.d.comb += [aw_cand.eq(ws.awvalid), self.m_awvalid.eq(aw_cand & aw_ok), ws.awready.eq(self.m_awready & aw_ok),
+                     self.m_awaddr.eq(ws.awaddr),
                      self.m_awlen.eq(ws.awlen), self.m_wvalid.eq(ws.wvalid), ws.wready.eq(self.m_wready),
                      self.m_wdata.eq(ws.wdata), self.m_wstrb.eq(ws.wstrb), self.m_wlast.eq(ws.wlast),
                      ws.bvalid.eq(self.m_bvalid), ws.bresp.eq(self.m_bresp)]
-        with m.If(st16_mode):       # the memory model accepts every AW and, one cycle later, its W beat
-            m.d.comb += [self.m_awvalid.eq(e_awvalid), self.m_awaddr.eq((e_da >> lg) << lg), self.m_awlen.eq(0),
+        with m.If(st16_mode):       # one single-beat AW per element and, a cycle or more later, its W beat
+            m.d.comb += [aw_cand.eq(e_awvalid), self.m_awaddr.eq((e_da >> lg) << lg), self.m_awlen.eq(0),
                          self.m_wvalid.eq(e_v), self.m_wdata.eq(Cat(*([e_y] * (PB // 2)))),
                          self.m_wstrb.eq(Const(3, PB) << e_off), self.m_wlast.eq(1), ws.bvalid.eq(0)]
         with m.If(self.m_wvalid & self.m_wready):
@@ -289,7 +314,7 @@ class Top(Elaboratable):
         def fail(c):
             return [err.eq(1), busy.eq(0), code.eq(int(c))]
 
-        with m.FSM():
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(csr.start):
                     m.d.comb += rs.clear_stats.eq(1)
@@ -297,17 +322,24 @@ class Top(Elaboratable):
                                  instret.eq(0), last_ret.eq(0), wr_bytes.eq(0)] + [s.eq(0) for s in cyc.values()]
                     m.next = "FETCH"
             with m.State("FETCH"):
-                with m.If(faddr + 4 > memsize):
-                    m.d.sync += fail(ErrCode.ILLEGAL_INSTR)
+                # the instruction's first word must lie in an executable region (sim/fsim.py::_stream)
+                m.d.comb += [chk.lo.eq(faddr), chk.hi.eq(faddr + 4), chk.need.eq(FETCH)]
+                with m.If(ibase[:2] != 0):
+                    m.d.sync += fail(ErrCode.MISALIGNED)
+                    m.next = "STOP"
+                with m.Elif(chk.code != 0):
+                    m.d.sync += [err.eq(1), busy.eq(0), code.eq(chk.code)]
                     m.next = "STOP"
                 with m.Else():
                     m.d.comb += fetch_ar.eq(1)
-                    with m.If(self.m_arready):
-                        m.d.sync += beat.eq(0)
+                    with m.If(self.m_arready & ar_ok):
+                        m.d.sync += [beat.eq(0), fone.eq(fone_c), fend.eq(chk.end)]
                         m.next = "FWAIT"
             with m.State("FWAIT"):
                 m.d.comb += fetch_r.eq(1)
-                with m.If(self.m_rvalid):
+                with m.If(beat & fone):
+                    m.next = "ALIGN"        # a one-beat fetch: this cycle stands for the second beat (same timing)
+                with m.Elif(self.m_rvalid):
                     m.d.sync += beat.eq(1)
                     with m.If(beat):
                         m.d.sync += line[8 * PB:].eq(self.m_rdata)
@@ -325,7 +357,7 @@ class Top(Elaboratable):
                 m.next = "DECODE"
             with m.State("DECODE"):
                 m.d.sync += op.eq(dec.op)
-                with m.If(dec.illegal):
+                with m.If(dec.illegal | (faddr + (dec.nwords << 2) > fend)):     # or truncated at its region's end
                     m.d.sync += fail(ErrCode.ILLEGAL_INSTR)
                     m.next = "STOP"
                 with m.Else():
@@ -362,11 +394,12 @@ class Top(Elaboratable):
                                      c_hi_mem.eq(base + (rows - 1) * f_mm["wstride"] + rb),
                                      c_hi_buf.eq(xaddr + (tokens - 1) * xstride + cols),
                                      c_hi_buf2.eq(yaddr + (tokens - 1) * ystride + rows)]
+                        m.d.comb += [chk.lo.eq(base), chk.hi.eq(c_hi_mem), chk.need.eq(READ)]
                         with m.If(c_ill):
                             m.d.sync += fail(ErrCode.ILLEGAL_INSTR)
                             m.next = "STOP"
-                        with m.Elif(c_hi_mem > memsize):
-                            m.d.sync += fail(ErrCode.MEM_BOUNDS)
+                        with m.Elif(chk.code != 0):
+                            m.d.sync += [err.eq(1), busy.eq(0), code.eq(chk.code)]
                             m.next = "STOP"
                         with m.Elif((c_hi_buf > a.qbuf_bytes) | (c_hi_buf2 > a.abuf_words)):
                             m.d.sync += fail(ErrCode.BUF_OVERFLOW)
@@ -381,8 +414,17 @@ class Top(Elaboratable):
                         m.d.comb += [c_hi_mem.eq(Mux(f_ld["idx"], f_ld["idx_addr"] + (rows << 2),
                                                      base + (rows - 1) * f_ld["src_stride"] + nbytes)),
                                      c_hi_buf.eq(f_ld["dst"] + (rows - 1) * f_ld["dst_stride"] + cols)]
-                        with m.If((rows == 0) | (c_hi_mem > memsize)):
+                        m.d.comb += [chk.lo.eq(Mux(f_ld["idx"], f_ld["idx_addr"], base)), chk.hi.eq(c_hi_mem),
+                                     chk.need.eq(READ)]
+                        with m.If(rows == 0):
                             m.d.sync += fail(ErrCode.MEM_BOUNDS)
+                            m.next = "STOP"
+                        with m.Elif((f_ld["idx"] & (f_ld["idx_addr"][:2] != 0))
+                                    | ((f_ld["fmt"] == LdFmt.I32) & ((base[:2] != 0) | (f_ld["src_stride"][:2] != 0)))):
+                            m.d.sync += fail(ErrCode.MISALIGNED)
+                            m.next = "STOP"
+                        with m.Elif(chk.code != 0):
+                            m.d.sync += [err.eq(1), busy.eq(0), code.eq(chk.code)]
                             m.next = "STOP"
                         with m.Elif((cols == 0) | (c_hi_buf > Mux(isq, a.qbuf_bytes, a.abuf_words))):
                             m.d.sync += fail(ErrCode.BUF_OVERFLOW)
@@ -404,7 +446,8 @@ class Top(Elaboratable):
                         is16 = f_st["fmt"] == StFmt.I16
                         esz = Mux(is16, 2, 4)
                         m.d.comb += [c_hi_buf.eq(f_st["src"] + (rows - 1) * f_st["src_stride"] + cols),
-                                     c_hi_mem.eq(base + (rows - 1) * f_st["dst_stride"] + (cols - 1) * es + esz)]
+                                     c_hi_mem.eq(base + (rows - 1) * f_st["dst_stride"] + (cols - 1) * es + esz),
+                                     chk.lo.eq(base), chk.hi.eq(c_hi_mem), chk.need.eq(WRITE)]
                         with m.If((rows == 0) | (cols == 0) | (c_hi_buf > a.abuf_words)):
                             m.d.sync += fail(ErrCode.BUF_OVERFLOW)
                             m.next = "STOP"
@@ -416,8 +459,8 @@ class Top(Elaboratable):
                                         (base[:2] != 0) | (es[:2] != 0) | (f_st["dst_stride"][:2] != 0))):
                             m.d.sync += fail(ErrCode.MISALIGNED)
                             m.next = "STOP"
-                        with m.Elif(c_hi_mem > memsize):
-                            m.d.sync += fail(ErrCode.MEM_BOUNDS)
+                        with m.Elif(chk.code != 0):
+                            m.d.sync += [err.eq(1), busy.eq(0), code.eq(chk.code)]
                             m.next = "STOP"
                         with m.Elif(is16):
                             # element by element: one ABUF read, one single-beat AW + W (2-byte strobe) each cycle
@@ -562,9 +605,10 @@ class Top(Elaboratable):
                 with m.If(~xgot & rs.data_phase & (rs.cnt >= 4)):
                     m.d.comb += rs.take.eq(4)
                     m.d.sync += [xgot.eq(1), xaddr_row.eq(base + rs.win[:32] * f_ld["src_stride"])]
+                m.d.comb += [chk.lo.eq(xaddr_row), chk.hi.eq(xaddr_row + nbytes), chk.need.eq(READ)]
                 with m.If(xgot & ~rs.busy):
-                    with m.If(xaddr_row + nbytes > memsize):
-                        m.d.sync += fail(ErrCode.MEM_BOUNDS)
+                    with m.If(chk.code != 0):           # each gathered row inside a readable region
+                        m.d.sync += [err.eq(1), busy.eq(0), code.eq(chk.code)]
                         m.next = "STOP"
                     with m.Else():
                         m.d.comb += [rs.start.eq(1), rs.base.eq(xaddr_row), rs.seg_len.eq(nbytes),
@@ -593,9 +637,11 @@ class Top(Elaboratable):
             # ---- ST I16 (KV cache, contiguous or scattered) -------------------------------------------------
             with m.State("ST16_RUN"):
                 m.d.comb += st16_mode.eq(1)
-                issue16 = e_left != 0
-                with m.If(issue16):
-                    m.d.comb += [st16_ren.eq(1), e_awvalid.eq(1)]
+                # an element issues (ABUF read + AW) once the previous one's W beat leaves; AW and W may stall
+                w_free = ~e_v | self.m_wready
+                m.d.comb += e_awvalid.eq((e_left != 0) & w_free)
+                with m.If(e_awvalid & self.m_awready & aw_ok):
+                    m.d.comb += st16_ren.eq(1)
                     lastc = e_col + 1 == cols
                     m.d.sync += [e_left.eq(e_left - 1), e_v.eq(1), e_off.eq(e_da[:lg]),
                                  e_col.eq(Mux(lastc, 0, e_col + 1)), e_row.eq(e_row + lastc)]
@@ -604,7 +650,7 @@ class Top(Elaboratable):
                                      e_rda.eq(e_rda + f_st["dst_stride"]), e_da.eq(e_rda + f_st["dst_stride"])]
                     with m.Else():
                         m.d.sync += [e_sa.eq(e_sa + 1), e_da.eq(e_da + f_st["elem_stride"])]
-                with m.Else():
+                with m.Elif(w_free):
                     m.d.sync += e_v.eq(0)
                 with m.If(self.m_bvalid):
                     m.d.sync += e_bleft.eq(e_bleft - 1)
@@ -632,6 +678,18 @@ class Top(Elaboratable):
                     m.d.sync += [busy.eq(1), done.eq(0), err.eq(0), code.eq(0), pc.eq(0), cycles.eq(0),
                                  instret.eq(0), last_ret.eq(0), wr_bytes.eq(0)] + [s.eq(0) for s in cyc.values()]
                     m.next = "FETCH"
+        state = fsm._data["signal"]       # Amaranth 0.5: the FSM's state register (IDLE encodes as 0)
+        # the burst guards: a burst outside its region is never issued; the engine stops (a second line behind
+        # CHECK, which refuses the same accesses first, so it only fires if CHECK and the DMA disagree)
+        g_ar, g_aw = ar_cand & ~ar_ok, aw_cand & ~aw_ok
+        with m.If(busy & (g_ar | g_aw)):
+            m.d.comb += [rs.flush.eq(1), ws.flush.eq(1)]
+            m.d.sync += [err.eq(1), busy.eq(0), code.eq(Mux(g_ar, gar.code, gaw.code)),
+                         state.eq(fsm.encoding["STOP"])]
+        # soft reset (CTRL.RESET): back to IDLE; the submodules are reset by their ResetInserter
+        with m.If(srst):
+            m.d.sync += [busy.eq(0), done.eq(0), err.eq(0), code.eq(0), e_v.eq(0), e_left.eq(0),
+                         state.eq(fsm.encoding["IDLE"])]
         return m
 
 

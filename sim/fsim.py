@@ -17,11 +17,36 @@ from flightllm.formats import (ACT_FRAC, BLOCK, QACT_BLOCK_BYTES, SCALE_FIX, fp1
                                unpack_weights)
 from flightllm.isa import ErrCode, Instr, LdFmt, MiscOp, Op, StFmt, SysOp, decode_at
 from flightllm.compiler.memmap import MemoryMap
+from flightllm.hw import regs
+from flightllm.hw.regs import PERM_R, PERM_W, PERM_X
 from flightllm.sim import mpe_model, sfu_model
 from flightllm.sim.cycles import CycleModel
 from flightllm.sim.sfu_cycles import sfu_width
 
 MAX_INSTRUCTIONS = 10_000_000     # the watchdog: a stream with no END cannot spin forever
+
+
+@dataclass(frozen=True)
+class Prot:
+    """One protection region as the engine's region registers hold it (hw/regs.py)."""
+    name: str
+    base: int
+    end: int
+    perm: int
+
+    @property
+    def writable(self) -> bool:
+        return bool(self.perm & PERM_W)
+
+
+def prot_regions(memmap) -> list[Prot]:
+    """What the region registers hold once the driver programmed them from a compiler MemoryMap (its order is
+    the registers' priority): the same encoding and the same refusals (hw/regs.py::region_writes)."""
+    if memmap is None:
+        return []
+    rs = list(memmap.regions.values())
+    w = dict(regs.region_writes([(r.base, r.size, r.perm) for r in rs]))
+    return [Prot(rs[i].name, b, b + n, p) for i, b, n, p in regs.regions_from(w.__getitem__)]
 
 
 @dataclass
@@ -58,14 +83,16 @@ class FunctionalSim:
         self.qbuf = np.zeros(a.qbuf_bytes, np.int8)
         self.qm = np.zeros(a.qbuf_bytes // BLOCK, np.uint16)
         self.qe = np.zeros(a.qbuf_bytes // BLOCK, np.int8)
-        self.regions = list(regions.regions.values()) if regions else []
+        self.regions = prot_regions(regions)
         self.pos = 0
         self.cm = CycleModel(board)
         self._wcache: dict = {}
         self._pcache: dict = {}
 
-    # -- memory protection ---------------------------------------------------------------------------
-    def _region(self, lo: int, hi: int, write: bool, pc: int):
+    # -- memory protection (hw/top.py's region checker does the same, in the same order) ----------------
+    def _region(self, lo: int, hi: int, write, pc: int):
+        """[lo, hi) must lie inside device memory and inside one region with the permission ``write`` asks for:
+        True (a DMA write: W), False (a DMA read: R) or "x" (an instruction fetch: X and not W)."""
         if hi > self.mem.size or lo < 0:
             raise DeviceError(f"pc {pc}: memory access [{lo:#x}, {hi:#x}) beyond device memory",
                               ErrCode.MEM_BOUNDS, pc)
@@ -73,9 +100,17 @@ class FunctionalSim:
             return None
         for r in self.regions:
             if r.base <= lo and hi <= r.end:
-                if write and not r.writable:
-                    raise DeviceError(f"pc {pc}: write to read-only region '{r.name}' at {lo:#x}",
-                                      ErrCode.MEM_WRITE_RO, pc)
+                if write == "x":
+                    if r.perm & (PERM_X | PERM_W) != PERM_X:
+                        raise DeviceError(f"pc {pc}: instruction fetch at {lo:#x} from non-executable region "
+                                          f"'{r.name}'", ErrCode.MEM_PERM, pc)
+                elif write:
+                    if not r.perm & PERM_W:
+                        raise DeviceError(f"pc {pc}: write to read-only region '{r.name}' at {lo:#x}",
+                                          ErrCode.MEM_WRITE_RO, pc)
+                elif not r.perm & PERM_R:
+                    raise DeviceError(f"pc {pc}: read from unreadable region '{r.name}' at {lo:#x}",
+                                      ErrCode.MEM_PERM, pc)
                 return r
         raise DeviceError(f"pc {pc}: memory access [{lo:#x}, {hi:#x}) outside every region", ErrCode.MEM_BOUNDS, pc)
 
@@ -89,34 +124,50 @@ class FunctionalSim:
         return np.lib.stride_tricks.as_strided(buf[base:], (rows, n), (stride * buf.itemsize, buf.itemsize))
 
     # -- program execution ----------------------------------------------------------------------------
-    def _program(self, addr: int) -> list[tuple[int, Instr]]:
-        prog = self._pcache.get(addr)
-        if prog is not None:
-            return prog
-        r = self._region(addr, addr + 4, False, -1)
-        end = r.end if r is not None else self.mem.size
-        words = self.mem[addr: end - (end - addr) % 4].view("<u4")
-        prog, pc = [], 0
+    def _stream(self, addr: int):
+        """Yield (pc, instr) as the engine fetches them: each instruction's first word inside an executable
+        region (with no region programmed: inside memory), the whole instruction inside that region, a fetch fault
+        or an illegal instruction raised when the engine reaches it (after the instructions before it ran).
+        Streams from protected regions are decoded once and cached."""
+        if addr % 4:
+            raise DeviceError(f"instruction base {addr:#x} not word aligned", ErrCode.MISALIGNED, 0)
+        hit = self._pcache.get(addr)
+        if hit is not None:
+            yield from hit[0]
+            if hit[1] is not None:
+                raise hit[1]
+            return
+        out, pc, fault = [], 0, None
         try:
             while True:
-                ins, nxt = decode_at(words, pc)
-                prog.append((pc, ins))
-                pc = nxt
+                fa = addr + 4 * pc
+                r = self._region(fa, fa + 4, "x", pc)
+                end = r.end if r is not None else self.mem.size
+                words = self.mem[addr: end - (end - addr) % 4].view("<u4")
+                try:
+                    ins, nxt = decode_at(words, pc)
+                except ISAError as e:
+                    raise DeviceError(f"illegal instruction: {e}", ErrCode.ILLEGAL_INSTR, pc) from None
+                out.append((pc, ins))
+                if len(out) > MAX_INSTRUCTIONS:
+                    raise DeviceError("watchdog: no END", ErrCode.WATCHDOG, pc)
+                yield pc, ins
                 if ins.op == Op.SYS and ins.f["fn"] == SysOp.END:
                     break
-                if len(prog) > MAX_INSTRUCTIONS:
-                    raise DeviceError("watchdog: no END", ErrCode.WATCHDOG, pc)
-        except ISAError as e:
-            raise DeviceError(f"illegal instruction: {e}", ErrCode.ILLEGAL_INSTR, pc) from None
-        if r is not None and not r.writable:
-            self._pcache[addr] = prog
-        return prog
+                pc = nxt
+        except DeviceError as e:
+            fault = e
+            if self.regions:
+                self._pcache[addr] = (out, fault)
+            raise
+        if self.regions:                 # fetched from executable regions, which are never writable
+            self._pcache[addr] = (out, None)
 
     def run(self, addr: int, pos: int = 0, trace=None) -> RunStats:
         """Execute the program at byte address ``addr`` with POS = pos; ``trace(i, pc, ins, sim)`` after each."""
         self.pos = int(pos)
         st = RunStats()
-        for i, (pc, ins) in enumerate(self._program(addr)):
+        for i, (pc, ins) in enumerate(self._stream(addr)):
             getattr(self, f"_x_{ins.op.name}")(ins.f, pc, st)
             if trace is not None:
                 trace(i, pc, ins, self)
@@ -126,19 +177,35 @@ class FunctionalSim:
     def _x_LD(self, f, pc, st):
         rows, cols = f["rows"], f["cols"]
         fmt = LdFmt(f["fmt"])
-        if rows == 0:                   # the RTL's check order: memory range first, then the buffer
+        # the RTL's order of checks: rows, alignment, the memory range, the buffer, then (idx) each gathered row
+        if rows == 0:
             raise DeviceError(f"pc {pc}: LD of zero rows", ErrCode.MEM_BOUNDS, pc)
-        if cols == 0:
-            raise DeviceError(f"pc {pc}: LD of zero columns", ErrCode.BUF_OVERFLOW, pc)
         nbytes = {LdFmt.I32: cols * 4, LdFmt.Q8_0: row_bytes(1, cols),
                   LdFmt.QACT: cols // BLOCK * QACT_BLOCK_BYTES}[fmt]
         base = f["addr"] + self.pos * f["pos_stride"]
-        rd = rows * (nbytes + 4 * f["idx"])      # a gather also reads one index word per row
+        if (f["idx"] and f["idx_addr"] % 4) or (fmt == LdFmt.I32 and (base % 4 or f["src_stride"] % 4)):
+            raise DeviceError(f"pc {pc}: LD not aligned to its 4-byte words", ErrCode.MISALIGNED, pc)
         if f["idx"]:
             ia = f["idx_addr"]
             self._region(ia, ia + 4 * rows, False, pc)
+        else:
+            self._region(base, base + (rows - 1) * f["src_stride"] + nbytes, False, pc)
+        if cols == 0:
+            raise DeviceError(f"pc {pc}: LD of zero columns", ErrCode.BUF_OVERFLOW, pc)
+        dbuf = (self.qbuf, "QBUF") if fmt == LdFmt.QACT else (self.abuf, "ABUF")
+        self._buf(*dbuf, f["dst"], f["dst_stride"], rows, cols, pc)        # bounds before any data moves
+        fault = None
+        if f["idx"]:
             ids = self.mem[ia: ia + 4 * rows].view("<u4").astype(np.int64)
             addrs = base + ids * f["src_stride"]
+            for k, a in enumerate(addrs):            # the RTL checks (and loads) row by row: rows before a bad one land
+                try:
+                    self._region(int(a), int(a) + nbytes, False, pc)
+                except DeviceError as e:
+                    if k == 0:
+                        raise
+                    fault, rows, addrs = e, k, addrs[:k]
+                    break
         else:
             addrs = base + np.arange(rows, dtype=np.int64) * f["src_stride"]
         if f["idx"]:
@@ -150,9 +217,6 @@ class FunctionalSim:
         else:
             segs = rows if rows > 1 and f["src_stride"] != nbytes else 1
             cyc = self.cm.transfer(rows * nbytes, rows, True, rows * cols, segs)
-        dbuf = (self.qbuf, "QBUF") if fmt == LdFmt.QACT else (self.abuf, "ABUF")
-        self._buf(*dbuf, f["dst"], f["dst_stride"], rows, cols, pc)        # bounds before any data moves
-        self._region(int(addrs.min()), int(addrs.max()) + nbytes, False, pc)
         raw = self.mem[addrs[:, None] + np.arange(nbytes)[None, :]]
         if fmt == LdFmt.QACT:
             blk = raw.reshape(rows, cols // BLOCK, QACT_BLOCK_BYTES)
@@ -161,7 +225,9 @@ class FunctionalSim:
             bs = (f["dst"] // BLOCK, f["dst_stride"] // BLOCK, rows, cols // BLOCK, pc)
             self._buf(self.qm, "QBUF", *bs)[...] = blk[..., 0:2].copy().view("<u2")[..., 0]
             self._buf(self.qe, "QBUF", *bs)[...] = blk[..., 2].view(np.int8)
-            st.charge("LD", cyc, rd=rd)
+            if fault is not None:
+                raise fault
+            st.charge("LD", cyc, rd=rows * (nbytes + 4 * f["idx"]))     # a gather also reads an index word per row
             return
         dst = self._buf(self.abuf, "ABUF", f["dst"], f["dst_stride"], rows, cols, pc)
         if fmt == LdFmt.I32:
@@ -173,7 +239,9 @@ class FunctionalSim:
             sh = SCALE_FIX - ACT_FRAC
             val = sat32((D[..., None] * q + (1 << (sh - 1))) >> sh).reshape(rows, cols)
         dst[...] = val
-        st.charge("LD", cyc, rd=rd)
+        if fault is not None:
+            raise fault
+        st.charge("LD", cyc, rd=rows * (nbytes + 4 * f["idx"]))
 
     def _x_ST(self, f, pc, st):
         rows, cols = f["rows"], f["cols"]
@@ -185,6 +253,9 @@ class FunctionalSim:
         es = f["elem_stride"]
         if es < esz and cols > 1:
             raise DeviceError(f"pc {pc}: ST elements overlap (elem_stride {es} < {esz})", ErrCode.ILLEGAL_INSTR, pc)
+        if fmt == StFmt.I32 and es != 4 and cols > 1:
+            raise DeviceError(f"pc {pc}: ST I32 with elem_stride {es}: scattered I32 stores are not implemented",
+                              ErrCode.ILLEGAL_INSTR, pc)
         base = f["addr"] + self.pos * f["pos_stride"]
         if base % esz or es % esz or f["dst_stride"] % esz:
             raise DeviceError(f"pc {pc}: ST not aligned to {esz}-byte elements", ErrCode.MISALIGNED, pc)

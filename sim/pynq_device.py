@@ -25,24 +25,22 @@ ALIGN = 4096
 
 
 class FsimEngine:
-    """The functional simulator dressed in the engine's register map (runs a program at START)."""
+    """The functional simulator dressed in the engine's register map (runs a program at START). The protection
+    regions come from the region registers, as on the RTL: what the driver programs is what is enforced."""
 
-    def __init__(self, board: boards.Board, mem_size: int, memmap=None):
+    def __init__(self, board: boards.Board, mem_size: int):
         from flightllm.sim.fsim import FunctionalSim
 
-        self.sim = FunctionalSim(board, mem_size, memmap)
+        self.sim = FunctionalSim(board, mem_size)
         self.mem = self.sim.mem
         self.r = {n: 0 for n in regs.REGS}
         self.r["ID"] = regs.ID_VALUE
 
-    def set_regions(self, memmap):
-        self.sim.regions = list(memmap.regions.values()) if memmap else []
-        self.sim._pcache.clear()
-        self.sim._wcache.clear()
-
     def csr_write(self, name: str, val: int):
         if name == "CTRL":
-            if val & 1:
+            if val & regs.CTRL_RESET:
+                self.r.update(STATUS=0, ERROR=0)
+            elif val & regs.CTRL_START:
                 self._start()
             return
         self.r[name] = val & 0xFFFFFFFF
@@ -53,11 +51,21 @@ class FsimEngine:
     def step(self, cycles: int) -> None:
         """The whole program ran at START; nothing is left to advance."""
 
+    def _regions(self):
+        from flightllm.sim.fsim import Prot
+
+        prot = [Prot(f"region {i}", b, b + n, p) for i, b, n, p in regs.regions_from(self.r.__getitem__)]
+        if prot != self.sim.regions:
+            self.sim.regions = prot
+            self.sim._pcache.clear()
+            self.sim._wcache.clear()
+
     def _start(self):
         base = self.r["INSTR_BASE_LO"] | (self.r["INSTR_BASE_HI"] << 32)
         for k in ("STATUS", "ERROR", "PC", "CYCLES_LO", "CYCLES_HI", "INSTRET", "RD_BYTES", "WR_BYTES",
                   "CYC_LD", "CYC_ST", "CYC_MM", "CYC_SYS"):
             self.r[k] = 0
+        self._regions()
         try:
             st = self.sim.run(base, self.r["POS"])
         except DeviceError as e:
@@ -74,18 +82,15 @@ class FsimEngine:
 class RtlEngine:
     """The Verilator model of hw/top.py: registers over its AXI4-Lite port, time advanced in cycle chunks."""
 
-    def __init__(self, board: boards.Board, mem_size: int, memmap=None):
+    def __init__(self, board: boards.Board, mem_size: int):
         from flightllm.sim.rtl_device import RtlDevice
 
-        self.dev = RtlDevice(board, mem_size, memmap)
+        self.dev = RtlDevice(board, mem_size)
         self.mem = self.dev.mem
-
-    def set_regions(self, memmap):
-        pass
 
     def csr_write(self, name: str, val: int):
         if name == "CTRL":
-            self.dev._lib.fl_drain(self.dev._h)
+            self.dev._lib.fl_drain(self.dev._h)      # the simulated interconnect forgets outstanding bursts
         self.dev.csr_write(name, val)
 
     def csr_read(self, name: str) -> int:
@@ -93,6 +98,9 @@ class RtlEngine:
 
     def step(self, cycles: int) -> None:
         self.dev._lib.fl_run(self.dev._h, cycles)
+
+    def faults(self, **kw) -> None:
+        self.dev.faults(**kw)
 
 
 ENGINES = {"fsim": FsimEngine, "rtl": RtlEngine}
@@ -109,24 +117,23 @@ class SimulatedDevice(Device):
         return list(cls._configured)
 
     @classmethod
-    def configure(cls, board: boards.Board, engine: str, mem_size: int, memmap=None) -> "SimulatedDevice":
+    def configure(cls, board: boards.Board, engine: str, mem_size: int) -> "SimulatedDevice":
         """Create the simulated device and make it pynq's active device (what pynq.allocate/MMIO default to)."""
-        dev = cls(board, engine, mem_size, memmap)
+        dev = cls(board, engine, mem_size)
         cls._configured = [dev]
         Device._devices = [d for d in getattr(Device, "_devices", []) if not isinstance(d, cls)] + [dev]
         Device.active_device = dev
         return dev
 
-    def __init__(self, board: boards.Board, engine: str, mem_size: int, memmap=None):
+    def __init__(self, board: boards.Board, engine: str, mem_size: int):
         # a simulated device lives inside its process: the pid in the tag keeps two processes' devices apart
         super().__init__(f"flightllm-sim-{engine}-{board.name}-{os.getpid()}")
         if engine not in ENGINES:
             raise FlightLLMError(f"unknown simulated engine '{engine}' (choose from {', '.join(ENGINES)})")
         self.board, self.name = board, f"flightllm {engine} model of {board.name}"
-        self.engine = ENGINES[engine](board, mem_size, memmap)
+        self.engine = ENGINES[engine](board, mem_size)
         self.capabilities = {"REGISTER_RW": True, "CALLABLE": False, "MEMORY_MAPPED": False}
         self._top = 0
-        self.regions = memmap
 
     # -- registers (pynq.MMIO with REGISTER_RW) -----------------------------------------------------
     def _reg(self, addr: int) -> str:
@@ -169,5 +176,8 @@ class SimulatedDevice(Device):
         host = np.ctypeslib.as_array((np.ctypeslib.ctypes.c_uint8 * size).from_address(ptr))
         host[:] = self.engine.mem[bo + offset: bo + offset + size]
 
-    def set_regions(self, memmap):
-        self.engine.set_regions(memmap)
+    def faults(self, **kw) -> None:
+        """Fault injection on the simulated AXI memory (the RTL engine only): see RtlDevice.faults."""
+        if not hasattr(self.engine, "faults"):
+            raise FlightLLMError("fault injection needs the rtl engine")
+        self.engine.faults(**kw)

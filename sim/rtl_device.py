@@ -2,7 +2,9 @@
 
 ``RtlDevice(board, mem_size, memmap)`` has ``.mem`` (device memory, a numpy uint8 array the C++ memory model
 reads and writes in place) and ``.run(prog_addr, pos) -> RunStats`` whose ``cycles`` is the RTL's CYCLES
-register. A fault raises DeviceError with the code read from the ERROR register.
+register; before each run the region registers are programmed from ``memmap`` (None: no region, MEM_SIZE only)
+with the driver's code (hw/regs.py::region_writes). A fault raises DeviceError with the code read from the ERROR
+register. ``faults(...)`` turns on the harness's fault injection; ``reset()`` is CTRL.RESET.
 
 Builds are cached under ``$FLIGHTLLM_CACHE`` (default ``~/.cache/flightllm/rtl/<key>``), keyed by the hw/
 sources, the board file, the harness and the flags. Waveforms: set ``FLIGHTLLM_FST=/path/wave.fst`` (builds a
@@ -139,6 +141,9 @@ class RtlDevice:
         L.fl_run.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
         L.fl_run.restype = ctypes.c_uint64
         L.fl_drain.argtypes = [ctypes.c_void_p]
+        L.fl_faults.argtypes = [ctypes.c_void_p, ctypes.c_uint64] + [ctypes.c_uint32] * 6 + \
+            [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+        L.fl_bursts.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64)]
         self.mem = np.zeros(int(mem_size), np.uint8)
         self.memmap = memmap
         self._h = L.fl_new(self.mem.ctypes.data, self.mem.size, self.board.memory.latency_cycles, fst.encode())
@@ -157,16 +162,42 @@ class RtlDevice:
     def csr_read(self, name: str) -> int:
         return int(self._lib.fl_csr_read(self._h, regs.offset(name)))
 
+    def faults(self, seed: int = 0, ar: float = 0.0, aw: float = 0.0, w: float = 0.0, r: float = 0.0,
+               b: float = 0.0, latency: int = 0, err_read: int = -1, err_write: int = -1, resp: str = "SLVERR"):
+        """Fault injection in the AXI memory model (sim/rtl/harness.cpp): per-cycle probabilities of ARREADY/
+        AWREADY/WREADY low and of RVALID/BVALID gaps, up to ``latency`` extra cycles per burst (seeded), and an
+        SLVERR/DECERR response on the ``err_read``-th read / ``err_write``-th write burst (0-based, counted from
+        this call; -1: none). All zero: a clean memory."""
+        p = [int(round(x * 65536)) for x in (ar, aw, w, r, b)]
+        if any(not 0 <= v < 65536 for v in p) or latency < 0 or resp not in ("SLVERR", "DECERR"):
+            raise FlightLLMError("faults: probabilities in [0, 1), latency >= 0, resp SLVERR or DECERR")
+        self._lib.fl_faults(self._h, seed & (2**64 - 1), *p, latency, err_read, err_write,
+                            2 if resp == "SLVERR" else 3)
+
+    def bursts(self) -> tuple[int, int]:
+        """(read, write) AXI bursts the memory accepted since the last faults() call."""
+        out = (ctypes.c_uint64 * 2)()
+        self._lib.fl_bursts(self._h, out)
+        return int(out[0]), int(out[1])
+
+    def reset(self):
+        """CTRL.RESET: the engine stops whatever it runs; the simulated interconnect drops outstanding bursts."""
+        self._lib.fl_drain(self._h)
+        self.csr_write("CTRL", regs.CTRL_RESET)
+
     def run(self, addr: int, pos: int = 0, max_cycles: int = MAX_CYCLES):
         from flightllm.sim.fsim import RunStats
 
         self._lib.fl_drain(self._h)
+        regions = [(r.base, r.size, r.perm) for r in self.memmap.regions.values()] if self.memmap else []
+        for name, val in regs.region_writes(regions):
+            self.csr_write(name, val)
         self.csr_write("INSTR_BASE_LO", addr & 0xFFFFFFFF)
         self.csr_write("INSTR_BASE_HI", addr >> 32)
         self.csr_write("MEM_SIZE_LO", self.mem.size & 0xFFFFFFFF)
         self.csr_write("MEM_SIZE_HI", self.mem.size >> 32)
         self.csr_write("POS", pos)
-        self.csr_write("CTRL", 1)
+        self.csr_write("CTRL", regs.CTRL_START)
         self._lib.fl_run(self._h, max_cycles)
         status = self.csr_read("STATUS")
         if status & regs.STATUS_ERROR:

@@ -15,7 +15,7 @@ from flightllm.sim.pynq_device import SimulatedDevice
 @pytest.fixture()
 def fsim_device(artifact, sim_board, tmp_path, monkeypatch):
     monkeypatch.setenv("FLIGHTLLM_LOCK_DIR", str(tmp_path))
-    return SimulatedDevice.configure(sim_board, "fsim", artifact.mem_size, artifact.memmap)
+    return SimulatedDevice.configure(sim_board, "fsim", artifact.mem_size)
 
 
 def test_pynq_sees_the_simulated_device(fsim_device):

@@ -1,5 +1,7 @@
 // Verilator harness for flightllm_top: AXI4 memory model in C++ over a host buffer (zero-copy with numpy),
 // AXI4-Lite CSR access, run-until-irq. Built as a shared library and driven from sim/rtl_device.py (ctypes).
+// Fault injection (fl_faults, off by default): seeded random AXI backpressure (ARREADY/AWREADY/WREADY low, RVALID/
+// BVALID gaps), random extra latency per burst, and an SLVERR/DECERR response on the k-th read or write burst.
 #include <cstdint>
 #include <cstring>
 #include <deque>
@@ -16,7 +18,23 @@
 static const int PB = FL_PORT_BYTES;
 static const int PW = PB / 4;
 
-struct Burst { uint64_t addr; uint32_t beats; uint64_t ready_at; };
+struct Burst { uint64_t addr; uint32_t beats; uint64_t ready_at; int resp = 0; };
+
+struct Faults {
+  uint64_t rng = 0;                     // splitmix64 state; the random draws are made only when seeded
+  uint32_t p_ar = 0, p_aw = 0, p_w = 0, p_r = 0, p_b = 0;   // per-cycle probability of a stall, in 1/65536
+  uint32_t max_lat = 0;                 // extra latency per burst, uniform in [0, max_lat]
+  int64_t err_rd = -1, err_wr = -1;     // 0-based index of the read / write burst answered with err_resp
+  int err_resp = 2;                     // 2 SLVERR, 3 DECERR
+  uint64_t n_rd = 0, n_wr = 0;          // bursts accepted since fl_faults
+  uint64_t next() {
+    uint64_t z = (rng += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull; z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  bool stall(uint32_t p) { return p && (uint32_t)(next() & 0xFFFF) < p; }
+  uint32_t extra() { return max_lat ? (uint32_t)(next() % (max_lat + 1)) : 0; }
+};
 
 struct Harness {
   std::unique_ptr<VerilatedContext> ctx;
@@ -27,6 +45,7 @@ struct Harness {
   std::deque<Burst> wq;  uint32_t wbeat = 0;
   std::deque<std::pair<uint64_t, int>> bq;   // ready_at, resp
   bool werr = false;
+  Faults f;
 #ifdef FL_TRACE
   std::unique_ptr<VerilatedFstC> tfp;
 #endif
@@ -42,11 +61,14 @@ struct Harness {
     t->clk = 0;
     // R channel
     bool rv = false;
-    if (!rq.empty() && rq.front().ready_at <= cyc) {
+    if (!rq.empty() && rq.front().ready_at <= cyc && !f.stall(f.p_r)) {
       Burst& b = rq.front();
       uint64_t a = b.addr + (uint64_t)rbeat * PB;
       rv = true;
-      if (a + PB <= size) {
+      if (b.resp) {
+        for (int i = 0; i < PW; i++) t->m_axi_rdata[i] = 0;
+        t->m_axi_rresp = b.resp;
+      } else if (a + PB <= size) {
         for (int i = 0; i < PW; i++) { uint32_t w; memcpy(&w, mem + a + 4 * i, 4); t->m_axi_rdata[i] = w; }
         t->m_axi_rresp = 0;
       } else {
@@ -56,22 +78,26 @@ struct Harness {
       t->m_axi_rlast = (rbeat + 1 == b.beats);
     }
     t->m_axi_rvalid = rv;
-    t->m_axi_arready = 1;
-    t->m_axi_awready = 1;
-    t->m_axi_wready = !wq.empty();
-    bool bv = !bq.empty() && bq.front().first <= cyc;
+    t->m_axi_arready = !f.stall(f.p_ar);
+    t->m_axi_awready = !f.stall(f.p_aw);
+    bool wrdy = !wq.empty() && !f.stall(f.p_w);
+    t->m_axi_wready = wrdy;
+    bool bv = !bq.empty() && bq.front().first <= cyc && !f.stall(f.p_b);
     t->m_axi_bvalid = bv;
     t->m_axi_bresp = bv ? bq.front().second : 0;
     t->eval(); dump();
-    bool ar = t->m_axi_arvalid, r = rv && t->m_axi_rready, aw = t->m_axi_awvalid;
-    bool w = t->m_axi_wvalid && !wq.empty(), bb = bv && t->m_axi_bready;
+    bool ar = t->m_axi_arvalid && t->m_axi_arready, r = rv && t->m_axi_rready;
+    bool aw = t->m_axi_awvalid && t->m_axi_awready;
+    bool w = t->m_axi_wvalid && wrdy, bb = bv && t->m_axi_bready;
     uint64_t araddr = t->m_axi_araddr, awaddr = t->m_axi_awaddr;
     uint32_t arlen = t->m_axi_arlen, awlen = t->m_axi_awlen;
     if (w) {
       Burst& b = wq.front();
       uint64_t a = b.addr + (uint64_t)wbeat * PB;
       uint64_t strb = t->m_axi_wstrb;
-      if (a + PB <= size) {
+      if (b.resp) {
+        if (strb) werr = true;            // an injected error: the slave refuses the burst, nothing is written
+      } else if (a + PB <= size) {
         for (int i = 0; i < PW; i++) {
           uint32_t d = t->m_axi_wdata[i];
           for (int j = 0; j < 4; j++) if ((strb >> (4 * i + j)) & 1) mem[a + 4 * i + j] = (d >> (8 * j)) & 0xff;
@@ -80,11 +106,16 @@ struct Harness {
     }
     t->clk = 1; t->eval(); dump();
     cyc++;
-    if (ar) rq.push_back({araddr, arlen + 1, cyc + latency - 1});
+    if (ar) rq.push_back({araddr, arlen + 1, cyc + latency - 1 + f.extra(), (int64_t)f.n_rd++ == f.err_rd ? f.err_resp : 0});
     if (r) { if (++rbeat == rq.front().beats) { rq.pop_front(); rbeat = 0; } }
-    if (aw) wq.push_back({awaddr, awlen + 1, 0});
+    if (aw) wq.push_back({awaddr, awlen + 1, 0, (int64_t)f.n_wr++ == f.err_wr ? f.err_resp : 0});
     // the write response comes after the memory latency, as a read's first beat does
-    if (w) { if (++wbeat == wq.front().beats) { bq.push_back({cyc + latency - 1, werr ? 3 : 0}); werr = false; wq.pop_front(); wbeat = 0; } }
+    if (w) {
+      if (++wbeat == wq.front().beats) {
+        int resp = wq.front().resp ? wq.front().resp : (werr ? 3 : 0);
+        bq.push_back({cyc + latency - 1 + f.extra(), resp}); werr = false; wq.pop_front(); wbeat = 0;
+      }
+    }
     if (bb) bq.pop_front();
   }
 };
@@ -145,5 +176,20 @@ uint64_t fl_run(void* p, uint64_t max_cycles) {
   while (h->cyc - c0 < max_cycles) { h->cycle(); if (h->top->irq) break; }
   return h->cyc - c0;
 }
-void fl_drain(void* p) { auto* h = (Harness*)p; h->rq.clear(); h->rbeat = 0; }
+// the interconnect forgets outstanding bursts (before a START, and with a soft reset: see docs/reliability.md)
+void fl_drain(void* p) {
+  auto* h = (Harness*)p;
+  h->rq.clear(); h->rbeat = 0; h->wq.clear(); h->wbeat = 0; h->bq.clear(); h->werr = false;
+}
+// fault injection; seed 0 with every probability 0 and k < 0 turns it off. Counters restart at each call.
+void fl_faults(void* p, uint64_t seed, uint32_t p_ar, uint32_t p_aw, uint32_t p_w, uint32_t p_r, uint32_t p_b,
+               uint32_t max_lat, int64_t err_rd, int64_t err_wr, int err_resp) {
+  auto* h = (Harness*)p;
+  Faults f;
+  f.rng = seed; f.p_ar = p_ar; f.p_aw = p_aw; f.p_w = p_w; f.p_r = p_r; f.p_b = p_b; f.max_lat = max_lat;
+  f.err_rd = err_rd; f.err_wr = err_wr; f.err_resp = err_resp;
+  h->f = f;
+}
+// read and write bursts accepted since the last fl_faults
+void fl_bursts(void* p, uint64_t* out) { auto* h = (Harness*)p; out[0] = h->f.n_rd; out[1] = h->f.n_wr; }
 }

@@ -17,7 +17,7 @@ def dev():
     mm = MemoryMap()
     mm.add("weights", 8192, writable=False)
     mm.add("data", 8192, writable=True)
-    mm.add("program", 4096, writable=False)
+    mm.add("program", 4096, writable=False, executable=True)
     sim = FunctionalSim(boards.load("sim"), mm.top + 4096, mm)
     sim.mem[:] = 7
     return sim, mm
