@@ -178,6 +178,9 @@ def _case(rep: Report, i: int, fn, seconds: int = CASE_SECONDS) -> None:
     except _Timeout:
         rep.hangs += 1
         _note(rep, i, "hang")
+    except _Mismatch as e:
+        rep.mismatches += 1
+        _note(rep, i, f"mismatch: {e}")
     except Exception as e:  # noqa: BLE001 - the point: anything else is a crash
         rep.crashes += 1
         _note(rep, i, f"{type(e).__name__}: {str(e)[:100]}")
@@ -359,6 +362,148 @@ def _stream(rng, isa, mm, board, small: bool = False) -> np.ndarray:
     return w
 
 
+def mixed_program(mm):
+    """A valid program over a (weights, data, program) map that uses every AXI path of the engine: LD QACT, MM,
+    ST I32, a scattered ST I16 (element by element), LD with idx, MISC, LD Q8_0."""
+    from flightllm import isa
+    from flightllm.formats import row_bytes
+    from flightllm.isa import LdFmt, MiscOp, Op, StFmt, SysOp, WFmt
+
+    w, d = mm["weights"].base, mm["data"].base
+    rb = row_bytes(WFmt.Q8_0, 64, 16)
+    return [
+        isa.make(Op.LD, fmt=LdFmt.QACT, dst=0, addr=w, rows=2, cols=64, src_stride=72, dst_stride=64),
+        isa.make(Op.MM, fmt=WFmt.Q8_0, sp_n=16, waddr=w + 4096, wstride=rb, rows=24, cols=64, tokens=2, xaddr=0,
+                 xstride=64, yaddr=0, ystride=24, wfrac=0),
+        isa.make(Op.ST, fmt=StFmt.I32, src=0, addr=d, rows=2, cols=24, src_stride=24, dst_stride=96, elem_stride=4),
+        isa.make(Op.ST, fmt=StFmt.I16, shift=6, src=0, addr=d + 1024, rows=2, cols=24, src_stride=24, dst_stride=2,
+                 elem_stride=64),
+        isa.make(Op.LD, fmt=LdFmt.I32, idx=1, idx_addr=d + 4096, addr=w + 8192, rows=3, cols=40, src_stride=256,
+                 dst=4096, dst_stride=40),
+        isa.make(Op.MISC, fn=MiscOp.ADD, src=4096, src2=4136, dst=8192, n=40, rows=1),
+        isa.make(Op.ST, fmt=StFmt.I32, src=4096, addr=d + 2048, rows=3, cols=40, src_stride=40, dst_stride=160,
+                 elem_stride=4),
+        isa.make(Op.ST, fmt=StFmt.I32, src=8192, addr=d + 3072, rows=1, cols=40, src_stride=40, dst_stride=160,
+                 elem_stride=4),
+        isa.make(Op.LD, fmt=LdFmt.Q8_0, dst=12288, addr=w + 12288, rows=2, cols=64, src_stride=68, dst_stride=64),
+        isa.make(Op.ST, fmt=StFmt.I32, src=12288, addr=d + 6144, rows=2, cols=64, src_stride=64, dst_stride=256,
+                 elem_stride=4),
+        isa.make(Op.SYS, fn=SysOp.END)]
+
+
+def mixed_image(mm, size: int, seed: int = 3) -> np.ndarray:
+    """Random device memory with tame block scales for mixed_program, and its gather indices."""
+    img = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8)
+    w = mm["weights"].base
+    for base, n, blk in ((w, 4, 36), (w + 4096, 24 * 2, 34), (w + 12288, 4, 34)):
+        for k in range(n):
+            img[base + k * blk + 1] = 0x20 + (k % 8)         # fp16 scale exponents well inside their range
+    for k in range(4):
+        img[w + 2 + 36 * k] = 250                           # QACT block exponents (int8)
+    d = mm["data"].base
+    img[d + 4096: d + 4108] = np.array([7, 0, 31], "<u4").view(np.uint8)
+    return img
+
+
+def fuzz_faults(cases: int, seed: int = 0) -> Report:
+    """mixed_program on the RTL under random AXI faults. Half the cases: random backpressure on every channel and
+    random extra latency (the memory must end identical to a clean run); the others: SLVERR or DECERR on a random
+    read or write burst (AXI_ERROR, nothing outside the writable region touched, then a soft reset and a clean
+    rerun identical to the reference). Accepted: the faulty run completed; rejected: it stopped with AXI_ERROR."""
+    from flightllm import isa
+    from flightllm.errors import DeviceError
+    from flightllm.compiler.memmap import MemoryMap
+    from flightllm.sim.rtl_device import RtlDevice
+
+    rep = Report("faults")
+    board = boards_load("sim")
+    mm = MemoryMap()
+    mm.add("weights", 16384, writable=False)
+    data = mm.add("data", 8192, writable=True)
+    prog = mm.add("program", 4096, writable=False, executable=True)
+    size = mm.top + 4096
+    words = isa.assemble(mixed_program(mm)).view(np.uint8)
+    img = mixed_image(mm, size)
+    img[prog.base: prog.base + words.size] = words
+    writable = np.zeros(size, bool)
+    writable[data.base: data.end] = True
+    dev = RtlDevice(board, size, mm)
+    dev.mem[:] = img
+    ref = dev.run(prog.base)
+    ref_mem = dev.mem.copy()
+    dev.faults()
+    dev.mem[:] = img
+    dev.run(prog.base)
+    n_rd, n_wr = dev.bursts()
+    rng = np.random.default_rng(seed)
+    t0, stopped = time.time(), 0
+    old = signal.signal(signal.SIGALRM, _alarm)
+
+    def one(i):
+        nonlocal stopped
+        dev.mem[:] = img
+        if rng.random() < 0.5:
+            p = rng.random(5) * 0.9
+            dev.faults(seed=int(rng.integers(1, 2**63)), ar=p[0], aw=p[1], w=p[2], r=p[3], b=p[4],
+                       latency=int(rng.integers(0, 64)))
+            try:
+                st = dev.run(prog.base, max_cycles=PARITY_MAX_CYCLES)
+            except DeviceError as e:
+                if e.code == isa.ErrCode.WATCHDOG:
+                    raise _Timeout() from None
+                raise _Mismatch(f"stopped with {e} under backpressure") from None
+            finally:
+                dev.faults()
+            if not np.array_equal(dev.mem, ref_mem) or st.instructions != ref.instructions:
+                raise _Mismatch("results differ under backpressure")
+            return
+        kind = "read" if rng.random() < 0.5 else "write"
+        k = int(rng.integers(0, n_rd if kind == "read" else n_wr))
+        dev.faults(seed=int(rng.integers(1, 2**63)), r=0.2, b=0.2, latency=int(rng.integers(0, 8)),
+                   resp="SLVERR" if rng.random() < 0.5 else "DECERR", **{f"err_{kind}": k})
+        try:
+            dev.run(prog.base, max_cycles=PARITY_MAX_CYCLES)
+            raise _Mismatch(f"no error for a {kind} error on burst {k}")
+        except DeviceError as e:
+            if e.code != isa.ErrCode.AXI_ERROR or "\n" in str(e):
+                raise _Mismatch(f"{kind} burst {k}: {e}") from None
+        finally:
+            dev.faults()
+        stopped += 1
+        changed = int(np.count_nonzero(dev.mem[~writable] != img[~writable]))
+        if changed:
+            rep.out_of_region_writes += changed
+            _note(rep, i, f"{changed} protected bytes changed")
+        dev.reset()
+        dev.mem[:] = img
+        st = dev.run(prog.base)
+        if not np.array_equal(dev.mem, ref_mem) or st.cycles != ref.cycles:
+            raise _Mismatch(f"rerun after a {kind} error on burst {k} differs")
+
+    try:
+        for i in range(cases):
+            bad = rep.crashes + rep.hangs + rep.mismatches
+            _case(rep, i, lambda: one(i), PARITY_CASE_SECONDS)
+            if rep.crashes + rep.hangs + rep.mismatches > bad:
+                dev.reset()
+    finally:
+        signal.signal(signal.SIGALRM, old)
+    # _case counts every case that returned as accepted: those that stopped with AXI_ERROR are the rejected ones
+    rep.rejected, rep.accepted = stopped, rep.accepted - stopped
+    rep.seconds = round(time.time() - t0, 2)
+    return rep
+
+
+class _Mismatch(Exception):
+    """The engine under test disagreed with its reference (results, error code, or a rerun)."""
+
+
+def boards_load(name):
+    from flightllm import boards
+
+    return boards.load(name)
+
+
 PARITY_MAX_CYCLES = 5_000_000        # an RTL case still running after this is a hang
 PARITY_CASE_SECONDS = 60
 
@@ -443,7 +588,9 @@ def run(target: str, cases: int, seed: int = 0, mem_limit_gb: float = 8.0) -> Re
             return fuzz_isa(cases, seed)
         if target == "parity":
             return fuzz_parity(cases, seed)
-        raise FlightLLMError(f"fuzz: unknown target '{target}' (gguf, isa or parity)")
+        if target == "faults":
+            return fuzz_faults(cases, seed)
+        raise FlightLLMError(f"fuzz: unknown target '{target}' (gguf, isa, parity or faults)")
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 

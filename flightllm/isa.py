@@ -228,6 +228,8 @@ def validate(ins: Instr) -> None:
             raise ISAError("MISC QUANT: dst and dst_stride must be multiples of 32")
         if fn == MiscOp.ROPE and (f["imm"] < 2 or f["imm"] % 2 or f["n"] % f["imm"]):
             raise ISAError("MISC ROPE: imm (head dim) must be even and divide n")
+        if fn == MiscOp.SOFTMAX and f["imm"] >> 31:
+            raise ISAError("MISC SOFTMAX: imm (the exponent scale) must be below 2^31")
     elif op == Op.SYS:
         try:
             SysOp(f["fn"])

@@ -93,7 +93,8 @@ class Decoder(Elaboratable):
                 m.d.comb += ill.eq(
                     pad(Op.MISC) | (f["fn"] > int(max(MiscOp)))
                     | ((f["fn"] == MiscOp.QUANT) & ((f["dst"][:5] != 0) | (f["dst_stride"][:5] != 0)))
-                    | ((f["fn"] == MiscOp.ROPE) & ((imm < 2) | imm[0] | (f["n"] % imm != 0))))
+                    | ((f["fn"] == MiscOp.ROPE) & ((imm < 2) | imm[0] | (f["n"] % imm != 0)))
+                    | ((f["fn"] == MiscOp.SOFTMAX) & imm[31]))
             with m.Default():
                 m.d.comb += ill.eq(1)
         m.d.comb += self.illegal.eq(ill)

@@ -2,8 +2,10 @@
 
 Entry points: ``build_top(board)`` (an Amaranth Elaboratable plus its port list) and
 ``generate_verilog(board, path)``. Execution is in order, one instruction at a time (as sim/cycles.py models):
-FETCH (one 2-beat AR at the instruction's 64-byte line) -> ALIGN -> DECODE (illegal -> error) -> CHECK (buffer
-and memory bounds -> error) -> EXEC (LD / ST / MM,MV / MISC on the SFU / SYS) -> RETIRE.
+FETCH (first word inside an executable region, hw/prot.py; one 2-beat AR at the instruction's 64-byte line, one
+beat at a region's end) -> ALIGN -> DECODE (illegal or truncated -> error) -> CHECK (buffer bounds, alignment,
+memory regions -> error) -> EXEC (LD / ST / MM,MV / MISC on the SFU / SYS) -> RETIRE. Every AXI burst is checked
+again against the regions before it is issued; CTRL.RESET returns the engine to IDLE.
 """
 from __future__ import annotations
 
@@ -233,7 +235,8 @@ class Top(Elaboratable):
         e_awvalid = Signal()
         st16_ren = Signal()
         e_bank = Signal(bb_bits)
-        m.d.sync += e_bank.eq(e_sa[:bb_bits])
+        with m.If(st16_ren):        # the bank the held read data came from (a W beat may wait for WREADY)
+            m.d.sync += e_bank.eq(e_sa[:bb_bits])
         e_x = Signal(signed(32))
         m.d.comb += e_x.eq(Array([banks[i][0].data for i in range(NL)])[e_bank])
         e_sh = f_st["shift"]

@@ -33,6 +33,8 @@ def _valid_fields(op, draw):
         f["fn"] = draw(st.sampled_from([m for m in MiscOp if m != MiscOp.ROPE]))
         f["dst"] -= f["dst"] % 32
         f["dst_stride"] -= f["dst_stride"] % 32
+        if f["fn"] == MiscOp.SOFTMAX:
+            f["imm"] &= (1 << 31) - 1
     elif op == Op.SYS:
         f["fn"] = draw(st.sampled_from(list(SysOp)))
     return f

@@ -165,3 +165,38 @@ def test_scattered_i32_store_is_illegal(dev):
                   elem_stride=8)
     put(sim, mm["program"].base, [st, END])
     assert fault(sim, mm["program"].base) == (ErrCode.ILLEGAL_INSTR, 0)
+
+
+def test_softmax_scale_below_2_31():
+    """sfu_model's exponent arithmetic overflows int64 from imm = 2^31: the decoder refuses it (the RTL's too)."""
+    from flightllm.errors import ISAError
+    from flightllm.isa import MiscOp
+
+    isa.make(Op.MISC, fn=MiscOp.SOFTMAX, n=8, rows=1, imm=(1 << 31) - 1)
+    with pytest.raises(ISAError, match="below 2\\^31"):
+        isa.make(Op.MISC, fn=MiscOp.SOFTMAX, n=8, rows=1, imm=1 << 31)
+
+
+def test_driver_programs_the_regions_from_the_artifact(artifact, sim_board, tmp_path, monkeypatch):
+    """The driver writes the region registers from the memory map before a run; the pynq-backed simulator
+    enforces what the registers hold: a stream planted in the (writable) io region is never executed."""
+    from flightllm.host.driver import Accelerator
+    from flightllm.host.runtime import Runtime
+    from flightllm.sim.pynq_device import SimulatedDevice
+
+    monkeypatch.setenv("FLIGHTLLM_LOCK_DIR", str(tmp_path))
+    acc = Accelerator(SimulatedDevice.configure(sim_board, "fsim", artifact.mem_size))
+    try:
+        acc.load(artifact.image, artifact.mem_size, artifact.memmap)
+        bad = artifact.memmap["io"].base + 1024
+        acc.write_mem(bad, isa.assemble([END]))
+        with pytest.raises(DeviceError, match="MEM_PERM") as e:
+            acc.run(bad, 0)
+        assert e.value.code == ErrCode.MEM_PERM and e.value.pc == 0
+        got = regs.regions_from(acc.read)
+        assert [(b, n, p) for _, b, n, p in got] == [(r.base, r.size, r.perm) for r in artifact.memmap.regions.values()]
+        a, sa = Runtime(artifact, device=acc).forward([1, 2, 3], 0)
+        b, sb = Runtime(artifact).forward([1, 2, 3], 0)
+        assert np.array_equal(a, b) and sa.cycles == sb.cycles
+    finally:
+        acc.close()
