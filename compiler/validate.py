@@ -77,6 +77,8 @@ def check_program(words, memmap: MemoryMap, pos_max: int, abuf_words: int, qbuf_
         if ins.op == Op.LD and ((f["idx"] and f["idx_addr"] % 4) or (f["fmt"] == LdFmt.I32 and (
                 f["addr"] % 4 or f["src_stride"] % 4 or f["pos_stride"] % 4))):
             raise CompileError(f"{name} pc {pc}: LD not aligned to 4-byte words")
+        if ins.op == Op.MISC and f["fn"] == MiscOp.ROPE and f["n_pos"]:
+            raise CompileError(f"{name} pc {pc}: ROPE with n_pos (n + POS must be whole heads at every POS)")
         for pos in {0, pos_max}:
             for lo, hi, write in _mem_ranges(ins, pos, 0):
                 r = next((r for r in regions if r.base <= lo and hi <= r.end), None)

@@ -316,7 +316,8 @@ def _parity_stream(rng, isa, mm, board) -> np.ndarray:
         name = names[int(rng.integers(0, len(names)))]
         bits = dict(isa.FIELDS[ins.op])[name]
         near = [0, 1, 31, 33, board.accel.abuf_words - 1, board.accel.qbuf_bytes, mm.top - 64, mm["data"].end - 4]
-        ins.f[name] = near[int(rng.integers(0, len(near)))] & ((1 << bits) - 1)
+        v = near[int(rng.integers(0, len(near)))]
+        ins.f[name] = (v % (SMALL + 1) if name in COUNT_FIELDS else v) & ((1 << bits) - 1)
     words = []
     for ins in prog + [isa.make(isa.Op.SYS, fn=isa.SysOp.END)]:
         words += isa.encode(ins)

@@ -496,7 +496,10 @@ class Top(Elaboratable):
                                | Mux(fn == MiscOp.QUANT, hi_q > a.qbuf_bytes, hi_dst > a.abuf_words)
                                | (two & (hi_2 > a.abuf_words))
                                | ((fn == MiscOp.RMSNORM) & (fm["src2"] + mn > a.abuf_words)))
-                        with m.If(bad):
+                        with m.If((fn == MiscOp.ROPE) & (mn % fm["imm"] != 0)):
+                            m.d.sync += fail(ErrCode.ILLEGAL_INSTR)     # n + POS no longer whole heads
+                            m.next = "STOP"
+                        with m.Elif(bad):
                             m.d.sync += fail(ErrCode.BUF_OVERFLOW)
                             m.next = "STOP"
                         with m.Else():

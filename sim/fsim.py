@@ -321,6 +321,9 @@ class FunctionalSim:
     def _x_MISC(self, f, pc, st):
         fn = MiscOp(f["fn"])
         rows, n = f["rows"], f["n"] + (self.pos if f["n_pos"] else 0)
+        if fn == MiscOp.ROPE and n % f["imm"]:      # n_pos: n + POS must still be whole heads (the RTL's CHECK)
+            raise DeviceError(f"pc {pc}: ROPE over {n} elements, not whole heads of {f['imm']}",
+                              ErrCode.ILLEGAL_INSTR, pc)
         A = lambda base, stride, nn: self._buf(self.abuf, "ABUF", base, stride, rows, nn, pc)  # noqa: E731
         # every operand range is checked before any work, as the RTL's CHECK state does
         width = n + (rows - 1 if fn == MiscOp.SOFTMAX and f["causal"] else 0)

@@ -200,3 +200,20 @@ def test_driver_programs_the_regions_from_the_artifact(artifact, sim_board, tmp_
         assert np.array_equal(a, b) and sa.cycles == sb.cycles
     finally:
         acc.close()
+
+
+def test_fuzz_found_crashes_are_clean_faults(dev):
+    """flightllm fuzz parity, seed 0: an I16 MM with wfrac > 24 (the RTL decoder refused it, isa.validate did
+    not: fsim crashed on a negative shift; fixed on main at the same time) and a ROPE with n_pos whose n + POS is not whole heads (fsim crashed
+    reshaping). Both are ILLEGAL_INSTR now, on fsim and the RTL."""
+    from flightllm.errors import ISAError
+    from flightllm.isa import MiscOp, WFmt
+
+    with pytest.raises(ISAError, match="wfrac"):
+        isa.make(Op.MM, fmt=WFmt.I16, sp_n=16, wfrac=28, rows=1, cols=32, tokens=1)
+    sim, mm = dev
+    rope = isa.make(Op.MISC, fn=MiscOp.ROPE, n_pos=1, src=999, src2=1975, dst=4015, n=28, rows=3, src_stride=31,
+                    src2_stride=29, dst_stride=30, imm=28)
+    put(sim, mm["program"].base, [rope, END])
+    assert fault(sim, mm["program"].base, pos=38) == (ErrCode.ILLEGAL_INSTR, 0)
+    sim.run(mm["program"].base, pos=28)                     # 28 + 28: two whole heads

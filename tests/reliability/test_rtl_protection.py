@@ -107,6 +107,11 @@ CASES = {
     "runs off its region": (P, [NOP] * 1024, ErrCode.MEM_BOUNDS),
     "truncated at the region end": (P + 4096 - 12, words([LD(0)])[:3], ErrCode.ILLEGAL_INSTR),
     "last instruction at the region end": (P + 4096 - 4 * 9, [LD(D), END], None),
+    "rope n + POS not whole heads": (P, [isa.make(Op.MISC, fn=MiscOp.ROPE, n_pos=1, n=28, rows=1, imm=28, src=0,
+                                                  src2=64, dst=128, src_stride=64, src2_stride=28, dst_stride=64),
+                                         END], ErrCode.ILLEGAL_INSTR, 5),
+    "mm I16 wfrac > 24": (P, [isa.Instr(Op.MM, {**isa.make(Op.MM, fmt=WFmt.I16, sp_n=16, rows=1, cols=32, tokens=1,
+                                                          wstride=64).f, "wfrac": 28}), END], ErrCode.ILLEGAL_INSTR),
     "softmax imm >= 2^31": (P, [isa.Instr(Op.MISC, {**isa.make(Op.MISC, fn=MiscOp.SOFTMAX, n=8, rows=1).f,
                                                     "imm": 1 << 31}), END], ErrCode.ILLEGAL_INSTR),
 }
@@ -115,12 +120,12 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_protection_faults_identical_on_rtl(name):
     mm, size = layout()
-    at, prog, code = CASES[name]
+    at, prog, code, *pos = CASES[name]
     img = image(mm, size)
     img[D: D + 8] = np.array([0, 1 << 24], "<u4").view(np.uint8)       # gather indices: row 1 far outside
     if name == "illegal after a fault":
         prog = list(words(prog)) + [0xF]
-    f, r, fm, rm, start = both(mm, size, img, at, prog)
+    f, r, fm, rm, start = both(mm, size, img, at, prog, *pos)
     assert f == r, (f, r)
     if code is None:
         assert f[0] == "ok"
