@@ -126,11 +126,17 @@ def lint(board: boards.Board, out: Path) -> subprocess.CompletedProcess:
                           env=_env(), capture_output=True, text=True)
 
 
+_LIBS: dict = {}         # (board file, trace) -> built library, once per process (campaigns make a device per case)
+
+
 class RtlDevice:
     def __init__(self, board: boards.Board | str, mem_size: int, memmap=None):
         self.board = boards.load(board) if isinstance(board, str) else board
         fst = os.environ.get("FLIGHTLLM_FST", "")
-        self._lib = ctypes.CDLL(str(build(self.board, trace=bool(fst))))
+        key = (str(self.board.path or repr(self.board)), bool(fst))
+        if key not in _LIBS:
+            _LIBS[key] = str(build(self.board, trace=bool(fst)))
+        self._lib = ctypes.CDLL(_LIBS[key])
         L = self._lib
         L.fl_new.restype = ctypes.c_void_p
         L.fl_new.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_char_p]

@@ -237,6 +237,22 @@ def test_reset_mid_run_then_rerun(rtl):
     assert np.array_equal(dev.mem, ref_mem) and st.cycles == ref.cycles
 
 
+def test_reset_at_every_stage_then_rerun(rtl):
+    """CTRL.RESET at many points of the mixed program (inside LD, MM, ST I32/I16, the gather, the SFU): each
+    rerun is identical in bits and cycles."""
+    dev, img, ref_mem, ref, _ = rtl
+    for k in range(1, 24):
+        dev.mem[:] = img
+        dev.csr_write("INSTR_BASE_LO", P)
+        dev.csr_write("CTRL", regs.CTRL_START)
+        dev._lib.fl_run(dev._h, k * ref.cycles // 24)
+        dev.reset()
+        assert dev.csr_read("STATUS") == 0
+        dev.mem[:] = img
+        st = dev.run(P)
+        assert np.array_equal(dev.mem, ref_mem) and st.cycles == ref.cycles, k
+
+
 # ---- through the driver and the runtime (what a board does) --------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_artifact(tmp_path_factory):
