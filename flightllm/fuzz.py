@@ -247,7 +247,7 @@ SMALL = 256
 def _sane(rng, isa, mm, board):
     """A well-formed instruction with small shapes inside the fuzz layout's regions (it may still fault: data
     lies where the previous instructions left it, e.g. gather indices are random)."""
-    from flightllm.formats import row_bytes
+    from flightllm.formats import QACT_BLOCK_BYTES, row_bytes
 
     I = lambda lo, hi: int(rng.integers(lo, hi))  # noqa: E731
     w, d = mm["weights"], mm["data"]
@@ -257,7 +257,7 @@ def _sane(rng, isa, mm, board):
         fmt = isa.LdFmt(I(0, 3))
         rows, cols = I(1, 9), (I(1, 5) * 32 if fmt != isa.LdFmt.I32 else I(1, 65))
         nb = {isa.LdFmt.I32: 4 * cols, isa.LdFmt.Q8_0: row_bytes(1, cols),
-              isa.LdFmt.QACT: cols // 32 * isa_qact_bytes()}[fmt]
+              isa.LdFmt.QACT: cols // 32 * QACT_BLOCK_BYTES}[fmt]
         reg = w if rng.random() < 0.5 else d
         stride = nb + (4 * I(0, 4) if rng.random() < 0.3 else 0)
         addr = reg.base + 4 * I(0, (reg.size - rows * stride) // 4)
@@ -296,12 +296,6 @@ def _sane(rng, isa, mm, board):
             kw.update(causal=I(0, 2))
         return isa.make(op, **kw)
     return isa.make(isa.Op.SYS, fn=isa.SysOp.NOP)
-
-
-def isa_qact_bytes():
-    from flightllm.formats import QACT_BLOCK_BYTES
-
-    return QACT_BLOCK_BYTES
 
 
 def _parity_stream(rng, isa, mm, board) -> np.ndarray:
@@ -416,8 +410,10 @@ def fuzz_faults(cases: int, seed: int = 0) -> Report:
     from flightllm.compiler.memmap import MemoryMap
     from flightllm.sim.rtl_device import RtlDevice
 
+    from flightllm import boards
+
     rep = Report("faults")
-    board = boards_load("sim")
+    board = boards.load("sim")
     mm = MemoryMap()
     mm.add("weights", 16384, writable=False)
     data = mm.add("data", 8192, writable=True)
@@ -497,12 +493,6 @@ def fuzz_faults(cases: int, seed: int = 0) -> Report:
 
 class _Mismatch(Exception):
     """The engine under test disagreed with its reference (results, error code, or a rerun)."""
-
-
-def boards_load(name):
-    from flightllm import boards
-
-    return boards.load(name)
 
 
 PARITY_MAX_CYCLES = 5_000_000        # an RTL case still running after this is a hang
