@@ -74,6 +74,8 @@ def valid_fields(rng, op):
         if f["fn"] == MiscOp.ROPE:
             f["imm"] = 2 * int(rng.integers(1, 65))
             f["n"] = f["imm"] * int(rng.integers(0, (1 << 24) // f["imm"]))
+        if f["fn"] == MiscOp.SOFTMAX:
+            f["imm"] &= (1 << 31) - 1
     elif op == Op.SYS:
         f["fn"] = int(rng.choice(list(SysOp)))
     return f
@@ -101,6 +103,7 @@ BREAKERS = [
     ((Op.MISC,), lambda f, r: f.update(fn=int(MiscOp.QUANT), dst_stride=f["dst_stride"] | int(r.integers(1, 32)))),
     ((Op.MISC,), lambda f, r: f.update(fn=int(MiscOp.ROPE), imm=int(r.choice([0, 1, 3, 7, 33])))),
     ((Op.MISC,), lambda f, r: f.update(fn=int(MiscOp.ROPE), imm=8, n=8 * int(r.integers(0, 1000)) + int(r.integers(1, 8)))),
+    ((Op.MISC,), lambda f, r: f.update(fn=int(MiscOp.SOFTMAX), imm=int(r.integers(1 << 31, 1 << 32)))),
     ((Op.SYS,), lambda f, r: f.update(fn=int(r.integers(len(SysOp), 16)))),
 ]
 
