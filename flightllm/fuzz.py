@@ -193,8 +193,9 @@ def _note(rep: Report, i: int, what: str):
         rep.examples.append(f"case {i}: {what}")
 
 
-def _layout():
-    """The fuzzed device: a read-only region, a writable one, the program, and an unmapped tail."""
+def _layout(seed: int):
+    """The fuzzed device: a read-only region, a writable one, the program, and an unmapped tail; a random
+    initial image and the mask of bytes no run may change (all but the writable region)."""
     from flightllm import boards
     from flightllm.compiler.memmap import MemoryMap
 
@@ -204,7 +205,11 @@ def _layout():
     data = mm.add("data", 64 << 10, writable=True)
     prog = mm.add("program", 4 << 10, writable=False, executable=True)
     mem_size = mm.top + (16 << 10)                 # an unmapped tail: nothing may land there either
-    return board, mm, data, prog, mem_size
+    rng = np.random.default_rng(seed)
+    base_img = rng.integers(0, 256, mem_size, dtype=np.uint8)
+    protect = np.ones(mem_size, bool)
+    protect[data.base: data.end] = False
+    return board, mm, data, prog, mem_size, rng, base_img, protect
 
 
 def fuzz_isa(cases: int, seed: int = 0) -> Report:
@@ -213,11 +218,7 @@ def fuzz_isa(cases: int, seed: int = 0) -> Report:
     from flightllm.sim.fsim import FunctionalSim
 
     rep = Report("isa")
-    board, mm, data, prog, mem_size = _layout()
-    rng = np.random.default_rng(seed)
-    base_img = rng.integers(0, 256, mem_size, dtype=np.uint8)
-    protect = np.ones(mem_size, bool)
-    protect[data.base: data.end] = False
+    board, mm, data, prog, mem_size, rng, base_img, protect = _layout(seed)
     # seeds: valid instructions with fields drawn near the real buffer/region sizes
     t0 = time.time()
     old = signal.signal(signal.SIGALRM, _alarm)
@@ -517,11 +518,7 @@ def fuzz_parity(cases: int, seed: int = 0) -> Report:
     from flightllm.sim.rtl_device import RtlDevice
 
     rep = Report("parity")
-    board, mm, data, prog, mem_size = _layout()
-    rng = np.random.default_rng(seed)
-    base_img = rng.integers(0, 256, mem_size, dtype=np.uint8)
-    protect = np.ones(mem_size, bool)
-    protect[data.base: data.end] = False
+    board, mm, data, prog, mem_size, rng, base_img, protect = _layout(seed)
     t0, valid = time.time(), 0
     old = signal.signal(signal.SIGALRM, _alarm)
     try:
