@@ -39,22 +39,29 @@ class CycleModel:
         """Instruction fetch (one 2-beat read at the memory latency), decode and bounds check, retire."""
         return self.lat + FETCH_FIXED
 
-    def mm(self, wbytes: int, rows: int, cols: int, tokens: int, fmt: int, sp_n: int, segments: int = 1) -> int:
+    def mm(self, wbytes: int, rows: int, cols: int, tokens: int, fmt: int, sp_n: int, segments: int = 1,
+           base: int = 0) -> int:
         """RTL (docs/rtl.md): per token tile the weights stream once; each group of blocks issues once per
-        token of the tile; the pipeline drains once at the end. ``wbytes``: one stream of the weights."""
+        token of the tile; the pipeline drains once at the end. ``wbytes``: one stream of the weights; ``base``:
+        their first byte's address (only its offset in the beat matters)."""
         from flightllm.hw import params as P
 
         nb = cols // 32
         bb = wbytes // max(1, rows * nb)
-        groups = P.groups(self.board, fmt, sp_n, rows, nb, True)
-        # the first group waits for a second beat when its blocks span more than one (row-aligned weights)
-        k0 = min(P.lanes(self.board, fmt, sp_n), 2 * nb - 1, rows * nb)
-        first = 1 if k0 * bb > self.port else 0
+        merged = segments == 1
+        groups = P.groups(self.board, fmt, sp_n, rows, nb, merged)
+        o = int(base) % self.port
+        # the first group issues once its blocks are in the buffer (they may span two beats) and, when the
+        # weights do not start on a beat, once the extractor has dropped the lead bytes (a cycle after the
+        # first beat); the stream ends with its last beat, ceil((o + bytes) / PB) beats after the first
+        k0 = min(P.lanes(self.board, fmt, sp_n), 2 * nb - 1 if merged else nb, rows * nb)
+        first = max(1 if o else 0, -(-(o + k0 * bb) // self.port) - 1)
+        mem = self._mem(o + wbytes) if merged else self._mem(wbytes)
         tt = P.token_tile(self.board)
         total = 0
         for t0 in range(0, tokens, tt):
             n = min(tt, tokens - t0)
-            total += MM_FIXED + self.lat + max(self._mem(wbytes), groups * n + first) + SEG_GAP * (segments - 1)
+            total += MM_FIXED + self.lat + max(mem, groups * n + first) + SEG_GAP * (segments - 1)
         return self.fetch() + total + self.chain + 10
 
     def mm_bytes(self, wbytes: int, tokens: int) -> int:
@@ -63,21 +70,37 @@ class CycleModel:
 
         return wbytes * -(-tokens // P.token_tile(self.board))
 
-    def transfer(self, nbytes: int, rows: int, contiguous: bool, elems: int, segments: int = 1) -> int:
-        """LD/ST: one burst per row when contiguous; one beat per element when scattered (V^T writes). A store
-        retires on its last write response, which the memory gives after its latency (sim/rtl/harness.cpp)."""
+    def transfer(self, nbytes: int, rows: int, contiguous: bool, elems: int, segments: int = 1, base: int = 0) -> int:
+        """LD Q8_0/QACT (contiguous) or ST I16 (one beat per element). A store retires on its last write
+        response, which the memory gives after its latency (sim/rtl/harness.cpp). ``base``: an LD's first byte;
+        the read stream drops the lead bytes of a first beat that does not start there a cycle after it arrives
+        (later rows' leads are inside the SEG_GAP)."""
         beats = self._mem(nbytes) if contiguous else elems
         if contiguous and elems and nbytes * 32 == elems * 36:     # LD QACT: the RTL writes one block a cycle
             beats = max(beats, elems // 32) + LD_QACT_FIXED
         elif contiguous and elems and nbytes * 32 == elems * 34:   # LD Q8_0: SFU-width words a cycle
             beats = max(beats, elems // sfu_width(self.board)) + LD_Q8_FIXED
-        return self.fetch() + self.lat + beats + XFER_FIXED + SEG_GAP * (segments - 1)
+        lead = 1 if contiguous and int(base) % self.port else 0
+        return self.fetch() + self.lat + beats + lead + XFER_FIXED + SEG_GAP * (segments - 1)
 
-    def ld_i32(self, rows: int, cols: int) -> int:
-        """LD I32: the RTL writes up to sfu_width words a cycle into the ABUF, a chunk never straddling a row."""
+    def st_i32(self, base: int, rows: int, cols: int, dst_stride: int, src_stride: int) -> int:
+        """ST I32 (hw/dma.py WriteStream): one W beat per 64-byte beat a row touches, rows merged into one when
+        both strides are contiguous (or one row); a store retires on its last write response."""
+        nb = 4 * cols
+        if rows == 1 or (src_stride == cols and dst_stride == nb):
+            beats = self._mem(int(base) % self.port + rows * nb)
+        else:
+            beats = sum(self._mem((int(base) + r * int(dst_stride)) % self.port + nb) for r in range(rows))
+        return self.fetch() + self.lat + beats + XFER_FIXED
+
+    def ld_i32(self, rows: int, cols: int, base: int = 0, segments: int = 1) -> int:
+        """LD I32: the RTL writes up to sfu_width words a cycle into the ABUF, a chunk never straddling a row;
+        a first beat not starting at ``base`` costs the lead drop (``transfer``), each further row segment
+        SEG_GAP."""
         W = sfu_width(self.board)
         beats = max(self._mem(rows * cols * 4), rows * -(-cols // W))
-        return self.fetch() + self.lat + beats + XFER_FIXED + LD_I32_FIXED
+        lead = 1 if int(base) % self.port else 0
+        return self.fetch() + self.lat + beats + lead + XFER_FIXED + LD_I32_FIXED + SEG_GAP * (segments - 1)
 
     def ld_gather(self, addrs, chunks_per_row: int) -> int:
         """LD with idx (hw/top.py LDX_IDX/LDX_WAIT/LD_RUN): per row, a 4-byte read of its index, then the row's own

@@ -212,11 +212,12 @@ class FunctionalSim:
             W = sfu_width(self.board)
             ch = {LdFmt.I32: -(-cols // W), LdFmt.Q8_0: cols // BLOCK * (BLOCK // W), LdFmt.QACT: cols // BLOCK}[fmt]
             cyc = self.cm.ld_gather(addrs, ch)
-        elif fmt == LdFmt.I32:
-            cyc = self.cm.ld_i32(rows, cols)
         else:
             segs = rows if rows > 1 and f["src_stride"] != nbytes else 1
-            cyc = self.cm.transfer(rows * nbytes, rows, True, rows * cols, segs)
+            if fmt == LdFmt.I32:
+                cyc = self.cm.ld_i32(rows, cols, base, segs)
+            else:
+                cyc = self.cm.transfer(rows * nbytes, rows, True, rows * cols, segs, base)
         raw = self.mem[addrs[:, None] + np.arange(nbytes)[None, :]]
         if fmt == LdFmt.QACT:
             blk = raw.reshape(rows, cols // BLOCK, QACT_BLOCK_BYTES)
@@ -272,8 +273,11 @@ class FunctionalSim:
         self.mem[starts[..., None] + np.arange(esz)] = byt
         self._invalidate(base, hi)
         # the RTL stores I16 element by element (one single-beat write each), contiguous or not
-        st.charge("ST", self.cm.transfer(rows * cols * esz, rows, es == esz and fmt == StFmt.I32, rows * cols),
-                  wr=rows * cols * esz)
+        if fmt == StFmt.I32:
+            cyc = self.cm.st_i32(base, rows, cols, f["dst_stride"], f["src_stride"])
+        else:
+            cyc = self.cm.transfer(rows * cols * esz, rows, False, rows * cols)
+        st.charge("ST", cyc, wr=rows * cols * esz)
 
     def _invalidate(self, lo, hi):
         if self._wcache:
@@ -313,7 +317,7 @@ class FunctionalSim:
         y = mpe_model.mm(w, xq, self._buf(self.qm, "QBUF", *xs), self._buf(self.qe, "QBUF", *xs))
         yv[...] = sfu_model.add(yv, y) if f["acc"] else y
         segs = rows if rows > 1 and f["wstride"] != wbytes // rows else 1
-        st.charge("MM", self.cm.mm(wbytes, rows, cols, T, f["fmt"], f["sp_n"], segs), rd=self.cm.mm_bytes(wbytes, T))
+        st.charge("MM", self.cm.mm(wbytes, rows, cols, T, f["fmt"], f["sp_n"], segs, f["waddr"]), rd=self.cm.mm_bytes(wbytes, T))
 
     _x_MV = _x_MM
 
