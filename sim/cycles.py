@@ -6,6 +6,8 @@ figures (within 2%); change both together.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 from flightllm.boards import Board
 from flightllm.isa import MiscOp
 from flightllm.sim.sfu_cycles import sfu_cycles, sfu_width
@@ -20,6 +22,25 @@ LD_QACT_FIXED = 1            # RTL: the QBUF block writer's last block
 LD_I32_FIXED = 1             # RTL: LD I32 writes sfu_width words a cycle (hw/top.py LD_RUN)
 LDX_ROW_FIXED = 9            # RTL: LD idx per row: two stream starts, index hand-over, row drain
 LD_Q8_FIXED = 1              # RTL: LD Q8_0 dequantises sfu_width words a cycle
+
+
+@lru_cache(maxsize=4096)
+def _mm_mid(o: int, total: int, nb: int, bb: int, k: int, n: int, port: int) -> int:
+    """MM over merged weight rows at beat offset ``o``: a group whose last byte arrives in a late beat issues
+    (``n`` token cycles) once that beat is in, the groups after it one after another: the max over groups of
+    that beat's index + 1 + the later groups' issue cycles (hw/top.py MM_RUN's kp/lim, as params.groups)."""
+    if total > 1 << 14:             # long streams: the first/last group terms of CycleModel.mm decide
+        return 0
+    ends, b0, left, e = [], 0, total, 0
+    while left > 0:
+        kp = min(k, nb - b0 + nb - 1, left)
+        e += kp
+        ends.append(e)
+        b0 += kp
+        b0 -= nb if b0 >= nb else 0
+        left -= kp
+    G = len(ends)
+    return max(-(-(o + x * bb) // port) + (G - 1 - g) * n for g, x in enumerate(ends))
 
 
 class CycleModel:
@@ -61,7 +82,8 @@ class CycleModel:
         total = 0
         for t0 in range(0, tokens, tt):
             n = min(tt, tokens - t0)
-            total += MM_FIXED + self.lat + max(mem, groups * n + first) + SEG_GAP * (segments - 1)
+            total += MM_FIXED + self.lat + max(mem, groups * n + first, _mm_mid(o, rows * nb, nb, bb, P.lanes(self.board, fmt, sp_n), n, self.port) if merged else 0) \
+                + SEG_GAP * (segments - 1)
         return self.fetch() + total + self.chain + 10
 
     def mm_bytes(self, wbytes: int, tokens: int) -> int:
