@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
+
 from flightllm.boards import Board
 from flightllm.isa import MiscOp
 from flightllm.sim.sfu_cycles import sfu_cycles, sfu_width
@@ -61,10 +63,10 @@ class CycleModel:
         return self.lat + FETCH_FIXED
 
     def mm(self, wbytes: int, rows: int, cols: int, tokens: int, fmt: int, sp_n: int, segments: int = 1,
-           base: int = 0) -> int:
+           base: int = 0, stride: int = 0) -> int:
         """RTL (docs/rtl.md): per token tile the weights stream once; each group of blocks issues once per
         token of the tile; the pipeline drains once at the end. ``wbytes``: one stream of the weights; ``base``:
-        their first byte's address (only its offset in the beat matters)."""
+        their first byte's address (only its offset in the beat matters); ``stride``: the rows' (segments)."""
         from flightllm.hw import params as P
 
         nb = cols // 32
@@ -78,12 +80,19 @@ class CycleModel:
         k0 = min(P.lanes(self.board, fmt, sp_n), 2 * nb - 1 if merged else nb, rows * nb)
         first = max(1 if o else 0, -(-(o + k0 * bb) // self.port) - 1)
         mem = self._mem(o + wbytes) if merged else self._mem(wbytes)
+        seg_beats = 0
+        if not merged:
+            offs = (int(base) + np.arange(rows, dtype=np.int64) * int(stride)) % self.port
+            seg_beats = int(np.sum(-(-(offs + wbytes // rows) // self.port)))
         tt = P.token_tile(self.board)
         total = 0
         for t0 in range(0, tokens, tt):
             n = min(tt, tokens - t0)
-            total += MM_FIXED + self.lat + max(mem, groups * n + first, _mm_mid(o, rows * nb, nb, bb, P.lanes(self.board, fmt, sp_n), n, self.port) if merged else 0) \
-                + SEG_GAP * (segments - 1)
+            if merged:
+                total += MM_FIXED + self.lat + max(mem, groups * n + first,
+                                                   _mm_mid(o, rows * nb, nb, bb, P.lanes(self.board, fmt, sp_n), n, self.port))
+            else:   # row segments: the extractor's per-segment gap overlaps the reads of the next rows' beats
+                total += MM_FIXED + self.lat + max(seg_beats, groups * n + first + SEG_GAP * (segments - 1))
         return self.fetch() + total + self.chain + 10
 
     def mm_bytes(self, wbytes: int, tokens: int) -> int:
@@ -124,12 +133,16 @@ class CycleModel:
         lead = 1 if int(base) % self.port else 0
         return self.fetch() + self.lat + beats + lead + XFER_FIXED + LD_I32_FIXED + SEG_GAP * (segments - 1)
 
-    def ld_gather(self, addrs, chunks_per_row: int) -> int:
+    def ld_gather(self, addrs, chunks_per_row: int, idx_addr: int = 0) -> int:
         """LD with idx (hw/top.py LDX_IDX/LDX_WAIT/LD_RUN): per row, a 4-byte read of its index, then the row's own
         read, one cycle more when the row does not start on a beat boundary. ``addrs``: the gathered rows' byte
         addresses; ``chunks_per_row``: the row's write cycles (Q8_0: blocks * 32 / W, I32: ceil(cols / W))."""
         per_row = 2 * self.lat + LDX_ROW_FIXED + chunks_per_row
         mis = sum(1 for a in addrs if int(a) % self.port)
+        # the index words: +1 when they do not start on a beat, -1 for each further beat they span (measured on
+        # the RTL over idx_addr offsets and row counts, tests/hw/test_rtl_cycles_unaligned.py)
+        io = int(idx_addr) % self.port
+        mis += (1 if io else 0) - (-(-(io + 4 * len(addrs)) // self.port) - 1)
         return self.fetch() - 1 + len(addrs) * per_row + mis
 
     def misc(self, fn: MiscOp, rows: int, n: int, imm: int | None = None) -> int:

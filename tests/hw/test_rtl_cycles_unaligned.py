@@ -1,7 +1,7 @@
 """Cycle parity at addresses and strides off the 64-byte beat: single-instruction programs (LD I32/Q8_0/QACT,
-LD with idx, ST I32 merged/per-row, ST I16 contiguous/scattered, MM/MV) on the functional simulator and the RTL,
-sweeping the base's offset in the beat, compared cycle for cycle (sim/cycles.py: the lead-byte drop, per-row
-beats of ST I32, the MM weights' beats and first group at an offset)."""
+LD with idx (rows and index words at offsets), ST I32 merged/per-row, ST I16 contiguous/scattered, MM/MV merged
+and in row segments) on the functional simulator and the RTL, sweeping the base's offset in the beat, compared cycle for cycle (sim/cycles.py: the lead-byte drop, per-row
+beats of ST I32, the MM weights' beats and groups at an offset, row segments, the index words' beats)."""
 from __future__ import annotations
 
 import numpy as np
@@ -30,7 +30,9 @@ def _cases():
     for o in range(0, 64, 4):
         for rows, cols, extra in ((1, 37, 0), (1, 160, 0), (3, 20, 0), (3, 64, 12)):
             out.append(("ld_i32", _ld(LdFmt.I32, o, rows, cols, extra)))
-        out.append(("ld_i32_idx", _ld(LdFmt.I32, o, 3, 40, 4, idx=1, idx_addr=IDX)))
+        for rows in (1, 3, 17, 33):                            # index words at an offset, spanning 1-3 beats
+            out.append(("ld_i32_idx", _ld(LdFmt.I32, o, rows, 40, 4, idx=1, idx_addr=IDX + o)))
+        out.append(("ld_qact_idx", _ld(LdFmt.QACT, o + 1, 5, 64, 4, idx=1, idx_addr=IDX + 60 - o)))
         for rows, cols, dstr, sstr in ((1, 1, 4, 1), (1, 17, 68, 17), (2, 16, 64, 16), (2, 16, 68, 16),
                                        (3, 20, 88, 20), (3, 20, 80, 21)):
             out.append(("st_i32", make(Op.ST, fmt=StFmt.I32, src=0, addr=DATA + o, rows=rows, cols=cols,
@@ -46,7 +48,9 @@ def _cases():
         for fmt, sp, rows, cols, T, extra in ((WFmt.Q8_0, 16, 1, 32, 1, 0), (WFmt.Q8_0, 16, 8, 64, 1, 0),
                                               (WFmt.Q8_0, 16, 40, 96, 3, 0), (WFmt.Q4_1, 16, 16, 64, 2, 0),
                                               (WFmt.Q4_1, 4, 33, 128, 1, 0), (WFmt.I16, 16, 4, 64, 1, 0),
-                                              (WFmt.I16, 16, 4, 64, 2, 2), (WFmt.Q8_0, 8, 64, 128, 4, 0)):
+                                              (WFmt.I16, 16, 4, 64, 2, 2), (WFmt.Q8_0, 8, 64, 128, 4, 0),
+                                              (WFmt.Q8_0, 8, 56, 128, 1, 0), (WFmt.Q4_1, 16, 48, 128, 1, 176),
+                                              (WFmt.Q8_0, 16, 18, 128, 1, 120), (WFmt.Q4_1, 4, 10, 64, 3, 100)):
             rb = row_bytes(int(fmt), cols, sp)
             out.append(("mm", make(Op.MV if T == 1 else Op.MM, fmt=fmt, sp_n=sp, waddr=DATA + o, wstride=rb + extra,
                                    rows=rows, cols=cols, tokens=T, xaddr=0, xstride=cols, yaddr=8192,
@@ -63,7 +67,7 @@ def test_unaligned_cycles_exact():
     rng = np.random.default_rng(5)
     img = rng.integers(0, 256, MEM).astype(np.uint8)
     img[DATA + 1: DATA + 0x20000: 2] &= 0x3B                  # finite fp16 scales wherever a block starts
-    img[IDX: IDX + 12] = np.array([3, 0, 7], np.uint32).view(np.uint8)
+    img[IDX: IDX + 256] = np.array([3, 0, 7, 2, 5, 1, 4, 6] * 8, np.uint32).view(np.uint8)
     fs, rd = FunctionalSim(b, MEM), RtlDevice(b, MEM)
     bad = []
     for kind, ins in _cases():
