@@ -54,6 +54,9 @@ class CycleModel:
         self.lanes = board.accel.sfu_lanes
         self.port = board.memory.port_bytes
         self.board = board
+        # the RTL's configuration: one port-wide beat a cycle. Only there are the effects of addresses and strides
+        # off the beat modelled (measured on the RTL); other boards keep the byte-rate model.
+        self.beat = self.bpc == self.port
 
     def _mem(self, nbytes: int) -> int:
         return -(-int(nbytes) // int(self.bpc)) if self.bpc >= 1 else int(nbytes / self.bpc + 0.999999)
@@ -71,6 +74,14 @@ class CycleModel:
 
         nb = cols // 32
         bb = wbytes // max(1, rows * nb)
+        tt = P.token_tile(self.board)
+        if not self.beat:            # byte-rate boards: merged groups, no beat offsets (as before)
+            groups = P.groups(self.board, fmt, sp_n, rows, nb, True)
+            k0 = min(P.lanes(self.board, fmt, sp_n), 2 * nb - 1, rows * nb)
+            first = 1 if k0 * bb > self.port else 0
+            total = sum(MM_FIXED + self.lat + max(self._mem(wbytes), groups * min(tt, tokens - t0) + first)
+                        + SEG_GAP * (segments - 1) for t0 in range(0, tokens, tt))
+            return self.fetch() + total + self.chain + 10
         merged = segments == 1
         groups = P.groups(self.board, fmt, sp_n, rows, nb, merged)
         o = int(base) % self.port
@@ -84,7 +95,6 @@ class CycleModel:
         if not merged:
             offs = (int(base) + np.arange(rows, dtype=np.int64) * int(stride)) % self.port
             seg_beats = int(np.sum(-(-(offs + wbytes // rows) // self.port)))
-        tt = P.token_tile(self.board)
         total = 0
         for t0 in range(0, tokens, tt):
             n = min(tt, tokens - t0)
@@ -111,13 +121,15 @@ class CycleModel:
             beats = max(beats, elems // 32) + LD_QACT_FIXED
         elif contiguous and elems and nbytes * 32 == elems * 34:   # LD Q8_0: SFU-width words a cycle
             beats = max(beats, elems // sfu_width(self.board)) + LD_Q8_FIXED
-        lead = 1 if contiguous and int(base) % self.port else 0
+        lead = 1 if self.beat and contiguous and int(base) % self.port else 0
         return self.fetch() + self.lat + beats + lead + XFER_FIXED + SEG_GAP * (segments - 1)
 
-    def st_i32(self, base: int, rows: int, cols: int, dst_stride: int, src_stride: int) -> int:
+    def st_i32(self, base: int, rows: int, cols: int, dst_stride: int, src_stride: int, elem_stride: int = 4) -> int:
         """ST I32 (hw/dma.py WriteStream): one W beat per 64-byte beat a row touches, rows merged into one when
         both strides are contiguous (or one row); a store retires on its last write response."""
         nb = 4 * cols
+        if not self.beat:            # byte-rate boards: the bytes at the board's rate (one beat a word scattered)
+            return self.transfer(rows * nb, rows, elem_stride == 4, rows * cols)
         if rows == 1 or (src_stride == cols and dst_stride == nb):
             beats = self._mem(int(base) % self.port + rows * nb)
         else:
@@ -130,6 +142,8 @@ class CycleModel:
         SEG_GAP."""
         W = sfu_width(self.board)
         beats = max(self._mem(rows * cols * 4), rows * -(-cols // W))
+        if not self.beat:
+            return self.fetch() + self.lat + beats + XFER_FIXED + LD_I32_FIXED
         lead = 1 if int(base) % self.port else 0
         return self.fetch() + self.lat + beats + lead + XFER_FIXED + LD_I32_FIXED + SEG_GAP * (segments - 1)
 
@@ -141,8 +155,9 @@ class CycleModel:
         mis = sum(1 for a in addrs if int(a) % self.port)
         # the index words: +1 when they do not start on a beat, -1 for each further beat they span (measured on
         # the RTL over idx_addr offsets and row counts, tests/hw/test_rtl_cycles_unaligned.py)
-        io = int(idx_addr) % self.port
-        mis += (1 if io else 0) - (-(-(io + 4 * len(addrs)) // self.port) - 1)
+        if self.beat:
+            io = int(idx_addr) % self.port
+            mis += (1 if io else 0) - (-(-(io + 4 * len(addrs)) // self.port) - 1)
         return self.fetch() - 1 + len(addrs) * per_row + mis
 
     def misc(self, fn: MiscOp, rows: int, n: int, imm: int | None = None) -> int:

@@ -274,7 +274,7 @@ class FunctionalSim:
         self._invalidate(base, hi)
         # the RTL stores I16 element by element (one single-beat write each), contiguous or not
         if fmt == StFmt.I32:
-            cyc = self.cm.st_i32(base, rows, cols, f["dst_stride"], f["src_stride"])
+            cyc = self.cm.st_i32(base, rows, cols, f["dst_stride"], f["src_stride"], es)
         else:
             cyc = self.cm.transfer(rows * cols * esz, rows, False, rows * cols)
         st.charge("ST", cyc, wr=rows * cols * esz)
