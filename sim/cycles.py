@@ -99,8 +99,8 @@ class CycleModel:
         for t0 in range(0, tokens, tt):
             n = min(tt, tokens - t0)
             if merged:
-                total += MM_FIXED + self.lat + max(mem, groups * n + first,
-                                                   _mm_mid(o, rows * nb, nb, bb, P.lanes(self.board, fmt, sp_n), n, self.port))
+                mid = _mm_mid(o, rows * nb, nb, bb, P.lanes(self.board, fmt, sp_n), n, self.port)
+                total += MM_FIXED + self.lat + max(mem, groups * n + first, mid)
             else:   # row segments: the extractor's per-segment gap overlaps the reads of the next rows' beats
                 total += MM_FIXED + self.lat + max(seg_beats, groups * n + first + SEG_GAP * (segments - 1))
         return self.fetch() + total + self.chain + 10

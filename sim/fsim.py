@@ -317,7 +317,8 @@ class FunctionalSim:
         y = mpe_model.mm(w, xq, self._buf(self.qm, "QBUF", *xs), self._buf(self.qe, "QBUF", *xs))
         yv[...] = sfu_model.add(yv, y) if f["acc"] else y
         segs = rows if rows > 1 and f["wstride"] != wbytes // rows else 1
-        st.charge("MM", self.cm.mm(wbytes, rows, cols, T, f["fmt"], f["sp_n"], segs, f["waddr"], f["wstride"]), rd=self.cm.mm_bytes(wbytes, T))
+        st.charge("MM", self.cm.mm(wbytes, rows, cols, T, f["fmt"], f["sp_n"], segs, f["waddr"], f["wstride"]),
+                  rd=self.cm.mm_bytes(wbytes, T))
 
     _x_MV = _x_MM
 

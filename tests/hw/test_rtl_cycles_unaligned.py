@@ -1,7 +1,8 @@
 """Cycle parity at addresses and strides off the 64-byte beat: single-instruction programs (LD I32/Q8_0/QACT,
 LD with idx (rows and index words at offsets), ST I32 merged/per-row, ST I16 contiguous/scattered, MM/MV merged
-and in row segments) on the functional simulator and the RTL, sweeping the base's offset in the beat, compared cycle for cycle (sim/cycles.py: the lead-byte drop, per-row
-beats of ST I32, the MM weights' beats and groups at an offset, row segments, the index words' beats)."""
+and in row segments) on the functional simulator and the RTL, sweeping the base's offset in the beat, compared
+cycle for cycle (sim/cycles.py: the lead-byte drop, per-row beats of ST I32, the MM weights' beats and groups at
+an offset, row segments, the index words' beats)."""
 from __future__ import annotations
 
 import numpy as np
