@@ -15,7 +15,10 @@ from flightllm.host.runtime import Runtime
 def test_ctrl_c_during_generation_is_clean(tmp_path):
     env = dict(os.environ, FLIGHTLLM_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "flightllm", "generate", "-p", "Once upon a time", "-n", "200"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # SIGINT back to its default in the child: a shell's background job (CI scripts, `cmd &`) starts with it
+    # ignored, and Python then installs no KeyboardInterrupt handler, so Ctrl-C would not reach the CLI at all
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = p.stdout.read(1)                       # streaming has started: we are mid-generation
     assert first
     p.send_signal(signal.SIGINT)
