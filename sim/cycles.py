@@ -1,8 +1,8 @@
 """Cycle model of the accelerator, per instruction, from the board config alone.
 
 Execution is in order: an instruction's cycles are its issue overhead, plus the larger of its memory time
-(bytes / the board's bytes per cycle) and its compute time, plus a pipeline drain. The RTL is held to these
-figures (within 2%); change both together.
+(bytes / the board's bytes per cycle) and its compute time, plus a pipeline drain. The RTL takes exactly these
+cycles (tests/hw compare them cycle for cycle, unaligned addresses included); change both together.
 """
 from __future__ import annotations
 
