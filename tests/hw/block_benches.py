@@ -9,6 +9,18 @@ from __future__ import annotations
 from amaranth import Const, Elaboratable, Module, Signal
 
 
+def connect(m, conn):
+    """Wire flattened top ports to their parts: (top, [signals], top_is_output), element 0 in the low bits."""
+    for top, parts, out in conn:
+        lo = 0
+        for s in parts:
+            if out:
+                m.d.comb += top[lo: lo + len(s)].eq(s)
+            else:
+                m.d.comb += s.eq(top[lo: lo + len(s)])
+            lo += len(s)
+
+
 class Flat(Elaboratable):
     """``sub`` as submodule ``dut``; ``ins``/``outs``: {port name: signal or list of signals}."""
 
@@ -32,14 +44,7 @@ class Flat(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         m.submodules.dut = self.sub
-        for top, parts, out in self.conn:
-            lo = 0
-            for s in parts:
-                if out:
-                    m.d.comb += top[lo: lo + len(s)].eq(s)
-                else:
-                    m.d.comb += s.eq(top[lo: lo + len(s)])
-                lo += len(s)
+        connect(m, self.conn)
         for top, value in self.consts:
             m.d.comb += top.eq(Const(value, len(top)))
         return m

@@ -88,6 +88,8 @@ def core_bench(W: int):
     """Top with every SFU datapath core side by side, each port flattened to one vector: ``<core>_<port>``."""
     from amaranth import Elaboratable, Module, Signal
 
+    from block_benches import connect
+
     from flightllm.hw.sfu_cores import (ArgmaxCore, EltCore, ExpCore, QuantCore, RmsCore, RopeCore, SiluMulCore,
                                         SumSqCore)
 
@@ -118,14 +120,7 @@ def core_bench(W: int):
             m = Module()
             for cn, core in cores.items():
                 m.submodules[cn] = core
-            for top, parts, out in self.conn:
-                lo = 0
-                for s in parts:
-                    if out:
-                        m.d.comb += top[lo: lo + len(s)].eq(s)
-                    else:
-                        m.d.comb += s.eq(top[lo: lo + len(s)])
-                    lo += len(s)
+            connect(m, self.conn)
             return m
 
     b = Bench()
