@@ -9,7 +9,7 @@ import numpy as np
 
 from flightllm import boards
 from flightllm.errors import CompileError
-from flightllm.formats import BLOCK
+from flightllm.formats import BLOCK, interleave_rows
 from flightllm.isa import assemble
 from flightllm.compiler import gguf_model, image
 from flightllm.compiler.artifact import Artifact
@@ -60,12 +60,16 @@ def compile_model(model: Model, board: boards.Board, ctx: int | None = None) -> 
                               for n in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")]
     if not model.tied_output:
         names.append("output")
+    # matrices the engine multiplies are stored in its weight stream layout (formats.interleave_rows: row pairs for
+    # dense Q4_1/Q8_0); the embedding table, gathered row by row by LD, stays row-major, so a tied output head
+    # gets its own stored copy
     for n in names:
         t = model.tensors[n + ".weight"]
         fmt, rows = image.device_matrix(t)
-        pl.mats[n] = Mat(put(rows), int(fmt), t.rows, t.cols, rows.shape[1])
-    if model.tied_output:
-        pl.mats["output"] = pl.mats["token_embd"]
+        stored = rows if n == "token_embd" else interleave_rows(rows, fmt)
+        pl.mats[n] = Mat(put(stored), int(fmt), t.rows, t.cols, rows.shape[1])
+        if n == "token_embd" and model.tied_output:
+            pl.mats["output"] = Mat(put(interleave_rows(rows, fmt)), int(fmt), t.rows, t.cols, rows.shape[1])
     for n in [f"blk.{l}.{k}" for l in range(cfg.n_layers) for k in ("attn_norm", "ffn_norm")] + ["output_norm"]:
         pl.gammas[n] = put(image.gamma_words(model.tensors[n + ".weight"]))
     pl.rope = put(image.rope_table(ctx, cfg.head_dim, cfg.rope_base))

@@ -52,6 +52,8 @@ def plan_onchip(cfg: LlamaConfig, ctx: int, tmax: int, abuf_words: int, qbuf_byt
         a.alloc(name, size)
     # logits tile: the whole vocabulary if it fits, else row tiles streamed out one by one
     tile = min(cfg.vocab, a.free_space())
+    if tile < cfg.vocab:
+        tile -= tile % 2                    # row tiles start on a row pair of the stored head (formats.paired)
     a.alloc("logits", max(tile, 64))        # fails with a clear message when not even a small tile fits
     q = Scratch("QBUF", qbuf_bytes, align=BLOCK)
     for name, size in (("x", tmax * max(H, F)), ("q", tmax * H), ("p", max(tmax, group) * ctx)):

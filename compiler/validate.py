@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flightllm.errors import CompileError, DeviceError, ISAError
 from flightllm.hw.regs import region_writes
-from flightllm.formats import BLOCK, QACT_BLOCK_BYTES, row_bytes
+from flightllm.formats import BLOCK, QACT_BLOCK_BYTES, row_bytes, weight_span
 from flightllm.isa import LdFmt, MiscOp, Op, StFmt, disassemble
 from flightllm.compiler.memmap import MemoryMap
 
@@ -32,7 +32,7 @@ def _mem_ranges(ins, pos: int, tokens_max: int):
     if ins.op in (Op.MM, Op.MV):
         rows = f["rows"] + (pos if f["rows_pos"] else 0)
         cols = -(-(f["cols"] + pos) // BLOCK) * BLOCK if f["cols_pos"] else f["cols"]
-        return [(f["waddr"], f["waddr"] + (rows - 1) * f["wstride"] + row_bytes(f["fmt"], cols, f["sp_n"]), False)]
+        return [(f["waddr"], f["waddr"] + weight_span(f["fmt"], f["sp_n"], rows, cols, f["wstride"]), False)]
     return []
 
 

@@ -48,6 +48,55 @@ def row_bytes(fmt: int, cols: int, sp_n: int = 16) -> int:
     return (cols // BLOCK) * block_bytes(fmt, sp_n)
 
 
+# ---- weight stream layout (row pairs) ---------------------------------------------------------------------------
+# Dense Q4_1 / Q8_0 matrices are stored row-pair interleaved at block granularity: pair-row p holds, for every
+# block b, block b of row 2p then block b of row 2p+1 (a missing last odd row is zero bytes). The engine reads one
+# *unit* (the two blocks) at a time and multiplies each activation once by both rows' weights packed into one DSP
+# operand (hw/mpe.py, docs/rtl.md). A matrix op's ``wstride`` stays the per-row stride: pair-row p starts at
+# waddr + p * 2 * wstride. Sparse N:16 and I16 rows (whose products do not share activations) are row-major.
+# Every reader and writer of weight bytes goes through these functions.
+
+def paired(fmt: int, sp_n: int = 16) -> bool:
+    """Weights stored (and multiplied) as row pairs: dense Q4_1 and Q8_0."""
+    return int(fmt) in (int(WFmt.Q4_1), int(WFmt.Q8_0)) and int(sp_n) == 16
+
+
+def weight_stream(fmt: int, sp_n: int, rows: int, cols: int, stride: int) -> tuple[int, int, int]:
+    """The engine's view of a rows x cols weight operand: (stream rows, bytes per stream row, stream row stride)."""
+    rb = row_bytes(fmt, cols, sp_n)
+    if paired(fmt, sp_n):
+        return (rows + 1) // 2, 2 * rb, 2 * stride
+    return rows, rb, stride
+
+
+def weight_span(fmt: int, sp_n: int, rows: int, cols: int, stride: int) -> int:
+    """Bytes from ``waddr`` to the end of the operand's last byte (the range a matrix op reads)."""
+    sr, srb, sst = weight_stream(fmt, sp_n, rows, cols, stride)
+    return (sr - 1) * sst + srb
+
+
+def interleave_rows(raw: np.ndarray, fmt: int, sp_n: int = 16) -> np.ndarray:
+    """Row-major device rows (uint8, R x row_bytes) -> the stored layout (stream rows x stream row bytes)."""
+    if not paired(fmt, sp_n):
+        return raw
+    R, rb = raw.shape
+    bb = block_bytes(fmt, sp_n)
+    nb = rb // bb
+    pad = np.zeros((R + (R & 1), rb), np.uint8)
+    pad[:R] = raw
+    return np.ascontiguousarray(pad.reshape(-1, 2, nb, bb).transpose(0, 2, 1, 3)).reshape(-1, 2 * rb)
+
+
+def deinterleave_rows(sraw: np.ndarray, fmt: int, sp_n: int, rows: int) -> np.ndarray:
+    """Inverse of :func:`interleave_rows`: stored stream rows -> ``rows`` row-major device rows."""
+    if not paired(fmt, sp_n):
+        return sraw
+    SR, srb = sraw.shape
+    bb = block_bytes(fmt, sp_n)
+    nb = srb // (2 * bb)
+    return np.ascontiguousarray(sraw.reshape(SR, nb, 2, bb).transpose(0, 2, 1, 3)).reshape(2 * SR, nb * bb)[:rows]
+
+
 def fp16_to_fixed(h: np.ndarray) -> np.ndarray:
     """fp16 bit patterns (uint16) -> exact int64 d * 2^SCALE_FIX. Inf/NaN must be rejected before this."""
     h = h.astype(np.int64)

@@ -248,7 +248,7 @@ SMALL = 256
 def _sane(rng, isa, mm, board):
     """A well-formed instruction with small shapes inside the fuzz layout's regions (it may still fault: data
     lies where the previous instructions left it, e.g. gather indices are random)."""
-    from flightllm.formats import QACT_BLOCK_BYTES, row_bytes
+    from flightllm.formats import QACT_BLOCK_BYTES, row_bytes, weight_span
 
     I = lambda lo, hi: int(rng.integers(lo, hi))  # noqa: E731
     w, d = mm["weights"], mm["data"]
@@ -278,8 +278,9 @@ def _sane(rng, isa, mm, board):
         sp = 16 if fmt == isa.WFmt.I16 else (2, 4, 8, 16)[I(0, 4)]
         rows, cols = I(1, 65), 32 * I(1, 5)
         rb = row_bytes(int(fmt), cols, sp)
+        span = weight_span(int(fmt), sp, rows, cols, rb)
         tokens = 1 if op == isa.Op.MV else I(1, 5)
-        return isa.make(op, fmt=fmt, sp_n=sp, rows=rows, cols=cols, waddr=w.base + I(0, max(1, w.size - rows * rb)),
+        return isa.make(op, fmt=fmt, sp_n=sp, rows=rows, cols=cols, waddr=w.base + I(0, max(1, w.size - span)),
                         wstride=rb, tokens=tokens, xaddr=buf(), xstride=-(-cols // 32) * 32, yaddr=I(0, 4096),
                         ystride=rows + I(0, 4), wfrac=I(0, 25), acc=I(0, 2))
     if op == isa.Op.MISC:

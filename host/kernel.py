@@ -10,8 +10,8 @@ import numpy as np
 
 from flightllm import boards
 from flightllm.errors import FlightLLMError
-from flightllm.formats import (ACT_FRAC, BLOCK, GROUP, pack_qact, pack_sparse, pack_weights, row_bytes,
-                               unpack_weights)
+from flightllm.formats import (ACT_FRAC, BLOCK, GROUP, interleave_rows, pack_qact, pack_sparse, pack_weights,
+                               row_bytes, unpack_weights)
 from flightllm.isa import LdFmt, Op, StFmt, SysOp, WFmt, assemble, make
 from flightllm.compiler.memmap import MemoryMap
 from flightllm.sim import mpe_model, sfu_model
@@ -63,10 +63,13 @@ def build(board: boards.Board, op: str, rows: int, cols: int, wbits: int, sp_n: 
     xq, xm, xe = sfu_model.quant(x, ACT_FRAC)
     qact = pack_qact(xq, xm, xe)
     tile = min(rows, board.accel.abuf_words // tokens)
+    if tile < rows:
+        tile -= tile % 2            # row tiles start on a stored row pair (formats.interleave_rows)
+    stored = interleave_rows(raw, fmt, sp_n)        # the engine's weight layout
 
     mm = MemoryMap()
-    rin = mm.add("weights", raw.nbytes + qact.nbytes + ALIGN, writable=False)
-    w_addr, x_addr = rin.base, rin.base + -(-raw.nbytes // ALIGN) * ALIGN
+    rin = mm.add("weights", stored.nbytes + qact.nbytes + ALIGN, writable=False)
+    w_addr, x_addr = rin.base, rin.base + -(-stored.nbytes // ALIGN) * ALIGN
     out = mm.add("out", rows * tokens * 4, writable=True)
     prog = [make(Op.LD, fmt=LdFmt.QACT, dst=0, addr=x_addr, rows=tokens, cols=cols, src_stride=qact.shape[1],
                  dst_stride=cols)]
@@ -81,12 +84,12 @@ def build(board: boards.Board, op: str, rows: int, cols: int, wbits: int, sp_n: 
     words = assemble(prog)
     pr = mm.add("program", words.nbytes, writable=False, executable=True)
     img = np.zeros(mm.top, np.uint8)
-    img[w_addr: w_addr + raw.nbytes] = raw.reshape(-1)
+    img[w_addr: w_addr + stored.nbytes] = stored.reshape(-1)
     img[x_addr: x_addr + qact.nbytes] = qact.reshape(-1)
     img[pr.base: pr.base + words.nbytes] = words.view(np.uint8)
     ref = mpe_model.mm(mpe_model.Weights(*unpack_weights(raw, fmt, sp_n, rows, cols), fmt), xq, xm, xe)
     return dict(image=img, memmap=mm, prog_addr=pr.base, out=out.base, ref=ref, x=x, wfloat=wfloat,
-                bytes_read=raw.nbytes + qact.nbytes)
+                bytes_read=stored.nbytes + qact.nbytes)
 
 
 def _execute(backend: str, board: boards.Board, k: dict, rows: int, tokens: int):

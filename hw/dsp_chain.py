@@ -1,29 +1,34 @@
-"""One lane's DSP cascade, standalone, for synthesis estimates (yosys synth_xilinx) and block tests.
+"""One 16-stage DSP chain, standalone, for synthesis estimates (yosys synth_xilinx) and block tests.
 
-The same structure as every lane of hw/mpe.py (``mpe.dsp_cascade``): per stage two (weight, activation) products
-summed in the DSP's M register, the cascade adder into the P register (PCIN from the previous stage), inputs
-skewed by the stage index; the block's dot product and activation sum leave the last stage.
+The same structure as every chain of hw/mpe.py (``mpe.dsp_chain``): per stage ONE multiplier, a 27-bit weight
+operand times an 8-bit activation (M register), the cascade adder into the P register (PCIN from the previous
+stage), as two cascades of ``mpe.SEG`` stages with inputs skewed by the stage index. With ``pair`` the operand
+holds two rows' weights (w_odd * 2^18 + w_even) and the chain returns both rows' dot products (``even``, ``odd``);
+without, ``even`` is the plain dot product. ``qs``: the sum of the activations.
 """
 from __future__ import annotations
 
 from amaranth import Elaboratable, Module, Signal, signed
 
-from flightllm.hw.mpe import ACC_BITS, QS_BITS, W_BITS, X_BITS, dsp_cascade
+from flightllm.hw.mpe import ACC_BITS, PK_BITS, QS_BITS, SEG, X_BITS, delay, dsp_chain
 
 
 class DspChain(Elaboratable):
     def __init__(self, length: int = 16):
         self.L = length
-        self.w = [Signal(signed(W_BITS), name=f"w{i}") for i in range(2 * length)]
-        self.x = [Signal(signed(X_BITS), name=f"x{i}") for i in range(2 * length)]
-        self.acc = Signal(signed(ACC_BITS))
+        self.a = [Signal(signed(PK_BITS), name=f"a{i}") for i in range(length)]
+        self.x = [Signal(signed(X_BITS), name=f"x{i}") for i in range(length)]
+        self.pair = Signal()
+        self.even = Signal(signed(ACC_BITS))
+        self.odd = Signal(signed(ACC_BITS))
         self.qs = Signal(signed(QS_BITS))
 
     def ports(self):
-        return self.w + self.x + [self.acc, self.qs]
+        return self.a + self.x + [self.pair, self.even, self.odd, self.qs]
 
     def elaborate(self, platform):
         m = Module()
-        a, q = dsp_cascade(m, self.w, self.x, "ch")
-        m.d.comb += [self.acc.eq(a), self.qs.eq(q)]
+        # ``pair`` comes with the operands (as the engine's mode does) and travels with them to the split
+        e, o, q = dsp_chain(m, self.a, self.x, delay(m, self.pair, SEG + 1, "pairq"), "ch")
+        m.d.comb += [self.even.eq(e), self.odd.eq(o), self.qs.eq(q)]
         return m

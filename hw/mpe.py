@@ -1,29 +1,39 @@
-"""Matrix processing engine datapath: block lanes -> sparse MUX -> DSP cascades -> dequant -> row accumulators.
+"""Matrix processing engine datapath: block lanes -> sparse MUX -> packed DSP chains -> dequant -> row accumulators.
 
-One *group* (up to ``K = params.max_lanes`` consecutive 32-weight blocks of one or two consecutive rows, all for
-one token) enters per cycle. Every lane owns one 32-product block datapath: 16 DSP48-style stages of two products
-(M register = w0*x0 + w1*x1, P register = M + PCIN), inputs skewed by the stage index, the block's dot product
-leaving the last stage. The weight decoder and the sparse MUX are shared by all formats: per product a 4-way
-weight pick (Q4_1 dense nibble, Q4_1 sparse nibble, int8, int16) and a 32:1 activation pick (dense: its own
-position; N:16: the stored 4-bit index within its group of 16).
+One *group* (up to ``params.units`` units of one or two consecutive stream rows, all for one token) enters per
+cycle. A unit is one 32-weight block, or, for the paired formats (dense Q4_1 / Q8_0, stored row-pair interleaved,
+``formats.interleave_rows``), block b of rows 2p and 2p+1. The group's blocks sit in ``K = params.max_lanes``
+block slots; every slot has its weight decode and sparse MUX (shared by all formats: per product a 4-way weight
+pick and a 32:1 activation pick). The products go to ``params.n_chains`` chains of 16 DSP stages; each stage is
+ONE DSP48E2-style multiplier (27 x 8 signed, M register; P register = M + PCIN):
+- paired: unit u takes chains 2u (activations 0..15) and 2u+1 (16..31); stage j multiplies activation x_j by the
+  packed operand w_odd * 2^18 + w_even (27 bits), so one multiplier yields both rows' products;
+- sparse N:16 (2N <= 16 products): slot k takes chain k, one product per stage;
+- I16 (32 products of 17-bit weights): chains 0 and 1, one product per stage.
+Each chain is two cascades of 8 stages: 8 packed products keep the low field inside an 18-bit window
+[-PK_BIAS, 2^18 - 1 - PK_BIAS] (Q8_0: 8 x [-16256, 16384]; Q4_1: 8 x [-1920, 1905]), so low = ((P + PK_BIAS) mod
+2^18) - PK_BIAS and high = (P + PK_BIAS) >> 18 exactly.
 
 Timeline (S0 = the cycle ``go`` is high):
-  S0      QBUF reads issued (one read port per lane: activation block b0+k of token t)
-  S1      window + QBUF data registered; comb: lane block select, weight decode, sparse MUX
-  A=S2    product registers (weight, activation) per lane and product
-  A+l     stage l of each lane sees its skewed inputs; M_l at A+l+1, P_l at A+l+2
-  C=A+L+1 acc (block dot product) and qs (sum of the kept activations) of every lane
-  C+1..4  dequant per lane: D*acc, M*qs | T = sum | U = T*m_x | V = U shifted by e_x (floor), all mod 2^64
-  C+5     lane sums split at the row boundary (cur / nxt)
-  C+6     64-bit row accumulator per token; a finished row is latched (``out``) and its ABUF word read (acc)
-          round-shift to ACT, saturate, optional saturating add, ABUF write (comb from the latched row)
+  S0      QBUF reads issued (one read port per unit: activation block b0+u of token t)
+  S1      window + QBUF data registered; comb: slot block select, weight decode, sparse MUX, chain operands
+  A=S2    chain operand registers (27-bit weight operand, 8-bit activation) per chain and stage
+  A+l     stage l of each 8-stage cascade sees its skewed inputs; M_l at A+l+1, P_l at A+l+2
+  A+10    both cascades' P split (packed) or taken whole, summed per chain; activation sum per chain
+  A+11    per slot: the block's acc (dot product) and qs (sum of the kept activations)
+  C=A+L+1 acc and qs of every slot (delayed to keep the engine's depth)
+  C+1..4  dequant per slot: D*acc, M*qs | T = sum | U = T*m_x | V = U shifted by e_x (floor), all mod 2^64
+  C+5     slot sums split at the stream-row boundary (cur / nxt) and by row of the pair (even / odd)
+  C+6     64-bit row accumulators per token and row of the pair; a finished stream row is latched (``out``, one
+          or two rows) and its ABUF words read (acc)
+          round-shift to ACT, saturate, optional saturating add, ABUF writes (two ports: rows 2p, 2p+1)
 Arithmetic equals sim/mpe_model.py bit for bit.
 """
 from __future__ import annotations
 
 from amaranth import Cat, Const, Elaboratable, Module, Mux, Signal, signed, unsigned
 
-from flightllm.formats import ACC_FRAC, ACT_FRAC, BLOCK, SCALE_FIX, block_bytes
+from flightllm.formats import ACC_FRAC, ACT_FRAC, BLOCK, SCALE_FIX, block_bytes, paired
 from flightllm.isa import WFmt
 from flightllm.hw import params as P
 
@@ -33,7 +43,13 @@ ACC_BITS = 32
 QS_BITS = 16
 FIX_BITS = 43        # fp16 * 2^24 as an exact signed integer (finite and inf/nan patterns alike)
 QWORD = 256 + 16 + 8  # QBUF word: 32 x int8, m (u16), e (i8)
-STAGES = BLOCK // 2   # DSP stages per lane (two products per stage)
+STAGES = BLOCK // 2   # DSP stages per chain (one multiplier each)
+SEG = 8               # stages per cascade segment: bounds the packed low field (module doc)
+PK_BITS = 27          # DSP48E2 A operand (pre-adder bypassed): two packed weights
+PK_SHIFT = 18         # the odd row's weight sits 18 bits up
+PK_BIAS = (1 << 17) - 1
+P_BITS = 48           # DSP48E2 P register
+ENG_LAT = SEG + 3     # operand registers (A) -> a slot's acc/qs (A+11)
 
 # weight kinds (how a product's stored weight is read from the block body)
 WK_Q4D, WK_Q4S, WK_Q8, WK_I16 = 0, 1, 2, 3
@@ -62,31 +78,43 @@ def delay(m, sig, n, name):
     return cur
 
 
-def dsp_cascade(m, w, x, name):
-    """DSP48-style cascade over len(w)//2 stages; w, x: product inputs valid at the same cycle A.
+def dsp_chain(m, a, x, pair, name):
+    """One chain of len(a) DSP stages as two cascades of SEG stages; a (PK_BITS signed), x (X_BITS signed): the
+    stage operands valid at cycle A; ``pair``: the operands are packed row pairs (valid at A + SEG + 1).
 
-    Stage l: inputs delayed l cycles, M_l <= w[2l]*x[2l] + w[2l+1]*x[2l+1], P_l <= M_l + P_(l-1). Returns
-    (acc, qs) valid at A + stages + 1 (P of the last stage), qs being the cascade sum of the activations.
+    Cascade s, stage l: inputs of stage s*SEG + l delayed l cycles, M <= a * x (one multiplier), P <= M (+ PCIN
+    for l > 0). At A + SEG + 2 returns (even, odd, qs): packed, each cascade's P split into its low field
+    ((P + PK_BIAS) mod 2^18 - PK_BIAS, the even row) and high part ((P + PK_BIAS) >> 18, the odd row), summed over
+    both cascades; not packed, even = the sum of both P (odd unused); qs = the sum of the chain's activations.
     """
-    L = len(w) // 2
-    prev_p = prev_q = None
-    for l in range(L):
-        pk = Cat(w[2 * l], w[2 * l + 1], x[2 * l], x[2 * l + 1])
-        pkd = delay(m, pk, l, f"{name}_sk{l}")
-        w0, w1 = pkd[0:W_BITS].as_signed(), pkd[W_BITS:2 * W_BITS].as_signed()
-        x0 = pkd[2 * W_BITS:2 * W_BITS + X_BITS].as_signed()
-        x1 = pkd[2 * W_BITS + X_BITS:2 * W_BITS + 2 * X_BITS].as_signed()
-        mreg = Signal(signed(ACC_BITS), name=f"{name}_m{l}")
-        mq = Signal(signed(QS_BITS), name=f"{name}_mq{l}")
-        m.d.sync += [mreg.eq(w0 * x0 + w1 * x1), mq.eq(x0 + x1)]
-        preg = Signal(signed(ACC_BITS), name=f"{name}_p{l}")
-        pq = Signal(signed(QS_BITS), name=f"{name}_pq{l}")
-        if prev_p is None:
-            m.d.sync += [preg.eq(mreg), pq.eq(mq)]
-        else:
-            m.d.sync += [preg.eq(mreg + prev_p), pq.eq(mq + prev_q)]
-        prev_p, prev_q = preg, pq
-    return prev_p, prev_q
+    L = len(a)
+    assert L % SEG == 0
+    ps = []
+    for s_ in range(L // SEG):
+        prev_p = None
+        for l in range(SEG):
+            i = s_ * SEG + l
+            pk = delay(m, Cat(a[i], x[i]), l, f"{name}_sk{i}")
+            ai, xi = pk[:PK_BITS].as_signed(), pk[PK_BITS:PK_BITS + X_BITS].as_signed()
+            mreg = Signal(signed(P_BITS), name=f"{name}_m{i}")
+            m.d.sync += mreg.eq(ai * xi)
+            preg = Signal(signed(P_BITS), name=f"{name}_p{i}")
+            m.d.sync += preg.eq(mreg if prev_p is None else mreg + prev_p)
+            prev_p = preg
+        ps.append(prev_p)
+    qs = Signal(signed(QS_BITS), name=f"{name}_qs")
+    m.d.sync += qs.eq(sum(x[i] for i in range(L)))
+    qsd = delay(m, qs, SEG + 1, f"{name}_qsd")
+    lo, hi = [], []
+    for s_, p in enumerate(ps):
+        q = Signal(signed(P_BITS + 1), name=f"{name}_q{s_}")
+        m.d.comb += q.eq(p + PK_BIAS)
+        lo.append(q[:PK_SHIFT].as_unsigned() - PK_BIAS)
+        hi.append(q >> PK_SHIFT)
+    even = Signal(signed(ACC_BITS), name=f"{name}_even")
+    odd = Signal(signed(ACC_BITS), name=f"{name}_odd")
+    m.d.sync += [even.eq(Mux(pair, sum(lo), sum(ps))), odd.eq(sum(hi))]
+    return even, odd, qsd
 
 
 def lane_select(m, body, idx, qx, wk, nsp, sparse, on, k):
@@ -161,18 +189,18 @@ def dequant(m, s, acc, qs, c_q4, c_i16, c_wfrac, k):
     return v, (Dk, Mk, Dsel, Msel, p1, p2, T, U, ex3, mxex)
 
 
-def act_out(m, out, oacc, prev):
+def act_out(m, out, oacc, prev, sfx=""):
     """Comb: a finished 64-bit row sum (2^-ACC_FRAC) -> ACT int32: round half up to ACT_FRAC, saturate; with
     ``oacc`` also saturating-add ``prev`` (the ABUF word already there)."""
     sh = ACC_FRAC - ACT_FRAC
-    r = Signal(signed(64), name="rnd")
+    r = Signal(signed(64), name="rnd" + sfx)
     m.d.comb += r.eq((out + (1 << (sh - 1)))[:64].as_signed() >> sh)
-    y32 = Signal(signed(32), name="y32")
+    y32 = Signal(signed(32), name="y32" + sfx)
     lo, hi = -(1 << 31), (1 << 31) - 1
     m.d.comb += y32.eq(Mux(r > hi, hi, Mux(r < lo, lo, r[:32].as_signed())))
-    s33 = Signal(signed(34), name="yacc")
+    s33 = Signal(signed(34), name="yacc" + sfx)
     m.d.comb += s33.eq(y32 + prev.as_signed())
-    yfin = Signal(signed(32), name="yfin")
+    yfin = Signal(signed(32), name="yfin" + sfx)
     m.d.comb += yfin.eq(Mux(oacc, Mux(s33 > hi, hi, Mux(s33 < lo, lo, s33[:32].as_signed())), y32))
     return yfin
 
@@ -182,8 +210,10 @@ class Mpe(Elaboratable):
         self.board = board
         a = board.accel
         self.L = STAGES
-        assert a.macs_per_dsp == 2, "the DSP stage holds two products"
+        assert a.macs_per_dsp == 2, "a DSP stage multiplies one activation by two packed weights"
         self.K = P.max_lanes(board)
+        self.NCH = P.n_chains(board)
+        assert self.NCH <= self.K
         self.WB = P.window_bytes(board)
         self.TT = P.token_tile(board)
         self.qports = qbuf_ports
@@ -193,11 +223,12 @@ class Mpe(Elaboratable):
         self.go = Signal()
         self.win = Signal(8 * self.WB)
         self.mode = Signal(4)
-        self.kp = Signal(range(self.K + 1))
-        self.rem = Signal(16)           # lanes < rem belong to the current row
-        self.rowend = Signal()          # the group completes the current row
+        self.kp = Signal(range(self.K + 1))     # units in the group
+        self.rem = Signal(16)           # units < rem belong to the current stream row
+        self.rowend = Signal()          # the group completes the current stream row
         self.t = Signal(range(self.TT))
-        self.row = Signal(24)
+        self.row = Signal(24)           # stream row (row pair p for the paired formats: rows 2p, 2p+1)
+        self.oddv = Signal()            # paired: row 2p+1 exists (else the pair's odd half is padding)
         self.b0 = Signal(16)
         self.nb = Signal(16)
         self.xrow = Signal(24)          # QBUF block address of token t's activations
@@ -205,38 +236,60 @@ class Mpe(Elaboratable):
         self.wfrac = Signal(5)
         self.acc = Signal()
         self.clear = Signal()           # zero the row accumulators (instruction start)
-        # ABUF access (one word)
+        # ABUF access: port 0 the (even) row, port 1 the odd row of a pair (always another bank: the next word)
         self.ab_raddr = Signal(self.abuf_bits + 1)
         self.ab_ren = Signal()
         self.ab_rdata = Signal(32)
         self.ab_waddr = Signal(self.abuf_bits + 1)
         self.ab_wdata = Signal(32)
         self.ab_wen = Signal()
+        self.ab_raddr1 = Signal(self.abuf_bits + 1)
+        self.ab_ren1 = Signal()
+        self.ab_rdata1 = Signal(32)
+        self.ab_waddr1 = Signal(self.abuf_bits + 1)
+        self.ab_wdata1 = Signal(32)
+        self.ab_wen1 = Signal()
         self.depth = self.L + 9        # S0 -> ABUF write
+
+    @staticmethod
+    def _flag(m, mode, pred, name):
+        f = Signal(name=name)
+        with m.Switch(mode):
+            for mi, (fmt, sp) in enumerate(P.MODES):
+                with m.Case(mi):
+                    m.d.comb += f.eq(int(bool(pred(fmt, sp))))
+        return f
 
     def elaborate(self, platform):
         m = Module()
-        K, L, WB = self.K, self.L, self.WB
+        K, L, WB, NCH = self.K, self.L, self.WB, self.NCH
 
-        # ---- S0: QBUF reads, lane masks -----------------------------------------------------------------
-        cur_m = Signal(K)
-        nxt_m = Signal(K)
+        # ---- S0: QBUF reads, slot masks -----------------------------------------------------------------
+        pair0 = self._flag(m, self.mode, paired, "pair_s0")
+        masks = {n_: Signal(K, name=f"{n_}_m") for n_ in ("cur_e", "cur_o", "nxt_e", "nxt_o")}
         for k in range(K):
             bk = Signal(17, name=f"b_{k}")
             m.d.comb += bk.eq(self.b0 + k)
             bw = Mux(bk >= self.nb, bk - self.nb, bk)
             rp = self.qports[k]
             m.d.comb += [rp.addr.eq(self.xrow + bw), rp.en.eq(1)]
-            m.d.comb += [cur_m[k].eq(self.go & (k < self.kp) & (k < self.rem)),
-                         nxt_m[k].eq(self.go & (k < self.kp) & (k >= self.rem))]
+            u = Mux(pair0, k // 2, k)               # the slot's unit
+            odd = pair0 & (k % 2)
+            inu = self.go & (u < self.kp)
+            cur = inu & (u < self.rem)
+            nxt = inu & (u >= self.rem)
+            m.d.comb += [masks["cur_e"][k].eq(cur & ~odd), masks["cur_o"][k].eq(cur & odd),
+                         masks["nxt_e"][k].eq(nxt & ~odd), masks["nxt_o"][k].eq(nxt & odd)]
 
         # ---- S1 registers -------------------------------------------------------------------------------
         win = Signal.like(self.win, name="win_s1")
         mode = Signal(4, name="mode_s1")
         wfrac = Signal(5, name="wfrac_s1")
         lane_on = Signal(K, name="lane_on_s1")
-        m.d.sync += [win.eq(self.win), mode.eq(self.mode), wfrac.eq(self.wfrac), lane_on.eq(cur_m | nxt_m)]
-        meta_in = Cat(self.go, cur_m, nxt_m, self.rowend, self.t, self.row, self.ybase, self.acc)
+        m.d.sync += [win.eq(self.win), mode.eq(self.mode), wfrac.eq(self.wfrac),
+                     lane_on.eq(masks["cur_e"] | masks["cur_o"] | masks["nxt_e"] | masks["nxt_o"])]
+        meta_in = Cat(self.go, masks["cur_e"], masks["cur_o"], masks["nxt_e"], masks["nxt_o"], self.rowend, self.t,
+                      self.row, self.ybase, self.acc, pair0, self.oddv)
         qd = [self.qports[k].data for k in range(K)]
 
         # mode -> shared decode controls
@@ -245,17 +298,18 @@ class Mpe(Elaboratable):
         sparse = Signal(name="sparse")
         isq4 = Signal(name="isq4")
         isi16 = Signal(name="isi16")
+        pair = Signal(name="pair_s1")
         with m.Switch(mode):
             for mi, (fmt, sp) in enumerate(P.MODES):
                 with m.Case(mi):
                     kind = (WK_I16 if fmt == WFmt.I16 else WK_Q8 if fmt == WFmt.Q8_0
                             else WK_Q4D if sp == 16 else WK_Q4S)
                     m.d.comb += [wk.eq(kind), nsp.eq(sp), sparse.eq(sp != 16 and fmt != WFmt.I16),
-                                 isq4.eq(fmt == WFmt.Q4_1), isi16.eq(fmt == WFmt.I16)]
+                                 isq4.eq(fmt == WFmt.Q4_1), isi16.eq(fmt == WFmt.I16),
+                                 pair.eq(int(paired(fmt, sp)))]
 
-        # ---- S1: per lane block select (body, indices, scales) ------------------------------------------
-        sw = [[Signal(signed(W_BITS), name=f"sw_{k}_{j}") for j in range(BLOCK)] for k in range(K)]
-        sx = [[Signal(signed(X_BITS), name=f"sx_{k}_{j}") for j in range(BLOCK)] for k in range(K)]
+        # ---- S1: per slot block select (body, indices, scales), weight decode, sparse MUX -----------------
+        ws, xs = [], []
         scl = []
         for k in range(K):
             body = Signal(8 * 64, name=f"body_{k}")
@@ -267,7 +321,7 @@ class Mpe(Elaboratable):
                     if k >= P.lanes(self.board, fmt, sp):
                         continue
                     bb = block_bytes(fmt, sp)
-                    base = k * bb
+                    base = k * bb           # paired: unit k // 2, row k % 2 of the pair
                     hdr = 0 if fmt == WFmt.I16 else 4 if fmt == WFmt.Q4_1 else 2
                     with m.Case(mi):
                         m.d.comb += body.eq(win[8 * (base + hdr): 8 * (base + bb)])
@@ -278,39 +332,81 @@ class Mpe(Elaboratable):
                         if sp != 16 and fmt != WFmt.I16:
                             vb = sp if fmt == WFmt.Q4_1 else 2 * sp
                             m.d.comb += idx.eq(win[8 * (base + hdr + vb): 8 * (base + bb)])
-            wsel, xsel = lane_select(m, body, idx, qd[k][:256], wk, nsp, sparse, lane_on[k], k)
-            for j in range(BLOCK):
-                m.d.sync += [sw[k][j].eq(wsel[j]), sx[k][j].eq(xsel[j])]
-            # scales, raw, registered with the products then delayed to C
+            # the slot's activation block: its unit's QBUF port
+            qk = qd[0] if k == 0 else Mux(pair, qd[k // 2], qd[k])
+            qsel = Signal(QWORD, name=f"qsel_{k}")
+            m.d.comb += qsel.eq(qk)
+            wsel, xsel = lane_select(m, body, idx, qsel[:256], wk, nsp, sparse, lane_on[k], k)
+            ws.append(wsel)
+            xs.append(xsel)
+            # scales, raw, registered with the operands then delayed to C
             sc = Signal(16 + 16 + 16 + 8, name=f"scl_{k}")
-            m.d.sync += sc.eq(Cat(d16, m16, qd[k][256:272], qd[k][272:280]))
+            m.d.sync += sc.eq(Cat(d16, m16, qsel[256:272], qsel[272:280]))
             scl.append(sc)
+        # chain operands: paired: unit u -> chains 2u, 2u+1 (activations 16h..16h+15, both rows packed); I16:
+        # the block's 32 products on chains 0, 1; sparse: slot c -> chain c (its 2N <= 16 products)
+        ca = [[Signal(signed(PK_BITS), name=f"ca_{c}_{j}") for j in range(STAGES)] for c in range(NCH)]
+        cb = [[Signal(signed(X_BITS), name=f"cb_{c}_{j}") for j in range(STAGES)] for c in range(NCH)]
+        for c in range(NCH):
+            u, h = c // 2, c % 2
+            for j in range(STAGES):
+                p_ = 16 * h + j
+                pk_w = pk_x = i16_w = i16_x = Const(0)
+                if 2 * u + 1 < K:
+                    pk_w = (ws[2 * u + 1][p_] << PK_SHIFT) + ws[2 * u][p_]
+                    pk_x = xs[2 * u][p_]
+                if c < 2:
+                    i16_w, i16_x = ws[0][16 * c + j], xs[0][16 * c + j]
+                sp_w, sp_x = ws[c][j], xs[c][j]
+                m.d.sync += [ca[c][j].eq(Mux(pair, pk_w, Mux(isi16, i16_w, sp_w))),
+                             cb[c][j].eq(Mux(pair, pk_x, Mux(isi16, i16_x, sp_x)))]
         ctl = Signal(2 + 5, name="ctl_s2")
         m.d.sync += ctl.eq(Cat(isq4, isi16, wfrac))
+        pairA = Signal(name="pair_s2")
+        m.d.sync += pairA.eq(pair)
 
-        # ---- A..C: DSP cascades, one per lane -----------------------------------------------------------
-        accC, qsC = [], []
+        # ---- A..C: DSP chains, then per slot acc / qs -----------------------------------------------------
+        ev, od, qc = [], [], []
+        pair_e = delay(m, pairA, SEG + 1, "pair_e")        # valid at A + SEG + 1
+        for c in range(NCH):
+            e_, o_, q_ = dsp_chain(m, ca[c], cb[c], pair_e, f"ch{c}")
+            ev.append(e_)
+            od.append(o_)
+            qc.append(q_)
+        pf = delay(m, Cat(pairA, ctl[1]), SEG + 2, "pf")       # (pair, i16) valid at A + SEG + 2
+        accS = [Signal(signed(ACC_BITS), name=f"acc_s_{k}") for k in range(K)]
+        qsS = [Signal(signed(QS_BITS), name=f"qs_s_{k}") for k in range(K)]
         for k in range(K):
-            a_, q_ = dsp_cascade(m, sw[k], sx[k], f"ch{k}")
-            accC.append(a_)
-            qsC.append(q_)
-        # P of the last stage is visible at C = A + L + 1; the scales (visible at A) travel L + 1 cycles to C
-        sclC = [delay(m, s, L + 1, f"sclC_{k}") for k, s in enumerate(scl)]
+            u = k // 2
+            if 2 * u + 1 < NCH:
+                pk_a = (od if k % 2 else ev)[2 * u] + (od if k % 2 else ev)[2 * u + 1]
+                pk_q = qc[2 * u] + qc[2 * u + 1]
+            else:
+                pk_a = pk_q = Const(0)
+            un_a = (ev[0] + ev[1]) if k == 0 and NCH > 1 else (ev[k] if k < NCH else Const(0))
+            un_a_sp = ev[k] if k < NCH else Const(0)
+            un_q = qc[k] if k < NCH else Const(0)
+            m.d.sync += [accS[k].eq(Mux(pf[0], pk_a, Mux(pf[1], un_a, un_a_sp))),
+                         qsS[k].eq(Mux(pf[0], pk_q, un_q))]
+        # the slots' acc/qs (A + ENG_LAT) travel to C = A + L + 1, where the scales (registered at A) arrive
+        accC = [delay(m, a_, L + 1 - ENG_LAT, f"accC_{k}") for k, a_ in enumerate(accS)]
+        qsC = [delay(m, q_, L + 1 - ENG_LAT, f"qsC_{k}") for k, q_ in enumerate(qsS)]
+        sclC = [delay(m, s_, L + 1, f"sclC_{k}") for k, s_ in enumerate(scl)]
         ctlC = delay(m, ctl, L + 1, "ctlC")
         c_q4, c_i16, c_wfrac = ctlC[0], ctlC[1], ctlC[2:7]
 
-        # ---- dequant (per lane), all mod 2^64 -------------------------------------------------------------
+        # ---- dequant (per slot), all mod 2^64 -----------------------------------------------------------
         V = []
         dbgT = []
         for k in range(K):
             v, dbg = dequant(m, sclC[k], accC[k], qsC[k], c_q4, c_i16, c_wfrac, k)
             V.append(v)
             dbgT.append(dbg[2:])
-        self.dbg = dict(acc=accC, qs=qsC, V=V, T=dbgT, sw=sw, sx=sx)
+        self.dbg = dict(acc=accC, qs=qsC, V=V, T=dbgT, ca=ca, cb=cb)
         # meta: S0 -> C+4 (V visible): 1 (S1) + 1 (A) + L + 1 (C) + 4
         metaV = delay(m, meta_in, L + 7, "metaV")
-        fields = [("go", 1), ("cur", K), ("nxt", K), ("rowend", 1), ("t", len(self.t)), ("row", 24),
-                  ("ybase", 24), ("acc", 1)]
+        fields = [("go", 1), ("cur_e", K), ("cur_o", K), ("nxt_e", K), ("nxt_o", K), ("rowend", 1),
+                  ("t", len(self.t)), ("row", 24), ("ybase", 24), ("acc", 1), ("pair", 1), ("oddv", 1)]
 
         def unpack(sig):
             d, o = {}, 0
@@ -319,47 +415,60 @@ class Mpe(Elaboratable):
                 o += b_
             return d
         mv = unpack(metaV)
-        cur = Signal(signed(64), name="cur")
-        nxt = Signal(signed(64), name="nxt")
-        cs = ns = Const(0, signed(64))
-        for k in range(K):
-            cs = (cs + Mux(mv["cur"][k], V[k], 0))[:64].as_signed()
-            ns = (ns + Mux(mv["nxt"][k], V[k], 0))[:64].as_signed()
-        m.d.sync += [cur.eq(cs), nxt.eq(ns)]
+        sums = {}
+        for n_ in ("cur_e", "cur_o", "nxt_e", "nxt_o"):
+            r = Signal(signed(64), name=n_)
+            acc_ = Const(0, signed(64))
+            for k in range(K):
+                acc_ = (acc_ + Mux(mv[n_][k], V[k], 0))[:64].as_signed()
+            m.d.sync += r.eq(acc_)
+            sums[n_] = r
         metaS = Signal.like(metaV, name="metaS")
         m.d.sync += metaS.eq(metaV)
         ms = unpack(metaS)
-        # ---- row accumulators per token -----------------------------------------------------------------
-        ACC = [Signal(signed(64), name=f"racc_{t}") for t in range(self.TT)]
-        out = Signal(signed(64), name="rowsum")
-        outv = Signal(name="rowsum_v")
-        oaddr = Signal(self.abuf_bits + 1, name="oaddr")
-        oacc = Signal(name="oacc")
-        m.d.sync += outv.eq(0)
-        accsel = Signal(signed(64), name="racc_sel")
-        with m.Switch(ms["t"]):
-            for t in range(self.TT):
-                with m.Case(t):
-                    m.d.comb += accsel.eq(ACC[t])
-        with m.If(self.clear):
-            for t in range(self.TT):
-                m.d.sync += ACC[t].eq(0)
-        with m.Elif(ms["go"]):
+        # ---- row accumulators per token and row of the pair ---------------------------------------------
+        outs = []
+        for h in ("e", "o"):
+            ACC = [Signal(signed(64), name=f"racc_{h}{t}") for t in range(self.TT)]
+            out = Signal(signed(64), name=f"rowsum_{h}")
+            outv = Signal(name=f"rowsum_v_{h}")
+            m.d.sync += outv.eq(0)
+            accsel = Signal(signed(64), name=f"racc_sel_{h}")
             with m.Switch(ms["t"]):
                 for t in range(self.TT):
                     with m.Case(t):
-                        with m.If(ms["rowend"]):
-                            m.d.sync += ACC[t].eq(nxt)
-                        with m.Else():
-                            m.d.sync += ACC[t].eq((accsel + cur)[:64])
-            with m.If(ms["rowend"]):
-                m.d.sync += [out.eq((accsel + cur)[:64]), outv.eq(1)]
-        wa = (ms["ybase"] + ms["row"])[: self.abuf_bits + 1]
-        m.d.sync += [oaddr.eq(wa), oacc.eq(ms["acc"])]
-        m.d.comb += [self.ab_raddr.eq(wa), self.ab_ren.eq(ms["go"] & ms["rowend"] & ms["acc"])]
+                        m.d.comb += accsel.eq(ACC[t])
+            cur, nxt = sums[f"cur_{h}"], sums[f"nxt_{h}"]
+            with m.If(self.clear):
+                for t in range(self.TT):
+                    m.d.sync += ACC[t].eq(0)
+            with m.Elif(ms["go"]):
+                with m.Switch(ms["t"]):
+                    for t in range(self.TT):
+                        with m.Case(t):
+                            with m.If(ms["rowend"]):
+                                m.d.sync += ACC[t].eq(nxt)
+                            with m.Else():
+                                m.d.sync += ACC[t].eq((accsel + cur)[:64])
+                with m.If(ms["rowend"] & (ms["pair"] & ms["oddv"] if h == "o" else 1)):
+                    m.d.sync += [out.eq((accsel + cur)[:64]), outv.eq(1)]
+            outs.append((out, outv))
+        orow = Mux(ms["pair"], Cat(Const(0, 1), ms["row"]), ms["row"])
+        wa = Signal(self.abuf_bits + 1, name="wa_e")
+        wa1 = Signal(self.abuf_bits + 1, name="wa_o")
+        m.d.comb += [wa.eq(ms["ybase"] + orow), wa1.eq(wa + 1)]
+        oaddr = Signal(self.abuf_bits + 1, name="oaddr")
+        oaddr1 = Signal(self.abuf_bits + 1, name="oaddr1")
+        oacc = Signal(name="oacc")
+        m.d.sync += [oaddr.eq(wa), oaddr1.eq(wa1), oacc.eq(ms["acc"])]
+        rd = ms["go"] & ms["rowend"] & ms["acc"]
+        m.d.comb += [self.ab_raddr.eq(wa), self.ab_ren.eq(rd),
+                     self.ab_raddr1.eq(wa1), self.ab_ren1.eq(rd & ms["pair"] & ms["oddv"])]
         # ---- round, saturate, optional saturating accumulate, write -----------------------------------
-        yfin = act_out(m, out, oacc, self.ab_rdata)
-        m.d.comb += [self.ab_waddr.eq(oaddr), self.ab_wdata.eq(yfin), self.ab_wen.eq(outv)]
+        yfin = act_out(m, outs[0][0], oacc, self.ab_rdata, "e")
+        yfin1 = act_out(m, outs[1][0], oacc, self.ab_rdata1, "o")
+        m.d.comb += [self.ab_waddr.eq(oaddr), self.ab_wdata.eq(yfin), self.ab_wen.eq(outs[0][1]),
+                     self.ab_waddr1.eq(oaddr1), self.ab_wdata1.eq(yfin1), self.ab_wen1.eq(outs[1][1])]
         return m
 
 

@@ -1,14 +1,17 @@
 """Engine geometry derived from the board config, shared by the RTL generator and the cycle model (pure Python).
 
-The weight stream is cut into *groups*: up to ``lanes`` consecutive 32-weight blocks per cycle, one block per
-lane. Every lane is a fixed 32-product block datapath (16 DSP stages of two products, hw/mpe.py) whatever the
-format: an N:16 block uses its first 2N products. ``lanes`` is the fewest blocks per cycle that keep up with the
-memory port (ceil(port_bytes / block_bytes)), capped by the lanes the DSP stages hold (slots // 32), so the
-sparse modes with small blocks (N = 2, 4) are compute-bound at that cap.
+The weight stream is cut into *groups*: up to ``units`` consecutive units per cycle. A unit is one 32-weight block,
+except for the paired formats (dense Q4_1 / Q8_0, ``formats.paired``), whose unit is block b of two rows (stored
+row-pair interleaved): each DSP multiplies one activation by both rows' weights packed into its 27-bit operand
+(hw/mpe.py). The engine has chains of 16 DSP stages; a paired unit takes two chains (32 activations x 2 rows), a
+sparse N:16 block (2N <= 16 products) one chain, an I16 block (32 products, one per DSP) two chains. ``lanes`` is
+the blocks a group holds (2 per paired unit): the fewest units that keep up with the memory port
+(ceil(port_bytes / unit bytes)), capped by the DSPs (slots // 64 units of 64 products for the paired formats and
+I16, slots // 32 sparse blocks), so the sparse modes with small blocks (N = 2, 4) are compute-bound at that cap.
 """
 from __future__ import annotations
 
-from flightllm.formats import BLOCK, QACT_BLOCK_BYTES, block_bytes
+from flightllm.formats import BLOCK, QACT_BLOCK_BYTES, block_bytes, paired
 from flightllm.isa import WFmt
 
 MODES: list[tuple[int, int]] = [(int(f), n) for f in (WFmt.Q4_1, WFmt.Q8_0) for n in (16, 8, 4, 2)] + [(int(WFmt.I16), 16)]
@@ -27,10 +30,36 @@ def slots(board) -> int:
     return a.chains * a.chain_length * a.macs_per_dsp
 
 
-def lanes(board, fmt: int, sp_n: int) -> int:
-    bb = block_bytes(fmt, sp_n)
+def unit_blocks(fmt: int, sp_n: int) -> int:
+    """Blocks per unit: 2 (block b of a row pair) for the paired formats, else 1."""
+    return 2 if paired(fmt, sp_n) else 1
+
+
+def unit_bytes(fmt: int, sp_n: int) -> int:
+    return unit_blocks(fmt, sp_n) * block_bytes(fmt, sp_n)
+
+
+def units(board, fmt: int, sp_n: int) -> int:
+    """Units a group holds (one per cycle and token)."""
     port = board.memory.port_bytes
-    return max(1, min(-(-port // bb), slots(board) // BLOCK))
+    wide = paired(fmt, sp_n) or int(fmt) == int(WFmt.I16)
+    cap = slots(board) // (2 * BLOCK if wide else BLOCK)
+    return max(1, min(-(-port // unit_bytes(fmt, sp_n)), cap))
+
+
+def lanes(board, fmt: int, sp_n: int) -> int:
+    """Blocks a group holds (the engine's block slots in use)."""
+    return unit_blocks(fmt, sp_n) * units(board, fmt, sp_n)
+
+
+def chains_used(board, fmt: int, sp_n: int) -> int:
+    """16-stage DSP chains a group occupies: two per paired unit or I16 block, one per sparse block."""
+    wide = paired(fmt, sp_n) or int(fmt) == int(WFmt.I16)
+    return (2 if wide else 1) * units(board, fmt, sp_n)
+
+
+def n_chains(board) -> int:
+    return max(chains_used(board, f, n) for f, n in MODES)
 
 
 def max_lanes(board) -> int:
@@ -55,8 +84,9 @@ def stream_buffer_bytes(board) -> int:
 
 
 def groups(board, fmt: int, sp_n: int, rows: int, nb: int, merged: bool) -> int:
-    """Number of groups (issue cycles per token) the extractor forms for a rows x nb-block weight stream."""
-    k = lanes(board, fmt, sp_n)
+    """Number of groups (issue cycles per token) the extractor forms for a weight stream of ``rows`` stream rows
+    (row pairs for the paired formats, ``formats.weight_stream``) of nb units each."""
+    k = units(board, fmt, sp_n)
     if not merged:
         return rows * -(-nb // k)
     total = rows * nb

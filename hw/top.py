@@ -17,7 +17,7 @@ from amaranth import (Cat, ClockDomain, ClockSignal, Const, DomainRenamer, Elabo
 from amaranth.hdl import Array
 
 from flightllm.boards import Board
-from flightllm.formats import ACT_FRAC, BLOCK, QACT_BLOCK_BYTES, SCALE_FIX, block_bytes
+from flightllm.formats import ACT_FRAC, BLOCK, QACT_BLOCK_BYTES, SCALE_FIX, block_bytes, paired
 
 Q8_BLOCK_BYTES = 34          # LD Q8_0: fp16 d + 32 int8
 from flightllm.isa import ErrCode, LdFmt, MiscOp, Op, StFmt, SysOp, WFmt
@@ -162,7 +162,10 @@ class Top(Elaboratable):
         mode = Signal(4)
         bbytes = Signal(7)
         klanes = Signal(range(K + 1))
-        rb = Signal(32)
+        rb = Signal(32)             # MM: bytes per stream row (a row pair for the paired formats)
+        srows = Signal(25)          # MM: stream rows (formats.weight_stream)
+        wst = Signal(33)            # MM: stream row stride
+        pairf = Signal()
         tokens = Signal(16)
         base = Signal(66)
         nbytes = Signal(32)
@@ -170,10 +173,12 @@ class Top(Elaboratable):
         mode_c = Signal(4)
         bb_c = Signal(7)
         k_c = Signal(range(K + 1))
+        pair_c = Signal()
         with m.Switch(Cat(f_mm["sp_n"], f_mm["fmt"])):
             for mi, (fmt, sp) in enumerate(P.MODES):
                 with m.Case(sp | (fmt << 5)):
-                    m.d.comb += [mode_c.eq(mi), bb_c.eq(block_bytes(fmt, sp)), k_c.eq(P.lanes(b, fmt, sp))]
+                    m.d.comb += [mode_c.eq(mi), bb_c.eq(P.unit_bytes(fmt, sp)), k_c.eq(P.units(b, fmt, sp)),
+                                 pair_c.eq(int(paired(fmt, sp)))]
         rows_c = Signal(25)
         cols_c = Signal(25)
         m.d.comb += [rows_c.eq(f_mm["rows"] + Mux(f_mm["rows_pos"], pos, 0)),
@@ -273,25 +278,33 @@ class Top(Elaboratable):
         ld_wen = Signal()
         ld_waddr = Signal(26)
         ld_wdata = Signal(32)
+        assert NL >= 2, "the MPE writes the two rows of a pair to neighbouring banks in one cycle"
         for i, (rp, wp) in enumerate(banks):
             sel_mpe = mpe.ab_raddr[:bb_bits] == i
+            sel_mpe1 = mpe.ab_ren1 & (mpe.ab_raddr1[:bb_bits] == i)
+            mpe_ra = Mux(sel_mpe1, mpe.ab_raddr1, mpe.ab_raddr) >> bb_bits
             m.d.comb += [rp.addr.eq(Mux(sfu_mode, sab.raddr[i],
                                         Mux(st16_mode, e_sa >> bb_bits,
-                                            Mux(st_mode, ws.rd_addr[i], mpe.ab_raddr >> bb_bits)))),
+                                            Mux(st_mode, ws.rd_addr[i], mpe_ra)))),
                          rp.en.eq(Mux(sfu_mode, sab.ren[i],
                                       Mux(st16_mode, st16_ren & (e_sa[:bb_bits] == i),
-                                          Mux(st_mode, ws.rd_en, mpe.ab_ren & sel_mpe)))),
+                                          Mux(st_mode, ws.rd_en, (mpe.ab_ren & sel_mpe) | sel_mpe1)))),
                          ws.rd_data[i].eq(rp.data)]
             sw_mode = sfu_mode | ldq_mode
+            wsel1 = mpe.ab_wen1 & (mpe.ab_waddr1[:bb_bits] == i)
             m.d.comb += [wp.addr.eq(Mux(sw_mode, sab.waddr[i],
-                                        Mux(ld_wen, ld_waddr >> bb_bits, mpe.ab_waddr >> bb_bits))),
-                         wp.data.eq(Mux(sw_mode, sab.wdata[i], Mux(ld_wen, ld_wdata, mpe.ab_wdata))),
+                                        Mux(ld_wen, ld_waddr >> bb_bits,
+                                            Mux(wsel1, mpe.ab_waddr1, mpe.ab_waddr) >> bb_bits))),
+                         wp.data.eq(Mux(sw_mode, sab.wdata[i], Mux(ld_wen, ld_wdata,
+                                                                    Mux(wsel1, mpe.ab_wdata1, mpe.ab_wdata)))),
                          wp.en.eq(Mux(sw_mode, sab.wen[i],
                                       Mux(ld_wen, ld_waddr[:bb_bits] == i,
-                                          mpe.ab_wen & (mpe.ab_waddr[:bb_bits] == i))))]
+                                          (mpe.ab_wen & (mpe.ab_waddr[:bb_bits] == i)) | wsel1)))]
         rsel = Signal(bb_bits)
-        m.d.sync += rsel.eq(mpe.ab_raddr[:bb_bits])
-        m.d.comb += mpe.ab_rdata.eq(Array([banks[i][0].data for i in range(NL)])[rsel])
+        rsel1 = Signal(bb_bits)
+        m.d.sync += [rsel.eq(mpe.ab_raddr[:bb_bits]), rsel1.eq(mpe.ab_raddr1[:bb_bits])]
+        m.d.comb += [mpe.ab_rdata.eq(Array([banks[i][0].data for i in range(NL)])[rsel]),
+                     mpe.ab_rdata1.eq(Array([banks[i][0].data for i in range(NL)])[rsel1])]
 
         # MPE operand wiring
         xstride, ystride = Signal(24), Signal(24)
@@ -310,6 +323,7 @@ class Top(Elaboratable):
         m.d.comb += tg.eq(tok0 + t)
         m.d.comb += [mpe.win.eq(rs.win), mpe.mode.eq(mode), mpe.kp.eq(kp), mpe.rem.eq(rem),
                      mpe.rowend.eq(kp >= rem), mpe.t.eq(t), mpe.row.eq(row), mpe.b0.eq(b0), mpe.nb.eq(nb),
+                     mpe.oddv.eq(Cat(Const(1, 1), row) < rows),
                      mpe.xrow.eq((xaddr + tg * xstride) >> 5), mpe.ybase.eq(yaddr + tg * ystride),
                      mpe.wfrac.eq(wfrac), mpe.acc.eq(accf)]
         m.d.comb += [qw.en.eq(0)]
@@ -369,7 +383,9 @@ class Top(Elaboratable):
                         with m.Case(int(Op.MM), int(Op.MV)):
                             m.d.sync += [cls.eq(2), rows.eq(rows_c), cols.eq(cols_c), nb.eq(cols_c >> 5),
                                          mode.eq(mode_c), bbytes.eq(bb_c), klanes.eq(k_c), tokens.eq(f_mm["tokens"]),
-                                         rb.eq((cols_c >> 5) * bb_c), base.eq(f_mm["waddr"]),
+                                         rb.eq((cols_c >> 5) * bb_c), base.eq(f_mm["waddr"]), pairf.eq(pair_c),
+                                         srows.eq(Mux(pair_c, (rows_c + 1) >> 1, rows_c)),
+                                         wst.eq(Mux(pair_c, f_mm["wstride"] << 1, f_mm["wstride"])),
                                          xaddr.eq(f_mm["xaddr"]), xstride.eq(f_mm["xstride"]),
                                          yaddr.eq(f_mm["yaddr"]), ystride.eq(f_mm["ystride"]),
                                          wfrac.eq(f_mm["wfrac"]), accf.eq(f_mm["acc"])]
@@ -393,8 +409,8 @@ class Top(Elaboratable):
                 with m.Switch(op):
                     with m.Case(int(Op.MM), int(Op.MV)):
                         m.d.comb += [c_ill.eq((rows == 0) | (cols < BLOCK)
-                                              | ((f_mm["wstride"] < rb) & (rows > 1))),
-                                     c_hi_mem.eq(base + (rows - 1) * f_mm["wstride"] + rb),
+                                              | ((wst < rb) & (rows > 1))),
+                                     c_hi_mem.eq(base + (srows - 1) * wst + rb),
                                      c_hi_buf.eq(xaddr + (tokens - 1) * xstride + cols),
                                      c_hi_buf2.eq(yaddr + (tokens - 1) * ystride + rows)]
                         m.d.comb += [chk.lo.eq(base), chk.hi.eq(c_hi_mem), chk.need.eq(READ)]
@@ -408,7 +424,7 @@ class Top(Elaboratable):
                             m.d.sync += fail(ErrCode.BUF_OVERFLOW)
                             m.next = "STOP"
                         with m.Else():
-                            m.d.sync += [merged.eq((f_mm["wstride"] == rb) | (rows == 1)), tok0.eq(0)]
+                            m.d.sync += [merged.eq((wst == rb) | (srows == 1)), tok0.eq(0)]
                             m.d.comb += mpe.clear.eq(1)
                             m.next = "MM_START"
                     with m.Case(int(Op.LD)):
@@ -512,10 +528,10 @@ class Top(Elaboratable):
                             m.next = "RETIRE"
             # ---- MM / MV ----------------------------------------------------------------------------------
             with m.State("MM_START"):
-                m.d.comb += [rs.start.eq(1), rs.base.eq(base), rs.seg_len.eq(Mux(merged, rows * rb, rb)),
-                             rs.stride.eq(f_mm["wstride"]), rs.nseg.eq(Mux(merged, 1, rows))]
+                m.d.comb += [rs.start.eq(1), rs.base.eq(base), rs.seg_len.eq(Mux(merged, srows * rb, rb)),
+                             rs.stride.eq(wst), rs.nseg.eq(Mux(merged, 1, srows))]
                 tl = tokens - tok0
-                m.d.sync += [b0.eq(0), row.eq(0), left.eq(rows * nb), t.eq(0),
+                m.d.sync += [b0.eq(0), row.eq(0), left.eq(srows * nb), t.eq(0),
                              ttile.eq(Mux(tl > TT, TT, tl))]
                 m.next = "MM_RUN"
             with m.State("MM_RUN"):

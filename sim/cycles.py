@@ -67,9 +67,10 @@ class CycleModel:
 
     def mm(self, wbytes: int, rows: int, cols: int, tokens: int, fmt: int, sp_n: int, segments: int = 1,
            base: int = 0, stride: int = 0) -> int:
-        """RTL (docs/rtl.md): per token tile the weights stream once; each group of blocks issues once per
-        token of the tile; the pipeline drains once at the end. ``wbytes``: one stream of the weights; ``base``:
-        their first byte's address (only its offset in the beat matters); ``stride``: the rows' (segments)."""
+        """RTL (docs/rtl.md): per token tile the weights stream once; each group of units issues once per
+        token of the tile; the pipeline drains once at the end. ``wbytes``: one stream of the weights; ``rows``,
+        ``stride``: the stream's rows and their stride (formats.weight_stream: row pairs for the paired formats);
+        ``base``: the first byte's address (only its offset in the beat matters)."""
         from flightllm.hw import params as P
 
         nb = cols // 32
@@ -77,7 +78,7 @@ class CycleModel:
         tt = P.token_tile(self.board)
         if not self.beat:            # byte-rate boards: merged groups, no beat offsets (as before)
             groups = P.groups(self.board, fmt, sp_n, rows, nb, True)
-            k0 = min(P.lanes(self.board, fmt, sp_n), 2 * nb - 1, rows * nb)
+            k0 = min(P.units(self.board, fmt, sp_n), 2 * nb - 1, rows * nb)
             first = 1 if k0 * bb > self.port else 0
             total = sum(MM_FIXED + self.lat + max(self._mem(wbytes), groups * min(tt, tokens - t0) + first)
                         + SEG_GAP * (segments - 1) for t0 in range(0, tokens, tt))
@@ -88,7 +89,7 @@ class CycleModel:
         # the first group issues once its blocks are in the buffer (they may span two beats) and, when the
         # weights do not start on a beat, once the extractor has dropped the lead bytes (a cycle after the
         # first beat); the stream ends with its last beat, ceil((o + bytes) / PB) beats after the first
-        k0 = min(P.lanes(self.board, fmt, sp_n), 2 * nb - 1 if merged else nb, rows * nb)
+        k0 = min(P.units(self.board, fmt, sp_n), 2 * nb - 1 if merged else nb, rows * nb)
         first = max(1 if o else 0, -(-(o + k0 * bb) // self.port) - 1)
         mem = self._mem(o + wbytes) if merged else self._mem(wbytes)
         seg_beats = 0
@@ -99,7 +100,7 @@ class CycleModel:
         for t0 in range(0, tokens, tt):
             n = min(tt, tokens - t0)
             if merged:
-                mid = _mm_mid(o, rows * nb, nb, bb, P.lanes(self.board, fmt, sp_n), n, self.port)
+                mid = _mm_mid(o, rows * nb, nb, bb, P.units(self.board, fmt, sp_n), n, self.port)
                 total += MM_FIXED + self.lat + max(mem, groups * n + first, mid)
             else:   # row segments: the extractor's per-segment gap overlaps the reads of the next rows' beats
                 total += MM_FIXED + self.lat + max(seg_beats, groups * n + first + SEG_GAP * (segments - 1))

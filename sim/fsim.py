@@ -13,8 +13,8 @@ import numpy as np
 
 from flightllm.boards import Board
 from flightllm.errors import DeviceError, ISAError
-from flightllm.formats import (ACT_FRAC, BLOCK, QACT_BLOCK_BYTES, SCALE_FIX, fp16_to_fixed, row_bytes, sat32,
-                               unpack_weights)
+from flightllm.formats import (ACT_FRAC, BLOCK, QACT_BLOCK_BYTES, SCALE_FIX, deinterleave_rows, fp16_to_fixed,
+                               row_bytes, sat32, unpack_weights, weight_stream)
 from flightllm.isa import ErrCode, Instr, LdFmt, MiscOp, Op, StFmt, SysOp, decode_at
 from flightllm.compiler.memmap import MemoryMap
 from flightllm.hw import regs
@@ -286,23 +286,28 @@ class FunctionalSim:
 
     # -- matrix engine --------------------------------------------------------------------------------
     def _weights(self, f, rows, cols, pc):
-        rb = row_bytes(f["fmt"], cols, f["sp_n"])
+        """The operand's rows decoded, and its stream geometry (formats.weight_stream: row pairs for the paired
+        formats) as (stream rows, bytes per stream row, stream stride)."""
+        fmt, sp = f["fmt"], f["sp_n"]
+        rb = row_bytes(fmt, cols, sp)
         addr, stride = f["waddr"], f["wstride"]
-        lo, hi = addr, addr + (rows - 1) * stride + rb
+        sr, srb, sst = weight_stream(fmt, sp, rows, cols, stride)
+        lo, hi = addr, addr + (sr - 1) * sst + srb
         if stride < rb and rows > 1:
             raise DeviceError(f"pc {pc}: weight rows overlap (stride {stride} < {rb})", ErrCode.ILLEGAL_INSTR, pc)
         reg = self._region(lo, hi, False, pc)
-        key = (lo, hi, f["fmt"], f["sp_n"], rows, cols, stride, f["wfrac"])
+        key = (lo, hi, fmt, sp, rows, cols, stride, f["wfrac"])
         w = self._wcache.get(key)
         if w is None:
-            if stride == rb:
-                raw = self.mem[lo:hi].reshape(rows, rb)
+            if sst == srb:
+                raw = self.mem[lo:hi].reshape(sr, srb)
             else:
-                raw = self.mem[(addr + stride * np.arange(rows, dtype=np.int64))[:, None] + np.arange(rb)[None, :]]
-            w = mpe_model.Weights(*unpack_weights(raw, f["fmt"], f["sp_n"], rows, cols, f["wfrac"]), f["fmt"])
+                raw = self.mem[(addr + sst * np.arange(sr, dtype=np.int64))[:, None] + np.arange(srb)[None, :]]
+            raw = deinterleave_rows(raw, fmt, sp, rows)
+            w = mpe_model.Weights(*unpack_weights(raw, fmt, sp, rows, cols, f["wfrac"]), fmt)
             if reg is None or not reg.writable:
                 self._wcache[key] = w
-        return w, rows * rb
+        return w, (sr, srb, sst)
 
     def _x_MM(self, f, pc, st):
         rows = f["rows"] + (self.pos if f["rows_pos"] else 0)
@@ -310,14 +315,15 @@ class FunctionalSim:
         T = f["tokens"]
         if rows < 1 or cols < BLOCK:
             raise DeviceError(f"pc {pc}: empty matrix ({rows} x {cols})", ErrCode.ILLEGAL_INSTR, pc)
-        w, wbytes = self._weights(f, rows, cols, pc)
+        w, (sr, srb, sst) = self._weights(f, rows, cols, pc)
         xq = self._buf(self.qbuf, "QBUF", f["xaddr"], f["xstride"], T, cols, pc)
         xs = (f["xaddr"] // BLOCK, f["xstride"] // BLOCK, T, cols // BLOCK, pc)
         yv = self._buf(self.abuf, "ABUF", f["yaddr"], f["ystride"], T, rows, pc)
         y = mpe_model.mm(w, xq, self._buf(self.qm, "QBUF", *xs), self._buf(self.qe, "QBUF", *xs))
         yv[...] = sfu_model.add(yv, y) if f["acc"] else y
-        segs = rows if rows > 1 and f["wstride"] != wbytes // rows else 1
-        st.charge("MM", self.cm.mm(wbytes, rows, cols, T, f["fmt"], f["sp_n"], segs, f["waddr"], f["wstride"]),
+        wbytes = sr * srb
+        segs = sr if sr > 1 and sst != srb else 1
+        st.charge("MM", self.cm.mm(wbytes, sr, cols, T, f["fmt"], f["sp_n"], segs, f["waddr"], sst),
                   rd=self.cm.mm_bytes(wbytes, T))
 
     _x_MV = _x_MM

@@ -51,11 +51,11 @@ class Flat(Elaboratable):
 
 
 def chain_bench(length: int = 16):
-    """hw/dsp_chain.py's lane cascade: ports ``w`` (2L x 17 bits), ``x`` (2L x 8), ``acc``, ``qs``."""
+    """hw/dsp_chain.py's chain: ports ``a`` (L x 27 bits), ``x`` (L x 8), ``pair``, ``even``, ``odd``, ``qs``."""
     from flightllm.hw.dsp_chain import DspChain
 
     ch = DspChain(length)
-    b = Flat(ch, {"w": ch.w, "x": ch.x}, {"acc": ch.acc, "qs": ch.qs})
+    b = Flat(ch, {"a": ch.a, "x": ch.x, "pair": ch.pair}, {"even": ch.even, "odd": ch.odd, "qs": ch.qs})
     return b, b.ports
 
 

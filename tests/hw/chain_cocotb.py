@@ -1,13 +1,15 @@
-"""cocotb testbench of one lane's DSP cascade (hw/dsp_chain.py = hw/mpe.py::dsp_cascade), run by
-tests/hw/test_chain_rtl.py; reference: tests/hw/mpe_blocks_model.py::chain.
+"""cocotb testbench of one DSP chain (hw/dsp_chain.py = hw/mpe.py::dsp_chain), run by tests/hw/test_chain_rtl.py;
+reference: tests/hw/mpe_blocks_model.py::chain.
 
-One vector of 2L (weight, activation) products enters per cycle, back to back. Checked, for every vector:
-- ``acc`` (the dot product) and ``qs`` (the activation sum) leave the last stage exactly L + 1 cycles after the
-  inputs (the P register of stage L-1);
-- the stage skew: stage l's P register holds the partial dot product of products 0..2l+1 exactly l + 2 cycles
-  after the inputs (stage l sees its inputs delayed l cycles, M at +l+1, P at +l+2).
-Weights: Q4_1 nibbles (0..15), int8, int16 (the I16 KV format) and sparse vectors (zeroed products); activations
-int8 including -128; the extremes of every kind so the 32-bit accumulator's range is exercised.
+One vector of L (operand, activation) stage inputs enters per cycle, back to back. Checked, for every vector:
+- ``even``, ``odd`` and ``qs`` leave the chain exactly SEG + 2 cycles after the inputs. Packed vectors (``pair``):
+  the operand is w_odd * 2^18 + w_even and ``even`` / ``odd`` must equal the two rows' dot products computed from
+  the weights themselves (so the low-field window and the split are checked); unpacked: ``even`` the dot product;
+- the stage skew: stage i's P register (cascade i // SEG, stage l = i % SEG) holds its cascade's running sum
+  exactly l + 2 cycles after the inputs.
+Vectors: packed Q4_1 nibbles (0..15) and packed int8 (Q8_0) including the extremes that fill the low field's
+window ((-128) x (-128) everywhere: 8 x 16384 = 131072 per cascade; -128 x 127 everywhere), unpacked int8 /
+int16 (I16) / sparse (zeroed stages) vectors and their extremes; activations int8 including -128.
 """
 from __future__ import annotations
 
@@ -19,77 +21,97 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge
 
 from mpe_blocks_model import chain
-from cocotb_values import u, s, pack
+from cocotb_values import s, pack
 
 L = int(os.environ["CHAIN_L"])
+SEG = 8
 SEED = int(os.environ.get("BLOCK_SEED", "1"))
 N = int(os.environ.get("CHAIN_N", "400"))
-W_BITS, X_BITS = 17, 8
+A_BITS, X_BITS = 27, 8
 
 
 def vectors(rng, n):
-    P = 2 * L
-    kinds = rng.integers(0, 6, n)
-    w = np.zeros((n, P), np.int64)
-    x = rng.integers(-128, 128, (n, P))
+    kinds = rng.integers(0, 9, n)
+    we = np.zeros((n, L), np.int64)
+    wo = np.zeros((n, L), np.int64)
+    x = rng.integers(-128, 128, (n, L))
+    pair = np.zeros(n, bool)
     for k in range(n):
         kd = kinds[k]
-        if kd == 0:
-            w[k] = rng.integers(0, 16, P)                        # Q4_1 nibbles
-        elif kd == 1:
-            w[k] = rng.integers(-128, 128, P)                    # int8
-        elif kd == 2:
-            w[k] = rng.integers(-32768, 32768, P)                # int16 (I16)
-        elif kd == 3:                                            # sparse: the products past 2N are zeroed
-            nk = 2 * int(rng.choice([2, 4, 8]))
-            w[k, :nk] = rng.integers(-128, 128, nk)
+        if kd == 0:                                              # packed Q4_1 nibbles
+            pair[k] = True
+            we[k], wo[k] = rng.integers(0, 16, L), rng.integers(0, 16, L)
+        elif kd == 1:                                            # packed int8 (Q8_0)
+            pair[k] = True
+            we[k], wo[k] = rng.integers(-128, 128, L), rng.integers(-128, 128, L)
+        elif kd == 2:                                            # packed extremes
+            pair[k] = True
+            we[k] = rng.choice([-128, 127, 15, 0], L)
+            wo[k] = rng.choice([-128, 127, 15, 0], L)
+            x[k] = rng.choice([-128, 127], L)
+        elif kd == 3:                                            # the low field's window edges
+            pair[k] = True
+            we[k], wo[k] = rng.choice([-128, 127]), rng.choice([-128, 127])
+            x[k] = -128 if rng.random() < 0.5 else 127
+        elif kd == 4:
+            we[k] = rng.integers(-128, 128, L)                   # int8, unpacked
+        elif kd == 5:
+            we[k] = rng.integers(-32768, 32768, L)               # int16 (I16)
+        elif kd == 6:                                            # sparse: the stages past 2N are zeroed
+            nk = 2 * int(rng.choice([1, 2, 4, 8]))
+            we[k, :nk] = rng.integers(-128, 128, nk)
             x[k, nk:] = 0
-        elif kd == 4:                                            # extremes: most negative / positive sums
-            w[k] = rng.choice([-32768, 32767, 15, -128, 127], P)
-            x[k] = rng.choice([-128, 127], P)
+        elif kd == 7:                                            # unpacked extremes
+            we[k] = rng.choice([-32768, 32767, 15, -128, 127], L)
+            x[k] = rng.choice([-128, 127], L)
         else:
-            w[k] = -32768
+            we[k] = -32768
             x[k] = -128
-    return w, x
+    return we, wo, x, pair
 
 
 @cocotb.test()
 async def cascade(dut):
     rng = np.random.default_rng(SEED)
-    w, x = vectors(rng, N)
-    acc, qs, partial, qpart = chain(w, x)
+    we, wo, x, pair = vectors(rng, N)
+    # the window edges, first: all (-128)(-128) and all (-128)(127) in both rows
+    for i, (w_, x_) in enumerate([(-128, -128), (-128, 127), (127, -128), (127, 127)]):
+        we[i], wo[i], x[i], pair[i] = w_, w_, x_, True
+    even, odd, qs, partial, a = chain(we, wo, x, pair, SEG)
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
     dut.rst.value = 0
-    dut.w.value = 0
+    dut.a.value = 0
     dut.x.value = 0
-    # the stage P registers inside the cascade (hw/mpe.py names them ch_p<l>, ch_pq<l>)
-    stage_p = [getattr(dut.dut, f"ch_p{l}") for l in range(L)]
-    stage_q = [getattr(dut.dut, f"ch_pq{l}") for l in range(L)]
+    dut.pair.value = 0
+    # the stage P registers inside the chain (hw/mpe.py names them ch_p<i>)
+    stage_p = [getattr(dut.dut, f"ch_p{i}") for i in range(L)]
     await FallingEdge(dut.clk)
-    # let the zero inputs flush the cascade
-    for _ in range(L + 2):
+    for _ in range(L + 4):
         await FallingEdge(dut.clk)
     n_stage = 0
-    for c in range(N + L + 2):
-        # outputs of this cycle (after c rising edges since vector 0 was driven)
-        k = c - (L + 1)
+    lat = SEG + 2
+    for c in range(N + lat + 1):
+        k = c - lat
         if 0 <= k < N:
-            got = (s(dut.acc), s(dut.qs))
-            assert got == (acc[k], qs[k]), f"vector {k}: (acc, qs) = {got}, expected ({acc[k]}, {qs[k]})"
-        for l in range(L):
-            kk = c - (l + 2)
+            got = (s(dut.even), s(dut.qs))
+            assert got == (even[k], qs[k]), f"vector {k} (pair {pair[k]}): (even, qs) = {got}, expected ({even[k]}, {qs[k]})"
+            if pair[k]:
+                assert s(dut.odd) == odd[k], f"vector {k}: odd = {s(dut.odd)}, expected {odd[k]}"
+        for i in range(L):
+            kk = c - (i % SEG + 2)
             if 0 <= kk < N:
-                g = (s(stage_p[l]), s(stage_q[l]))
-                assert g == (partial[kk, l], qpart[kk, l]), \
-                    f"stage {l}, vector {kk}: P = {g}, expected ({partial[kk, l]}, {qpart[kk, l]})"
+                g = s(stage_p[i])
+                assert g == partial[kk, i], f"stage {i}, vector {kk}: P = {g}, expected {partial[kk, i]}"
                 n_stage += 1
         if c < N:
-            dut.w.value = pack(w[c], W_BITS)
+            dut.a.value = pack(a[c], A_BITS)
             dut.x.value = pack(x[c], X_BITS)
+            dut.pair.value = int(pair[c])
         else:
-            dut.w.value = 0
+            dut.a.value = 0
             dut.x.value = 0
+            dut.pair.value = 0
         await FallingEdge(dut.clk)
     assert n_stage == N * L
-    dut._log.info(f"chain L={L}: {N} vectors, acc/qs at +{L + 1} cycles and {n_stage} stage P values bit-exact "
-                  f"(acc range {acc.min()}..{acc.max()})")
+    dut._log.info(f"chain L={L}: {N} vectors ({int(pair.sum())} packed), even/odd/qs at +{lat} cycles and "
+                  f"{n_stage} stage P values bit-exact (even {even.min()}..{even.max()}, odd {odd.min()}..{odd.max()})")

@@ -21,18 +21,21 @@ def wrap64(v: int) -> int:
 
 
 # ---- DSP chain ------------------------------------------------------------------------------------------------
-def chain(w: np.ndarray, x: np.ndarray):
-    """One lane's cascade: w, x (N, 2L) ints. Returns (acc (N,), qs (N,), partial (N, L)).
+def chain(we: np.ndarray, wo: np.ndarray, x: np.ndarray, pair: np.ndarray, seg: int = 8):
+    """One chain (hw/mpe.py::dsp_chain): we, wo, x (N, L) ints, pair (N,) bool; wo is ignored where not pair.
 
-    Stage l adds products 2l and 2l+1 (and activations 2l, 2l+1) to the cascade; ``partial[:, l]`` is the P
-    register of stage l: the dot product of the first 2(l+1) products.
+    Stage i multiplies x[:, i] by the operand a = wo * 2^18 + we (pair) or we; the chain is cascades of ``seg``
+    stages. Returns (even, odd, qs, partial, a): even = sum we*x, odd = sum wo*x (pair; 0 otherwise) computed from
+    the weights themselves, qs = sum x, ``partial[:, i]`` the P register of stage i (its cascade's running sum).
     """
-    w, x = w.astype(np.int64), x.astype(np.int64)
-    p = w * x
-    st = p[:, 0::2] + p[:, 1::2]
-    partial = np.cumsum(st, axis=1)
-    qpart = np.cumsum(x[:, 0::2] + x[:, 1::2], axis=1)
-    return partial[:, -1], qpart[:, -1], partial, qpart
+    we, wo, x = we.astype(np.int64), wo.astype(np.int64), x.astype(np.int64)
+    a = np.where(pair[:, None], wo * (1 << 18) + we, we)
+    p = a * x
+    N, L = p.shape
+    partial = np.cumsum(p.reshape(N, L // seg, seg), axis=2).reshape(N, L)
+    even = (we * x).sum(1)
+    odd = np.where(pair, (wo * x).sum(1), 0)
+    return even, odd, x.sum(1), partial, a
 
 
 # ---- sparse MUX -----------------------------------------------------------------------------------------------

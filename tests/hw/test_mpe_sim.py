@@ -1,6 +1,7 @@
-"""hw/mpe.py alone in Amaranth's Python simulator: one group of blocks (one output row) per weight format, every
-lane's block dot product ``acc``, activation sum ``qs`` and dequantised term ``V`` against sim/mpe_model.py's
-arithmetic, and the ABUF word the engine writes. Fast to debug with: no Verilator, no top."""
+"""hw/mpe.py alone in Amaranth's Python simulator: one group of units (one stream row: one output row, or a row
+pair for the paired formats) per weight format, every slot's block dot product ``acc``, activation sum ``qs`` and
+dequantised term ``V`` against sim/mpe_model.py's arithmetic, and the ABUF words the engine writes (both rows of a
+pair, or only the even one when the odd row is padding). Fast to debug with: no Verilator, no top."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,55 +11,66 @@ from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
 
 from flightllm import boards
-from flightllm.formats import BLOCK, GROUP, pack_sparse, pack_weights, unpack_weights
+from flightllm.formats import BLOCK, GROUP, interleave_rows, pack_sparse, pack_weights, paired, unpack_weights
 from flightllm.hw import params as P
 from flightllm.hw.mpe import Mpe
 from flightllm.isa import WFmt
 from flightllm.sim import mpe_model as MM
 
 
-def _case(fmt, sp, nb, seed, wfrac=9):
+def _case(fmt, sp, nb, seed, wfrac=9, R=1):
     rng = np.random.default_rng(seed)
     C = BLOCK * nb
     if fmt == WFmt.I16:
-        q = rng.integers(-3000, 3000, (1, C)).astype("<i2")
-        raw = q.view(np.uint8).reshape(1, -1)
+        q = rng.integers(-3000, 3000, (R, C)).astype("<i2")
+        raw = q.view(np.uint8).reshape(R, -1)
     else:
-        q = rng.integers(0, 16, (1, C)) if fmt == WFmt.Q4_1 else rng.integers(-127, 128, (1, C))
-        d16 = np.float16(rng.uniform(-0.02, 0.02, (1, nb))).view(np.uint16)
-        m16 = np.float16(rng.uniform(-0.2, 0.0, (1, nb))).view(np.uint16) if fmt == WFmt.Q4_1 else None
+        q = rng.integers(0, 16, (R, C)) if fmt == WFmt.Q4_1 else rng.integers(-128, 128, (R, C))
+        d16 = np.float16(rng.uniform(-0.02, 0.02, (R, nb))).view(np.uint16)
+        m16 = np.float16(rng.uniform(-0.2, 0.0, (R, nb))).view(np.uint16) if fmt == WFmt.Q4_1 else None
         if sp == 16:
             raw = pack_weights(q, d16, m16, fmt)
         else:
-            keep = np.zeros((1, C // GROUP, GROUP), bool)
-            for g in range(C // GROUP):
-                keep[0, g, rng.choice(GROUP, sp, replace=False)] = True
-            raw = pack_sparse(q, keep.reshape(1, C), d16, m16, fmt, sp)
-    Q, D, M, mask = unpack_weights(raw, fmt, sp, 1, C, wfrac)
+            keep = np.zeros((R, C // GROUP, GROUP), bool)
+            for r in range(R):
+                for g in range(C // GROUP):
+                    keep[r, g, rng.choice(GROUP, sp, replace=False)] = True
+            raw = pack_sparse(q, keep.reshape(R, C), d16, m16, fmt, sp)
+    Q, D, M, mask = unpack_weights(raw, fmt, sp, R, C, wfrac)
     xq = rng.integers(-127, 128, (1, C)).astype(np.int8)
     xm = rng.integers(1024, 2048, (1, nb)).astype(np.uint16)
     xe = rng.integers(-34, -22, (1, nb)).astype(np.int8)
     return raw, Q, D, M, mask, xq, xm, xe
 
 
-@pytest.mark.parametrize("fmt,sp", [(WFmt.Q4_1, 16), (WFmt.Q8_0, 16), (WFmt.Q4_1, 2), (WFmt.Q8_0, 4),
-                                    (WFmt.I16, 16)])
-def test_mpe_one_group(fmt, sp):
+@pytest.mark.parametrize("fmt,sp,R", [(WFmt.Q4_1, 16, 2), (WFmt.Q8_0, 16, 2), (WFmt.Q4_1, 16, 1), (WFmt.Q8_0, 16, 1),
+                                      (WFmt.Q4_1, 2, 1), (WFmt.Q8_0, 4, 1), (WFmt.I16, 16, 1)])
+def test_mpe_one_group(fmt, sp, R):
     b = boards.load("sim")
-    K = P.lanes(b, fmt, sp)
-    nb, wfrac = K, 9
-    raw, Q, D, M, mask, xq, xm, xe = _case(fmt, sp, nb, 7 + int(fmt) * 16 + sp, wfrac)
-    ref = MM.mm(MM.Weights(Q, D, M, mask, fmt), xq, xm, xe)[0, 0]
-    qb = Q.reshape(nb, BLOCK).astype(np.int64)
+    pr = paired(fmt, sp)
+    U = P.units(b, fmt, sp)
+    nb, wfrac = U, 9
+    raw, Q, D, M, mask, xq, xm, xe = _case(fmt, sp, nb, 7 + int(fmt) * 16 + sp + R, wfrac, R)
+    ref = MM.mm(MM.Weights(Q, D, M, mask, fmt), xq, xm, xe)[0]
+    qb = Q.reshape(R, nb, BLOCK).astype(np.int64)
     xb = xq.reshape(nb, BLOCK).astype(np.int64)
-    acc = (qb * xb).sum(-1)
-    kept = np.ones_like(qb, bool) if mask is None else mask.reshape(nb, BLOCK)
-    qs = (kept * xb).sum(-1)
-    T = D[0] * acc + (M[0] * qs if fmt == WFmt.Q4_1 else 0)
-    V = (T * xm[0].astype(np.int64)) >> (-xe[0].astype(np.int64))
+    acc = (qb * xb[None]).sum(-1)                                   # (R, nb)
+    kept = np.ones_like(qb, bool) if mask is None else mask.reshape(R, nb, BLOCK)
+    qs = (kept * xb[None]).sum(-1)
+    T = D * acc + (M * qs if fmt == WFmt.Q4_1 else 0)
+    V = (T * xm[0].astype(np.int64)[None]) >> (-xe[0].astype(np.int64)[None])
+    if pr:      # slot 2u: row 0 block u, slot 2u + 1: row 1 block u (zero weights for a padding row)
+        pad = lambda a: np.concatenate([a, np.zeros((2 - R, nb), np.int64)]).T.reshape(-1)   # noqa: E731
+        acc_s, qs_s, V_s = pad(acc), np.repeat(qs[0], 2), pad(V)
+        if R == 1:
+            qs_s = np.repeat(qs[0], 2)
+    else:
+        acc_s, qs_s, V_s = acc[0], qs[0], V[0]
     words = [int.from_bytes(xq[0, BLOCK * i:BLOCK * (i + 1)].tobytes(), "little") | (int(xm[0, i]) << 256)
              | ((int(xe[0, i]) & 0xFF) << 272) for i in range(nb)]
     KM = P.max_lanes(b)
+    nsl = P.lanes(b, fmt, sp)
+    stream = interleave_rows(raw, fmt, sp)[0]
 
     class Wrap(Elaboratable):
         def __init__(self):
@@ -72,7 +84,7 @@ def test_mpe_one_group(fmt, sp):
 
     top = Wrap()
     mpe = top.mpe
-    seen = {"acc": None, "V": None, "y": None}
+    seen = {"acc": None, "V": None, "y": [], "y1": []}
 
     async def tb(ctx):
         ctx.set(mpe.mode, P.mode_index(fmt, sp))
@@ -80,32 +92,41 @@ def test_mpe_one_group(fmt, sp):
         ctx.set(mpe.clear, 1)
         await ctx.tick()
         ctx.set(mpe.clear, 0)
-        ctx.set(mpe.win, int.from_bytes(raw[0].tobytes(), "little"))
+        ctx.set(mpe.win, int.from_bytes(stream.tobytes(), "little"))
         for sig, v in ((mpe.go, 1), (mpe.kp, nb), (mpe.rem, nb), (mpe.rowend, 1), (mpe.nb, nb), (mpe.b0, 0),
-                       (mpe.xrow, 0), (mpe.ybase, 3), (mpe.row, 2)):
+                       (mpe.xrow, 0), (mpe.ybase, 3), (mpe.row, 1 if pr else 2), (mpe.oddv, int(R == 2))):
             ctx.set(sig, v)
         await ctx.tick()
         ctx.set(mpe.go, 0)
         for c in range(mpe.depth + 4):
-            a = [ctx.get(x) for x in mpe.dbg["acc"][:nb]]
+            a = [ctx.get(x) for x in mpe.dbg["acc"][:nsl]]
             if any(a) and seen["acc"] is None:
-                seen["acc"] = (a, [ctx.get(x) for x in mpe.dbg["qs"][:nb]])
-            v = [ctx.get(x) for x in mpe.dbg["V"][:nb]]
+                seen["acc"] = (a, [ctx.get(x) for x in mpe.dbg["qs"][:nsl]])
+            v = [ctx.get(x) for x in mpe.dbg["V"][:nsl]]
             if any(v) and seen["V"] is None:
                 seen["V"] = v
             if ctx.get(mpe.ab_wen):
-                seen["y"] = (c, ctx.get(mpe.ab_waddr), ctx.get(mpe.ab_wdata))
+                seen["y"].append((c, ctx.get(mpe.ab_waddr), ctx.get(mpe.ab_wdata)))
+            if ctx.get(mpe.ab_wen1):
+                seen["y1"].append((c, ctx.get(mpe.ab_waddr1), ctx.get(mpe.ab_wdata1)))
             await ctx.tick()
 
     sim = Simulator(top)
     sim.add_clock(1e-6)
     sim.add_testbench(tb)
     sim.run()
-    assert seen["acc"] is not None and list(seen["acc"][0]) == list(acc)
+    assert seen["acc"] is not None and list(seen["acc"][0]) == list(acc_s)
     if fmt == WFmt.Q4_1:
-        assert list(seen["acc"][1]) == list(qs)
-    assert list(seen["V"]) == list(V)
-    assert seen["y"] is not None
-    c, addr, y = seen["y"]
+        assert list(seen["acc"][1]) == list(qs_s)
+    assert list(seen["V"]) == list(V_s)
+    assert len(seen["y"]) == 1
+    c, addr, y = seen["y"][0]
     assert (c, addr) == (mpe.depth - 1, 5)
-    assert y - (1 << 32) * (y >> 31) == ref
+    assert y - (1 << 32) * (y >> 31) == ref[0]
+    if pr and R == 2:
+        assert len(seen["y1"]) == 1
+        c, addr, y = seen["y1"][0]
+        assert (c, addr) == (mpe.depth - 1, 6)
+        assert y - (1 << 32) * (y >> 31) == ref[1]
+    else:
+        assert seen["y1"] == []
