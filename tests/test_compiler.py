@@ -22,11 +22,20 @@ def test_memory_map_regions_are_disjoint_and_protected(artifact):
 
 
 def test_weights_are_the_gguf_blocks(artifact, smollm2):
-    """Q4_1 and Q8_0 rows are the engine's dense block format: the image holds them byte for byte."""
+    """Q4_1 and Q8_0 rows are the engine's dense block format: the image holds the GGUF blocks byte for byte, in
+    the engine's row-pair order (block b of row 2p, then block b of row 2p+1; formats.interleave_rows)."""
     t = smollm2.layer(7, "ffn_down")
     img = artifact.image
-    found = img.tobytes().find(np.asarray(t.data).tobytes()[:4096])
+    raw = np.asarray(t.data).tobytes()
+    R = t.rows
+    rb = len(raw) // R
+    bb = 20 if t.type == "Q4_1" else 34
+    pair0 = b"".join(raw[r * rb + b * bb: r * rb + (b + 1) * bb] for b in range(rb // bb) for r in (0, 1))
+    found = img.tobytes().find(pair0)
     assert found >= artifact.memmap["weights"].base
+    from flightllm.formats import interleave_rows
+    stored = interleave_rows(np.frombuffer(raw, np.uint8).reshape(R, rb), WFmt.Q4_1 if bb == 20 else WFmt.Q8_0)
+    assert img[found: found + stored.size].tobytes() == stored.tobytes()
 
 
 def test_every_access_stays_in_its_region(artifact, sim_board):

@@ -1,5 +1,5 @@
 """RTL engine (hw/top.py) through the Verilator harness: bit-exact MV/MM against the functional simulator,
-cycle model within 2%, and bad instructions stopping the engine with an error code (docs/rtl.md)."""
+cycles equal to the cycle model, and bad instructions stopping the engine with an error code (docs/rtl.md)."""
 from __future__ import annotations
 
 import shutil
@@ -29,6 +29,10 @@ CASES = [
     ("mm", 192, 576, 8, 8, 8, 3),
     ("mm", 64, 576, 4, 16, 9, 20),
     ("mv", 49152, 576, 8, 16, 11, 1),                # the tied Q8_0 output layer, one tile
+    ("mv", 1536, 576, 8, 16, 12, 1),
+    ("mv", 193, 576, 4, 16, 13, 1),                  # an odd row count: the last row pair's odd half is padding
+    ("mm", 35, 96, 8, 16, 14, 5),
+    ("mv", 1, 32, 4, 16, 15, 1),
 ]
 
 
@@ -42,7 +46,7 @@ def test_kernel_bit_exact_and_cycles(op, rows, cols, wbits, sp, seed, tokens):
     assert r["cycle_model_error"] <= 0.02, r
     assert r["cycles"] == r["fsim_cycles"], r          # sim/cycles.py describes the RTL exactly
     assert [r["bytes_read"], r["bytes_written"]] == r["fsim_bytes"], r      # RD_BYTES/WR_BYTES, per run
-    if op == "mv" and rows * cols >= 1536 * 576 and wbits == 4 and sp == 16:
+    if op == "mv" and rows * cols >= 1536 * 576 and sp == 16:
         assert r["efficiency"] >= 0.90, r
 
 
