@@ -43,10 +43,12 @@ def _case(fmt, sp, nb, seed, wfrac=9, R=1):
     return raw, Q, D, M, mask, xq, xm, xe
 
 
-@pytest.mark.parametrize("fmt,sp,R", [(WFmt.Q4_1, 16, 2), (WFmt.Q8_0, 16, 2), (WFmt.Q4_1, 16, 1), (WFmt.Q8_0, 16, 1),
-                                      (WFmt.Q4_1, 2, 1), (WFmt.Q8_0, 4, 1), (WFmt.I16, 16, 1)])
-def test_mpe_one_group(fmt, sp, R):
-    b = boards.load("sim")
+@pytest.mark.parametrize("board,fmt,sp,R", [("sim", WFmt.Q4_1, 16, 2), ("sim", WFmt.Q8_0, 16, 2),
+                                            ("sim", WFmt.Q4_1, 16, 1), ("sim", WFmt.Q8_0, 16, 1),
+                                            ("sim", WFmt.Q4_1, 2, 1), ("sim", WFmt.Q8_0, 4, 1), ("sim", WFmt.I16, 16, 1),
+                                            ("kv260", WFmt.Q4_1, 2, 1), ("kv260", WFmt.Q8_0, 16, 2)])
+def test_mpe_one_group(board, fmt, sp, R):
+    b = boards.load(board)      # kv260: 8 block slots and chains
     pr = paired(fmt, sp)
     U = P.units(b, fmt, sp)
     nb, wfrac = U, 9
