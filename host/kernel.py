@@ -6,6 +6,8 @@ the RTL's outputs and cycle count are compared with the functional simulator's, 
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from flightllm import boards
@@ -93,14 +95,17 @@ def build(board: boards.Board, op: str, rows: int, cols: int, wbits: int, sp_n: 
 
 
 def _execute(backend: str, board: boards.Board, k: dict, rows: int, tokens: int):
-    """Run the kernel's image: fsim directly, or the RTL through the same pynq driver the runtime uses."""
+    """Run the kernel's image: fsim directly, or the RTL through the same pynq driver the runtime uses.
+    Returns (outputs, stats, host seconds of the program's run: build and load excluded)."""
     img, out = k["image"], k["out"]
     if backend == "fsim":
         from flightllm.sim.fsim import FunctionalSim
 
         dev = FunctionalSim(board, img.size, k["memmap"])
         dev.mem[:] = img
+        t0 = time.perf_counter()
         st = dev.run(k["prog_addr"], 0)
+        wall = time.perf_counter() - t0
         y = dev.mem[out: out + rows * tokens * 4].copy()
     elif backend == "rtl":
         from flightllm.host.driver import Accelerator
@@ -109,24 +114,26 @@ def _execute(backend: str, board: boards.Board, k: dict, rows: int, tokens: int)
         acc = Accelerator(SimulatedDevice.configure(board, "rtl", img.size))
         try:
             acc.load(img, img.size, k["memmap"])
+            t0 = time.perf_counter()
             st = acc.run(k["prog_addr"], 0)
+            wall = time.perf_counter() - t0
             y = acc.read_mem(out, rows * tokens * 4)
         finally:
             acc.close()
     else:
         raise FlightLLMError(f"kernel: unknown backend '{backend}' (fsim or rtl)")
-    return y.view("<i4").reshape(tokens, rows), st
+    return y.view("<i4").reshape(tokens, rows), st, wall
 
 
 def run(op: str = "mv", backend: str = "fsim", board: str = "sim", rows: int = 1536, cols: int = 576,
         wbits: int = 4, sparsity: int = 16, seed: int = 0, tokens: int = 1) -> dict:
     b = boards.load(board)
     k = build(b, op, rows, cols, wbits, sparsity, seed, tokens)
-    y_f, st_f = _execute("fsim", b, k, rows, tokens)
+    y_f, st_f, wall_f = _execute("fsim", b, k, rows, tokens)
     if backend == "fsim":
-        y, st, exact = y_f, st_f, bool(np.array_equal(y_f, k["ref"]))
+        y, st, wall, exact = y_f, st_f, wall_f, bool(np.array_equal(y_f, k["ref"]))
     else:
-        y, st = _execute(backend, b, k, rows, tokens)
+        y, st, wall = _execute(backend, b, k, rows, tokens)
         exact = bool(np.array_equal(y, y_f))
     fl = (k["x"].astype(np.float64) / (1 << ACT_FRAC)) @ k["wfloat"].T
     roof = int(np.ceil(k["bytes_read"] / b.mem_bytes_per_cycle))
@@ -136,6 +143,10 @@ def run(op: str = "mv", backend: str = "fsim", board: str = "sim", rows: int = 1
            "sparsity": f"{sparsity}:16", "tokens": tokens, "weight_bytes": int(rows * row_bytes(
                WFmt.Q4_1 if wbits == 4 else WFmt.Q8_0, cols, sparsity))}
     res["bytes_read"], res["bytes_written"] = int(st.bytes_read), int(st.bytes_written)     # the device's counters
+    # how fast the chosen backend simulates on this host (the program's run only; host-dependent, unlike the
+    # simulated figures above)
+    res["host_run_s"] = round(wall, 4)
+    res["host_sim_cycles_per_s"] = round(st.cycles / wall) if wall > 0 else None
     if backend != "fsim":
         res["fsim_cycles"] = int(st_f.cycles)
         res["fsim_bytes"] = [int(st_f.bytes_read), int(st_f.bytes_written)]

@@ -144,13 +144,17 @@ def lane_select(m, body, idx, qx, wk, nsp, sparse, on, k):
         pos = Signal(5, name=f"pos_{k}_{j}")
         m.d.comb += pos.eq(Mux(sparse, Cat(nib, Const(j, 6) >= nsp), j))
         ok = on & (~sparse | (Const(j, 6) < (nsp << 1)))
-        # the sparse MUX as a case over the 32 activations (a variable shift of the 256-bit block costs
-        # Verilator a wide shift per product and cycle)
-        x_c = Signal(signed(X_BITS), name=f"xc_{k}_{j}")
-        with m.Switch(pos):
-            for i in range(BLOCK):
+        # the sparse MUX (32:1 over the block's activations) as a 4:1 pick of a 64-bit word, then a byte of it:
+        # the same mux, but Verilator evaluates a 32-way case as a branch tree per product and cycle (a third of
+        # the engine's simulation time) and a variable shift of a 256-bit vector as a wide shift; a shift of a
+        # 64-bit word is one instruction
+        xw = Signal(64, name=f"xw_{k}_{j}")
+        with m.Switch(pos[3:5]):
+            for i in range(BLOCK // 8):
                 with m.Case(i):
-                    m.d.comb += x_c.eq(qx[8 * i: 8 * i + 8])
+                    m.d.comb += xw.eq(qx[64 * i: 64 * i + 64])
+        x_c = Signal(signed(X_BITS), name=f"xc_{k}_{j}")
+        m.d.comb += x_c.eq(xw.word_select(pos[0:3], 8))
         ws.append(Mux(ok, w_c, 0))
         xs.append(Mux(ok, x_c, 0))
     return ws, xs
@@ -172,13 +176,23 @@ def dequant(m, s, acc, qs, c_q4, c_i16, c_wfrac, k):
     m.d.comb += [Dsel.eq(Mux(c_i16, Const(1, FIX_BITS) << i16sh, Dk)), Msel.eq(Mux(c_q4, Mk, 0))]
     p1 = Signal(signed(64), name=f"p1_{k}")
     p2 = Signal(signed(64), name=f"p2_{k}")
-    # assignment truncates to 64 bits / sign-extends (a [:64] slice of a narrower product would zero-extend)
-    m.d.sync += [p1.eq(Dsel * acc), p2.eq(Msel * qs)]
+    # assignment truncates to 64 bits / sign-extends (a [:64] slice of a narrower product would zero-extend).
+    # D*acc (43 x 32 bits) and T*m_x (64 x 16) are kept mod 2^64, so they are written as two partial products of
+    # at most 64 bits each (the same bits): Verilator evaluates a product wider than 64 bits word by word.
+    # D*acc = ((D*acc_hi) mod 2^48) << 16 + D*acc_lo, acc_hi = acc >> 16 (signed), acc_lo = acc[:16].
+    p1h = Signal(48, name=f"p1h_{k}")
+    p1l = Signal(signed(64), name=f"p1l_{k}")
+    m.d.comb += [p1h.eq(Dsel * acc[16:].as_signed()), p1l.eq(Dsel * acc[:16])]
+    m.d.sync += [p1.eq(Cat(Const(0, 16), p1h) + p1l.as_unsigned()), p2.eq(Msel * qs)]
     mxex = delay(m, s[32:56], 2, f"mxex_{k}")
     T = Signal(signed(64), name=f"T_{k}")
     m.d.sync += T.eq(p1 + p2)
     U = Signal(signed(64), name=f"U_{k}")
-    m.d.sync += U.eq(T * mxex[0:16])
+    # T*m_x = ((T[32:]*m_x) mod 2^32) << 32 + T[:32]*m_x (mod 2^64)
+    uh = Signal(32, name=f"Uh_{k}")
+    ul = Signal(64, name=f"Ul_{k}")
+    m.d.comb += [uh.eq(T[32:] * mxex[0:16]), ul.eq(T[:32] * mxex[0:16])]
+    m.d.sync += U.eq(Cat(Const(0, 32), uh) + ul)
     ex3 = delay(m, mxex[16:24], 1, f"ex3_{k}").as_signed()
     v = Signal(signed(64), name=f"V_{k}")
     neg = Signal(7, name=f"nsh_{k}")

@@ -37,8 +37,10 @@ CLASSES = ("LD", "ST", "MM", "SYS", "SFU")     # cls register value -> CYC_<clas
 
 
 class Top(Elaboratable):
-    def __init__(self, board: Board):
+    def __init__(self, board: Board, reset_less: bool = False):
         self.board = board
+        # reset_less: see elaborate; the sync domain is then defined here and its clock is a port
+        self.cd_sync = ClockDomain("sync", reset_less=True) if reset_less else None
         a = board.accel
         self.PB = board.memory.port_bytes
         self.lg = (self.PB - 1).bit_length()
@@ -61,7 +63,8 @@ class Top(Elaboratable):
 
     def ports(self):
         c = self.csr
-        return [self.m_arvalid, self.m_arready, self.m_araddr, self.m_arlen, self.m_arsize, self.m_arburst,
+        clk = [self.cd_sync.clk] if self.cd_sync is not None else []      # else Amaranth adds clk and rst
+        return clk + [self.m_arvalid, self.m_arready, self.m_araddr, self.m_arlen, self.m_arsize, self.m_arburst,
                 self.m_rvalid, self.m_rready, self.m_rdata, self.m_rresp, self.m_rlast,
                 self.m_awvalid, self.m_awready, self.m_awaddr, self.m_awlen, self.m_awsize, self.m_awburst,
                 self.m_wvalid, self.m_wready, self.m_wdata, self.m_wstrb, self.m_wlast,
@@ -73,6 +76,13 @@ class Top(Elaboratable):
         m = Module()
         b, PB, lg, NL, K, TT = self.board, self.PB, self.lg, self.NL, self.K, self.TT
         a = b.accel
+        if self.cd_sync is not None:
+            # Verilator model (generate_verilog target "sim"): no rst port. Every register is declared with its
+            # reset value, so the model starts in the reset state; CTRL.RESET (srst) works as before. A top-level
+            # rst input would put every register's next-state logic in the cone of an input, which Verilator
+            # evaluates again in each of the two evals per cycle (its "ico" region): 2.4x slower.
+            m.domains.sync = self.cd_sync
+        rst_sync = ResetSignal("sync", allow_reset_less=True)     # Const(0) when reset-less
         m.submodules.csr = csr = self.csr
         srst = csr.reset          # CTRL.RESET: the engine's state machines and datapaths back to idle (not the CSRs)
         m.submodules.dec = dec = Decoder()
@@ -99,8 +109,8 @@ class Top(Elaboratable):
         m.submodules.sfu_gate = sgate = ClockGate()
         m.submodules.sfu = sfu = DomainRenamer("sfu")(Sfu(SW))
         # CTRL.RESET resets the SFU too: its domain's reset, with the gate open for that edge
-        m.d.comb += [ClockSignal("sfu").eq(sgate.gclk), ResetSignal("sfu").eq(ResetSignal("sync") | srst),
-                     sgate.en.eq(sfu.start | sfu.busy | ResetSignal("sync") | srst)]
+        m.d.comb += [ClockSignal("sfu").eq(sgate.gclk), ResetSignal("sfu").eq(rst_sync | srst),
+                     sgate.en.eq(sfu.start | sfu.busy | rst_sync | srst)]
         m.submodules.sfu_ab = sab = DomainRenamer("sfu")(SfuAbufPorts(SW, NL))
         m.d.comb += [sab.sfu_rd_en.eq(sfu.rd_en), sab.sfu_rd_addr.eq(sfu.rd_addr), sab.sfu_rd_mask.eq(sfu.rd_mask),
                      sfu.rd_data.eq(sab.sfu_rd_data), sab.sfu_wr_en.eq(sfu.wr_en), sab.sfu_wr_addr.eq(sfu.wr_addr),
@@ -715,8 +725,8 @@ class Top(Elaboratable):
         return m
 
 
-def build_top(board: Board):
-    top = Top(board)
+def build_top(board: Board, reset_less: bool = False):
+    top = Top(board, reset_less)
     return top, top.ports()
 
 
@@ -756,12 +766,13 @@ TARGETS = ("sim", "synth", "xilinx")
 
 def generate_verilog(board: Board, path, name: str = "flightllm_top", target: str = "sim") -> Path:
     """Write the engine's Verilog. The design is the same for every ``target``; only the leaf modules' bodies
-    differ: ``sim`` (Verilator) gates the RAM read registers' clocks (hw/ram.py), ``synth`` (yosys estimates) uses
-    clock enables, ``xilinx`` (vendor builds) also makes the clock gate a BUFGCE (hw/clock_gate.py)."""
+    differ: ``sim`` (Verilator) gates the RAM read registers' clocks (hw/ram.py) and has no ``rst`` port (the
+    registers start at their reset values; see Top.elaborate), ``synth`` (yosys estimates) uses clock enables,
+    ``xilinx`` (vendor builds) also makes the clock gate a BUFGCE (hw/clock_gate.py)."""
     from amaranth.back import verilog
 
     assert target in TARGETS, target
-    top, ports = build_top(board)
+    top, ports = build_top(board, reset_less=target == "sim")
     text = (_compact_memory_init(verilog.convert(top, ports=ports, name=name, emit_src=False))
             + (RAM_VERILOG_SIM if target == "sim" else RAM_VERILOG)
             + (CLKGATE_BUFGCE if target == "xilinx" else CLKGATE_VERILOG))
