@@ -69,6 +69,14 @@ def fp16_fixed(m, h, name):
     return out
 
 
+def sext(v, n):
+    """``v`` (signed) sign-extended to ``n`` bits, written as a Cat with a Mux of the sign: the same value as an
+    implicit extension, but Verilator turns Amaranth's replicated sign bit into one shift and mask per bit (the
+    MPE's products and sums sign-extend 200+ times a cycle)."""
+    w = len(v)
+    return Cat(v, Mux(v[w - 1], (1 << (n - w)) - 1, 0)).as_signed()
+
+
 def delay(m, sig, n, name):
     cur = sig
     for i in range(n):
@@ -97,7 +105,7 @@ def dsp_chain(m, a, x, pair, name):
             pk = delay(m, Cat(a[i], x[i]), l, f"{name}_sk{i}")
             ai, xi = pk[:PK_BITS].as_signed(), pk[PK_BITS:PK_BITS + X_BITS].as_signed()
             mreg = Signal(signed(P_BITS), name=f"{name}_m{i}")
-            m.d.sync += mreg.eq(ai * xi)
+            m.d.sync += mreg.eq(sext(ai * xi, P_BITS))
             preg = Signal(signed(P_BITS), name=f"{name}_p{i}")
             m.d.sync += preg.eq(mreg if prev_p is None else mreg + prev_p)
             prev_p = preg
@@ -136,9 +144,9 @@ def lane_select(m, body, idx, qx, wk, nsp, sparse, on, k):
                 b_ = body[8 * (j // 2): 8 * (j // 2) + 8]
                 m.d.comb += w_c.eq(b_[4:8] if j % 2 else b_[0:4])
             with m.Case(WK_Q8):
-                m.d.comb += w_c.eq(body[8 * j: 8 * j + 8].as_signed())
+                m.d.comb += w_c.eq(sext(body[8 * j: 8 * j + 8].as_signed(), W_BITS))
             with m.Case(WK_I16):
-                m.d.comb += w_c.eq(body[16 * j: 16 * j + 16].as_signed())
+                m.d.comb += w_c.eq(sext(body[16 * j: 16 * j + 16].as_signed(), W_BITS))
         ib = idx[8 * (j // 2): 8 * (j // 2) + 8]
         nib = ib[4:8] if j % 2 else ib[0:4]
         pos = Signal(5, name=f"pos_{k}_{j}")
@@ -182,8 +190,8 @@ def dequant(m, s, acc, qs, c_q4, c_i16, c_wfrac, k):
     # D*acc = ((D*acc_hi) mod 2^48) << 16 + D*acc_lo, acc_hi = acc >> 16 (signed), acc_lo = acc[:16].
     p1h = Signal(48, name=f"p1h_{k}")
     p1l = Signal(signed(64), name=f"p1l_{k}")
-    m.d.comb += [p1h.eq(Dsel * acc[16:].as_signed()), p1l.eq(Dsel * acc[:16])]
-    m.d.sync += [p1.eq(Cat(Const(0, 16), p1h) + p1l.as_unsigned()), p2.eq(Msel * qs)]
+    m.d.comb += [p1h.eq(Dsel * acc[16:].as_signed()), p1l.eq(sext(Dsel * acc[:16], 64))]
+    m.d.sync += [p1.eq(Cat(Const(0, 16), p1h) + p1l.as_unsigned()), p2.eq(sext(Msel * qs, 64))]
     mxex = delay(m, s[32:56], 2, f"mxex_{k}")
     T = Signal(signed(64), name=f"T_{k}")
     m.d.sync += T.eq(p1 + p2)
