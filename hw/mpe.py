@@ -149,20 +149,20 @@ def lane_select(m, body, idx, qx, wk, nsp, sparse, on, k):
                 m.d.comb += w_c.eq(sext(body[16 * j: 16 * j + 16].as_signed(), W_BITS))
         ib = idx[8 * (j // 2): 8 * (j // 2) + 8]
         nib = ib[4:8] if j % 2 else ib[0:4]
-        pos = Signal(5, name=f"pos_{k}_{j}")
-        m.d.comb += pos.eq(Mux(sparse, Cat(nib, Const(j, 6) >= nsp), j))
+        pos = Signal(5, name=f"pos_{k}_{j}")        # sparse: the index within group j // N
+        m.d.comb += pos.eq(Cat(nib, Const(j, 6) >= nsp))
         ok = on & (~sparse | (Const(j, 6) < (nsp << 1)))
-        # the sparse MUX (32:1 over the block's activations) as a 4:1 pick of a 64-bit word, then a byte of it:
-        # the same mux, but Verilator evaluates a 32-way case as a branch tree per product and cycle (a third of
-        # the engine's simulation time) and a variable shift of a 256-bit vector as a wide shift; a shift of a
-        # 64-bit word is one instruction
+        # the sparse MUX (32:1 over the block's activations) as a 4:1 pick of a 64-bit word, then a byte of it,
+        # and dense blocks take activation j directly: the same mux, but Verilator evaluates a 32-way case as a
+        # branch tree per product and cycle and a variable shift of a 256-bit vector as a wide shift, while a
+        # shift of a 64-bit word is one instruction (and dense cycles skip the pick)
         xw = Signal(64, name=f"xw_{k}_{j}")
         with m.Switch(pos[3:5]):
             for i in range(BLOCK // 8):
                 with m.Case(i):
                     m.d.comb += xw.eq(qx[64 * i: 64 * i + 64])
         x_c = Signal(signed(X_BITS), name=f"xc_{k}_{j}")
-        m.d.comb += x_c.eq(xw.word_select(pos[0:3], 8))
+        m.d.comb += x_c.eq(Mux(sparse, xw.word_select(pos[0:3], 8), qx[8 * j: 8 * j + 8]))
         ws.append(Mux(ok, w_c, 0))
         xs.append(Mux(ok, x_c, 0))
     return ws, xs
