@@ -86,33 +86,53 @@ def delay(m, sig, n, name):
     return cur
 
 
-def dsp_chain(m, a, x, pair, name):
+def dsp_chain(m, a, x, pair, name, taps=1, cut=None):
     """One chain of len(a) DSP stages as two cascades of SEG stages; a (PK_BITS signed), x (X_BITS signed): the
     stage operands valid at cycle A; ``pair``: the operands are packed row pairs (valid at A + SEG + 1).
 
     Cascade s, stage l: inputs of stage s*SEG + l delayed l cycles, M <= a * x (one multiplier), P <= M (+ PCIN
-    for l > 0). At A + SEG + 2 returns (even, odd, qs): packed, each cascade's P split into its low field
+    for l > 0). At A + SEG + 2 returns (even, odd, qs, tp, tq): packed, each cascade's P split into its low field
     ((P + PK_BIAS) mod 2^18 - PK_BIAS, the even row) and high part ((P + PK_BIAS) >> 18, the odd row), summed over
     both cascades; not packed, even = the sum of both P (odd unused); qs = the sum of the chain's activations.
+    Reduction taps (``taps`` = 2 or 4, else none): tp[i] = the P of the last stage of the i-th run of
+    len(a) / taps stages, delayed to A + SEG + 2, tq[i] = the sum of that run's activations. With 4 taps,
+    ``cut`` (valid at A, with the operands) cuts each cascade in the middle: stage l = SEG / 2 takes P <= M, not
+    M + PCIN (the DSP48E2's Z multiplexer, a dynamic OPMODE bit), so each run's tap holds its own dot product.
     """
     L = len(a)
-    assert L % SEG == 0
+    assert L % SEG == 0 and taps in (1, 2, 4) and (cut is None or taps == 4)
+    run = L // taps
     ps = []
+    tp = []
     for s_ in range(L // SEG):
         prev_p = None
         for l in range(SEG):
             i = s_ * SEG + l
-            pk = delay(m, Cat(a[i], x[i]), l, f"{name}_sk{i}")
+            cuts = cut is not None and l == SEG // 2
+            pk = delay(m, Cat(a[i], x[i], cut) if cuts else Cat(a[i], x[i]), l, f"{name}_sk{i}")
             ai, xi = pk[:PK_BITS].as_signed(), pk[PK_BITS:PK_BITS + X_BITS].as_signed()
             mreg = Signal(signed(P_BITS), name=f"{name}_m{i}")
             m.d.sync += mreg.eq(sext(ai * xi, P_BITS))
             preg = Signal(signed(P_BITS), name=f"{name}_p{i}")
-            m.d.sync += preg.eq(mreg if prev_p is None else mreg + prev_p)
+            if cuts:
+                cm = Signal(name=f"{name}_cut{i}")          # the OPMODE register, with M
+                m.d.sync += [cm.eq(pk[PK_BITS + X_BITS]), preg.eq(mreg + Mux(cm, 0, prev_p))]
+            else:
+                m.d.sync += preg.eq(mreg if prev_p is None else mreg + prev_p)
             prev_p = preg
+            if taps > 1 and (i + 1) % run == 0:        # P of stage l is valid at A + l + 2
+                tp.append(delay(m, preg[:ACC_BITS].as_signed(), SEG - l, f"{name}_tp{i}"))
         ps.append(prev_p)
-    qs = Signal(signed(QS_BITS), name=f"{name}_qs")
-    m.d.sync += qs.eq(sum(x[i] for i in range(L)))
-    qsd = delay(m, qs, SEG + 1, f"{name}_qsd")
+    qt = []
+    for r_ in range(taps):
+        q_ = Signal(signed(QS_BITS), name=f"{name}_qs" if taps == 1 else f"{name}_qs{r_}")
+        m.d.sync += q_.eq(sum(x[i] for i in range(r_ * run, (r_ + 1) * run)))
+        qt.append(delay(m, q_, SEG + 1, f"{name}_qsd" if taps == 1 else f"{name}_qsd{r_}"))
+    if taps == 1:
+        qsd = qt[0]
+    else:
+        qsd = Signal(signed(QS_BITS), name=f"{name}_qst")
+        m.d.comb += qsd.eq(sum(qt))
     lo, hi = [], []
     for s_, p in enumerate(ps):
         q = Signal(signed(P_BITS + 1), name=f"{name}_q{s_}")
@@ -122,19 +142,20 @@ def dsp_chain(m, a, x, pair, name):
     even = Signal(signed(ACC_BITS), name=f"{name}_even")
     odd = Signal(signed(ACC_BITS), name=f"{name}_odd")
     m.d.sync += [even.eq(Mux(pair, sum(lo), sum(ps))), odd.eq(sum(hi))]
-    return even, odd, qsd
+    return even, odd, qsd, tp, (qt if taps > 1 else [])
 
 
-def lane_select(m, body, idx, qx, wk, nsp, sparse, on, k):
+def lane_select(m, body, idx, qx, wk, nsp, sparse, on, k, nprod=BLOCK):
     """Comb: one lane's weight decode and sparse MUX; returns the 32 (weight, activation) product inputs.
 
     ``body``: the block's value bytes (512 bits), ``idx``: its index bytes (N:16 formats), ``qx``: the lane's 32
     activations (256 bits), ``wk``: the weight kind (WK_*), ``nsp``: N (16 when dense), ``sparse``: N:16 index
     mode, ``on``: the lane takes part. Product j: weight j of the kind's layout; activation j (dense) or, sparse,
     the one at the stored 4-bit index within group j // N (j < 2N; products past 2N and off lanes are zero).
+    ``nprod``: build products 0..nprod-1 only (a slot only the sparse modes with 2N <= nprod use).
     """
     ws, xs = [], []
-    for j in range(BLOCK):
+    for j in range(nprod):
         w_c = Signal(signed(W_BITS), name=f"wc_{k}_{j}")
         with m.Switch(wk):
             with m.Case(WK_Q4D):
@@ -321,6 +342,7 @@ class Mpe(Elaboratable):
         isq4 = Signal(name="isq4")
         isi16 = Signal(name="isi16")
         pair = Signal(name="pair_s1")
+        spb = Signal(3, name="spb_s1")     # sparse blocks per chain (params.chain_blocks): 1, 2 or 4
         with m.Switch(mode):
             for mi, (fmt, sp) in enumerate(P.MODES):
                 with m.Case(mi):
@@ -328,7 +350,7 @@ class Mpe(Elaboratable):
                             else WK_Q4D if sp == 16 else WK_Q4S)
                     m.d.comb += [wk.eq(kind), nsp.eq(sp), sparse.eq(sp != 16 and fmt != WFmt.I16),
                                  isq4.eq(fmt == WFmt.Q4_1), isi16.eq(fmt == WFmt.I16),
-                                 pair.eq(int(paired(fmt, sp)))]
+                                 pair.eq(int(paired(fmt, sp))), spb.eq(P.chain_blocks(fmt, sp))]
 
         # ---- S1: per slot block select (body, indices, scales), weight decode, sparse MUX -----------------
         ws, xs = [], []
@@ -358,7 +380,8 @@ class Mpe(Elaboratable):
             qk = qd[0] if k == 0 else Mux(pair, qd[k // 2], qd[k])
             qsel = Signal(QWORD, name=f"qsel_{k}")
             m.d.comb += qsel.eq(qk)
-            wsel, xsel = lane_select(m, body, idx, qsel[:256], wk, nsp, sparse, lane_on[k], k)
+            wsel, xsel = lane_select(m, body, idx, qsel[:256], wk, nsp, sparse, lane_on[k], k,
+                                     P.slot_products(self.board, k))
             ws.append(wsel)
             xs.append(xsel)
             # scales, raw, registered with the operands then delayed to C
@@ -366,9 +389,14 @@ class Mpe(Elaboratable):
             m.d.sync += sc.eq(Cat(d16, m16, qsel[256:272], qsel[272:280]))
             scl.append(sc)
         # chain operands: paired: unit u -> chains 2u, 2u+1 (activations 16h..16h+15, both rows packed); I16:
-        # the block's 32 products on chains 0, 1; sparse: slot c -> chain c (its 2N <= 16 products)
+        # the block's 32 products on chains 0, 1; sparse with B = chain_blocks blocks per chain: slot k -> chain
+        # k // B, stages 16 / B * (k % B) onwards (its 2N <= 16 / B products), read at its reduction tap
         ca = [[Signal(signed(PK_BITS), name=f"ca_{c}_{j}") for j in range(STAGES)] for c in range(NCH)]
         cb = [[Signal(signed(X_BITS), name=f"cb_{c}_{j}") for j in range(STAGES)] for c in range(NCH)]
+        taps = [P.chain_taps(self.board, c) for c in range(NCH)]
+
+        def prod(k, j):
+            return (ws[k][j], xs[k][j]) if k < K and j < len(ws[k]) else (Const(0), Const(0))
         for c in range(NCH):
             u, h = c // 2, c % 2
             for j in range(STAGES):
@@ -379,37 +407,59 @@ class Mpe(Elaboratable):
                     pk_x = xs[2 * u][p_]
                 if c < 2:
                     i16_w, i16_x = ws[0][16 * c + j], xs[0][16 * c + j]
-                sp_w, sp_x = ws[c][j], xs[c][j]
+                sp_w, sp_x = prod(c, j)
+                for nb_ in (2, 4):          # more blocks per chain where this chain has the taps
+                    if taps[c] >= nb_:
+                        run = STAGES // nb_
+                        w_, x_ = prod(c * nb_ + j // run, j % run)
+                        sp_w, sp_x = Mux(spb == nb_, w_, sp_w), Mux(spb == nb_, x_, sp_x)
                 m.d.sync += [ca[c][j].eq(Mux(pair, pk_w, Mux(isi16, i16_w, sp_w))),
                              cb[c][j].eq(Mux(pair, pk_x, Mux(isi16, i16_x, sp_x)))]
         ctl = Signal(2 + 5, name="ctl_s2")
         m.d.sync += ctl.eq(Cat(isq4, isi16, wfrac))
         pairA = Signal(name="pair_s2")
         m.d.sync += pairA.eq(pair)
+        cutA = Signal(name="cut_s2")        # 4 blocks per chain: cut the cascades between the taps
+        modeA = Signal(4, name="mode_s2")
+        m.d.sync += [cutA.eq(spb == 4), modeA.eq(mode)]
 
         # ---- A..C: DSP chains, then per slot acc / qs -----------------------------------------------------
-        ev, od, qc = [], [], []
+        ev, od, qc, tps, tqs = [], [], [], [], []
         pair_e = delay(m, pairA, SEG + 1, "pair_e")        # valid at A + SEG + 1
         for c in range(NCH):
-            e_, o_, q_ = dsp_chain(m, ca[c], cb[c], pair_e, f"ch{c}")
+            e_, o_, q_, tp_, tq_ = dsp_chain(m, ca[c], cb[c], pair_e, f"ch{c}", taps[c],
+                                             cutA if taps[c] == 4 else None)
             ev.append(e_)
             od.append(o_)
             qc.append(q_)
-        pf = delay(m, Cat(pairA, ctl[1]), SEG + 2, "pf")       # (pair, i16) valid at A + SEG + 2
+            tps.append(tp_)
+            tqs.append(tq_)
+        mode_e = delay(m, modeA, SEG + 2, "mode_e")       # valid at A + SEG + 2, with the chains' outputs
         accS = [Signal(signed(ACC_BITS), name=f"acc_s_{k}") for k in range(K)]
         qsS = [Signal(signed(QS_BITS), name=f"qs_s_{k}") for k in range(K)]
         for k in range(K):
-            u = k // 2
-            if 2 * u + 1 < NCH:
-                pk_a = (od if k % 2 else ev)[2 * u] + (od if k % 2 else ev)[2 * u + 1]
-                pk_q = qc[2 * u] + qc[2 * u + 1]
-            else:
-                pk_a = pk_q = Const(0)
-            un_a = (ev[0] + ev[1]) if k == 0 and NCH > 1 else (ev[k] if k < NCH else Const(0))
-            un_a_sp = ev[k] if k < NCH else Const(0)
-            un_q = qc[k] if k < NCH else Const(0)
-            m.d.sync += [accS[k].eq(Mux(pf[0], pk_a, Mux(pf[1], un_a, un_a_sp))),
-                         qsS[k].eq(Mux(pf[0], pk_q, un_q))]
+            m.d.sync += [accS[k].eq(0), qsS[k].eq(0)]
+            with m.Switch(mode_e):
+                for mi, (fmt, sp) in enumerate(P.MODES):
+                    if k >= P.lanes(self.board, fmt, sp):
+                        continue
+                    if paired(fmt, sp):             # unit k // 2 on chains 2u, 2u+1; row k % 2 of the pair
+                        u = k // 2
+                        a_ = (od if k % 2 else ev)[2 * u] + (od if k % 2 else ev)[2 * u + 1]
+                        q_ = qc[2 * u] + qc[2 * u + 1]
+                    elif fmt == WFmt.I16:
+                        a_, q_ = ev[0] + ev[1], qc[0]
+                    else:                           # sparse: tap(s) of its run of stages
+                        nb_ = P.chain_blocks(fmt, sp)
+                        c, r_ = k // nb_, k % nb_
+                        if nb_ == 1:
+                            a_, q_ = ev[c], qc[c]
+                        else:
+                            g = taps[c] // nb_      # taps per block (a 4-tap chain holding 2 blocks: 2)
+                            a_ = tps[c][(r_ + 1) * g - 1]
+                            q_ = sum(tqs[c][r_ * g: (r_ + 1) * g])
+                    with m.Case(mi):
+                        m.d.sync += [accS[k].eq(a_), qsS[k].eq(q_)]
         # the slots' acc/qs (A + ENG_LAT) travel to C = A + L + 1, where the scales (registered at A) arrive
         accC = [delay(m, a_, L + 1 - ENG_LAT, f"accC_{k}") for k, a_ in enumerate(accS)]
         qsC = [delay(m, q_, L + 1 - ENG_LAT, f"qsC_{k}") for k, q_ in enumerate(qsS)]

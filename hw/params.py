@@ -3,11 +3,14 @@
 The weight stream is cut into *groups*: up to ``units`` consecutive units per cycle. A unit is one 32-weight block,
 except for the paired formats (dense Q4_1 / Q8_0, ``formats.paired``), whose unit is block b of two rows (stored
 row-pair interleaved): each DSP multiplies one activation by both rows' weights packed into its 27-bit operand
-(hw/mpe.py). The engine has chains of 16 DSP stages; a paired unit takes two chains (32 activations x 2 rows), a
-sparse N:16 block (2N <= 16 products) one chain, an I16 block (32 products, one per DSP) two chains. ``lanes`` is
-the blocks a group holds (2 per paired unit): the fewest units that keep up with the memory port
-(ceil(port_bytes / unit bytes)), capped by the DSPs (slots // 64 units of 64 products for the paired formats and
-I16, slots // 32 sparse blocks), so the sparse modes with small blocks (N = 2, 4) are compute-bound at that cap.
+(hw/mpe.py). The engine has chains of ``STAGES`` (16) DSP stages; a paired unit takes two chains (32 activations x
+2 rows), an I16 block (32 products, one per DSP) two chains, and sparse N:16 blocks (2N <= 16 products) sit side by
+side in a chain: ``chain_blocks`` = 16 / (2N) of them (N = 2: 4, N = 4: 2, N = 8: 1), each read at its own
+reduction tap (FlightLLM's reduction nodes: the cascade is cut after every 2N stages, hw/mpe.py ``dsp_chain``).
+``lanes`` is the blocks a group holds (2 per paired unit): the fewest units that keep up with the memory port
+(ceil(port_bytes / unit bytes)), capped by what the chains and their taps hold. The engine's block slots
+(``max_lanes``: one QBUF read port, one weight decode + sparse MUX and one dequantiser each) are the most any mode
+uses, so on a 64-byte port every mode is memory-bound (sim: 8 slots, for 2:16's 8-byte blocks).
 """
 from __future__ import annotations
 
@@ -30,6 +33,26 @@ def slots(board) -> int:
     return a.chains * a.chain_length * a.macs_per_dsp
 
 
+STAGES = BLOCK // 2          # DSP stages of one engine chain (hw/mpe.py); a board's chain_length counts in stages
+TAP = 4                      # stages between two reduction taps: the shortest sparse block (N = 2: 4 products)
+
+
+def dsp_chains(board) -> int:
+    """Engine chains (of STAGES stages) the board's DSP stages make."""
+    a = board.accel
+    return a.chains * a.chain_length // STAGES
+
+
+def sparse(fmt: int, sp_n: int) -> bool:
+    return int(fmt) != int(WFmt.I16) and int(sp_n) != 16
+
+
+def chain_blocks(fmt: int, sp_n: int) -> int:
+    """Blocks one chain holds: sparse N:16 blocks (2N products) side by side, one per reduction tap group
+    (16 / (2N): N = 2 -> 4, N = 4 -> 2, N = 8 -> 1); 1 for the others (a paired unit / I16 block takes 2 chains)."""
+    return STAGES // products(fmt, sp_n) if sparse(fmt, sp_n) else 1
+
+
 def unit_blocks(fmt: int, sp_n: int) -> int:
     """Blocks per unit: 2 (block b of a row pair) for the paired formats, else 1."""
     return 2 if paired(fmt, sp_n) else 1
@@ -42,8 +65,8 @@ def unit_bytes(fmt: int, sp_n: int) -> int:
 def units(board, fmt: int, sp_n: int) -> int:
     """Units a group holds (one per cycle and token)."""
     port = board.memory.port_bytes
-    wide = paired(fmt, sp_n) or int(fmt) == int(WFmt.I16)
-    cap = slots(board) // (2 * BLOCK if wide else BLOCK)
+    ch = dsp_chains(board)
+    cap = ch * chain_blocks(fmt, sp_n) if sparse(fmt, sp_n) else ch // 2
     return max(1, min(-(-port // unit_bytes(fmt, sp_n)), cap))
 
 
@@ -53,9 +76,11 @@ def lanes(board, fmt: int, sp_n: int) -> int:
 
 
 def chains_used(board, fmt: int, sp_n: int) -> int:
-    """16-stage DSP chains a group occupies: two per paired unit or I16 block, one per sparse block."""
-    wide = paired(fmt, sp_n) or int(fmt) == int(WFmt.I16)
-    return (2 if wide else 1) * units(board, fmt, sp_n)
+    """Engine chains a group occupies: two per paired unit or I16 block; sparse blocks fill chains in slot order,
+    ``chain_blocks`` per chain (slot k on chain k // chain_blocks)."""
+    if sparse(fmt, sp_n):
+        return -(-units(board, fmt, sp_n) // chain_blocks(fmt, sp_n))
+    return 2 * units(board, fmt, sp_n)
 
 
 def n_chains(board) -> int:
@@ -63,7 +88,20 @@ def n_chains(board) -> int:
 
 
 def max_lanes(board) -> int:
+    """The engine's block slots: the most blocks any mode's group holds."""
     return max(lanes(board, f, n) for f, n in MODES)
+
+
+def slot_products(board, k: int) -> int:
+    """Products block slot k ever feeds (its weight decode + sparse MUX is built for these only): 32 where a
+    dense or I16 mode uses the slot, 2N for slots only the sparse modes reach (sim: slots 4..7, 8 products)."""
+    return max([products(f, n) for f, n in MODES if k < lanes(board, f, n)] + [0])
+
+
+def chain_taps(board, c: int) -> int:
+    """Reduction taps chain c needs: the most sparse blocks any mode puts on it (1, 2 or 4)."""
+    return max([chain_blocks(f, n) for f, n in MODES
+                if sparse(f, n) and c * chain_blocks(f, n) < lanes(board, f, n)] + [1])
 
 
 def window_bytes(board) -> int:

@@ -46,9 +46,12 @@ def _case(fmt, sp, nb, seed, wfrac=9, R=1):
 @pytest.mark.parametrize("board,fmt,sp,R", [("sim", WFmt.Q4_1, 16, 2), ("sim", WFmt.Q8_0, 16, 2),
                                             ("sim", WFmt.Q4_1, 16, 1), ("sim", WFmt.Q8_0, 16, 1),
                                             ("sim", WFmt.Q4_1, 2, 1), ("sim", WFmt.Q8_0, 4, 1), ("sim", WFmt.I16, 16, 1),
+                                            # reduction taps: 4 (N=2) and 2 (N=4) blocks per chain; N=8 whole chains
+                                            ("sim", WFmt.Q8_0, 2, 1), ("sim", WFmt.Q4_1, 4, 1),
+                                            ("sim", WFmt.Q4_1, 8, 1), ("sim", WFmt.Q8_0, 8, 1),
                                             ("kv260", WFmt.Q4_1, 2, 1), ("kv260", WFmt.Q8_0, 16, 2)])
 def test_mpe_one_group(board, fmt, sp, R):
-    b = boards.load(board)      # kv260: 8 block slots and chains
+    b = boards.load(board)      # sim and kv260: 8 block slots, 4 chains (sparse 2:16: 8 blocks on 2 chains)
     pr = paired(fmt, sp)
     U = P.units(b, fmt, sp)
     nb, wfrac = U, 9
