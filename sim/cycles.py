@@ -31,7 +31,12 @@ def _mm_mid(o: int, total: int, nb: int, bb: int, k: int, n: int, port: int) -> 
     """MM over merged weight rows at beat offset ``o``: a group whose last byte arrives in a late beat issues
     (``n`` token cycles) once that beat is in, the groups after it one after another: the max over groups of
     that beat's index + 1 + the later groups' issue cycles (hw/top.py MM_RUN's kp/lim, as params.groups)."""
-    if total > 1 << 14:             # long streams: the first/last group terms of CycleModel.mm decide
+    if nb >= k:                     # every group k blocks but the last: vectorised (any length; a group wider
+        G = -(-total // k)          # than a beat, e.g. 5 Q8_0 4:16 blocks, makes the tail decide)
+        g = np.arange(G, dtype=np.int64)
+        ends = np.minimum((g + 1) * k, total)
+        return int(np.max(-(-(o + ends * bb) // port) + (G - 1 - g) * n))
+    if total > 1 << 14:             # rows shorter than a group, long streams: the first/last terms decide
         return 0
     ends, b0, left, e = [], 0, total, 0
     while left > 0:

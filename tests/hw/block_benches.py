@@ -51,11 +51,13 @@ class Flat(Elaboratable):
 
 
 def chain_bench(length: int = 16):
-    """hw/dsp_chain.py's chain: ports ``a`` (L x 27 bits), ``x`` (L x 8), ``pair``, ``even``, ``odd``, ``qs``."""
+    """hw/dsp_chain.py's chain with 4 reduction taps: ports ``a`` (L x 27 bits), ``x`` (L x 8), ``pair``, ``cut``,
+    ``even``, ``odd``, ``qs``, ``tp`` (4 x 32), ``tq`` (4 x 16)."""
     from flightllm.hw.dsp_chain import DspChain
 
-    ch = DspChain(length)
-    b = Flat(ch, {"a": ch.a, "x": ch.x, "pair": ch.pair}, {"even": ch.even, "odd": ch.odd, "qs": ch.qs})
+    ch = DspChain(length, 4)
+    b = Flat(ch, {"a": ch.a, "x": ch.x, "pair": ch.pair, "cut": ch.cut},
+             {"even": ch.even, "odd": ch.odd, "qs": ch.qs, "tp": ch.tp, "tq": ch.tq})
     return b, b.ports
 
 

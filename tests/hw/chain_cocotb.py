@@ -6,10 +6,13 @@ One vector of L (operand, activation) stage inputs enters per cycle, back to bac
   the operand is w_odd * 2^18 + w_even and ``even`` / ``odd`` must equal the two rows' dot products computed from
   the weights themselves (so the low-field window and the split are checked); unpacked: ``even`` the dot product;
 - the stage skew: stage i's P register (cascade i // SEG, stage l = i % SEG) holds its cascade's running sum
-  exactly l + 2 cycles after the inputs.
+  exactly l + 2 cycles after the inputs;
+- the 4 reduction taps (``tp``: run r's last stage P, ``tq``: its activation sum) at SEG + 2 cycles, with and
+  without ``cut`` (each cascade cut in the middle: 4 independent dot products of 4, as 4 sparse 2:16 blocks).
 Vectors: packed Q4_1 nibbles (0..15) and packed int8 (Q8_0) including the extremes that fill the low field's
 window ((-128) x (-128) everywhere: 8 x 16384 = 131072 per cascade; -128 x 127 everywhere), unpacked int8 /
-int16 (I16) / sparse (zeroed stages) vectors and their extremes; activations int8 including -128.
+int16 (I16) / sparse (zeroed stages) vectors and their extremes, 2 or 4 sparse blocks side by side (the latter
+cut); activations int8 including -128.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge
 
 from mpe_blocks_model import chain
-from cocotb_values import s, pack
+from cocotb_values import s, u, pack
 
 L = int(os.environ["CHAIN_L"])
 SEG = 8
@@ -31,11 +34,12 @@ A_BITS, X_BITS = 27, 8
 
 
 def vectors(rng, n):
-    kinds = rng.integers(0, 9, n)
+    kinds = rng.integers(0, 11, n)
     we = np.zeros((n, L), np.int64)
     wo = np.zeros((n, L), np.int64)
     x = rng.integers(-128, 128, (n, L))
     pair = np.zeros(n, bool)
+    cut = np.zeros(n, bool)
     for k in range(n):
         kd = kinds[k]
         if kd == 0:                                              # packed Q4_1 nibbles
@@ -64,37 +68,59 @@ def vectors(rng, n):
         elif kd == 7:                                            # unpacked extremes
             we[k] = rng.choice([-32768, 32767, 15, -128, 127], L)
             x[k] = rng.choice([-128, 127], L)
-        else:
+        elif kd == 8:
             we[k] = -32768
             x[k] = -128
-    return we, wo, x, pair
+        else:                                                    # 4 (cut) or 2 sparse blocks of 2N products
+            nb = 4 if kd == 9 else 2
+            run = L // nb
+            nk = 4 if nb == 4 else int(rng.choice([2, 4, 8]))
+            we[k] = rng.integers(-128, 128, L) if rng.random() < 0.8 else rng.choice([-128, 127], L)
+            x[k] = rng.integers(-128, 128, L)
+            keep = (np.arange(L) % run) < nk
+            we[k] *= keep
+            x[k] *= keep
+            cut[k] = nb == 4
+    return we, wo, x, pair, cut
 
 
 @cocotb.test()
 async def cascade(dut):
     rng = np.random.default_rng(SEED)
-    we, wo, x, pair = vectors(rng, N)
+    we, wo, x, pair, cut = vectors(rng, N)
     # the window edges, first: all (-128)(-128) and all (-128)(127) in both rows
     for i, (w_, x_) in enumerate([(-128, -128), (-128, 127), (127, -128), (127, 127)]):
         we[i], wo[i], x[i], pair[i] = w_, w_, x_, True
-    even, odd, qs, partial, a = chain(we, wo, x, pair, SEG)
+    even, odd, qs, partial, a, tp, tq = chain(we, wo, x, pair, SEG, cut, 4)
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
     dut.rst.value = 0
     dut.a.value = 0
     dut.x.value = 0
     dut.pair.value = 0
+    dut.cut.value = 0
     # the stage P registers inside the chain (hw/mpe.py names them ch_p<i>)
     stage_p = [getattr(dut.dut, f"ch_p{i}") for i in range(L)]
     await FallingEdge(dut.clk)
     for _ in range(L + 4):
         await FallingEdge(dut.clk)
     n_stage = 0
+    n_tap = 0
     lat = SEG + 2
     for c in range(N + lat + 1):
         k = c - lat
         if 0 <= k < N:
             got = (s(dut.even), s(dut.qs))
-            assert got == (even[k], qs[k]), f"vector {k} (pair {pair[k]}): (even, qs) = {got}, expected ({even[k]}, {qs[k]})"
+            if not cut[k]:     # cut: the taps are the results (even sums the cascades' second halves)
+                assert got == (even[k], qs[k]), f"vector {k} (pair {pair[k]}): (even, qs) = {got}, expected ({even[k]}, {qs[k]})"
+            tpv, tqv = u(dut.tp), u(dut.tq)
+            for r in range(4):
+                gp = (tpv >> (32 * r)) & 0xFFFFFFFF
+                gp -= (gp >> 31) << 32
+                gq = (tqv >> (16 * r)) & 0xFFFF
+                gq -= (gq >> 15) << 16
+                assert (gp, gq) == (tp[k, r], tq[k, r]), f"vector {k} (cut {cut[k]}) tap {r}: ({gp}, {gq}), " \
+                    f"expected ({tp[k, r]}, {tq[k, r]})"
+                n_tap += 1
             if pair[k]:
                 assert s(dut.odd) == odd[k], f"vector {k}: odd = {s(dut.odd)}, expected {odd[k]}"
         for i in range(L):
@@ -107,11 +133,14 @@ async def cascade(dut):
             dut.a.value = pack(a[c], A_BITS)
             dut.x.value = pack(x[c], X_BITS)
             dut.pair.value = int(pair[c])
+            dut.cut.value = int(cut[c])
         else:
             dut.a.value = 0
             dut.x.value = 0
             dut.pair.value = 0
+            dut.cut.value = 0
         await FallingEdge(dut.clk)
-    assert n_stage == N * L
-    dut._log.info(f"chain L={L}: {N} vectors ({int(pair.sum())} packed), even/odd/qs at +{lat} cycles and "
+    assert n_stage == N * L and n_tap == 4 * N
+    dut._log.info(f"chain L={L}: {N} vectors ({int(pair.sum())} packed, {int(cut.sum())} cut), even/odd/qs/taps at "
+                  f"+{lat} cycles and "
                   f"{n_stage} stage P values bit-exact (even {even.min()}..{even.max()}, odd {odd.min()}..{odd.max()})")

@@ -21,21 +21,31 @@ def wrap64(v: int) -> int:
 
 
 # ---- DSP chain ------------------------------------------------------------------------------------------------
-def chain(we: np.ndarray, wo: np.ndarray, x: np.ndarray, pair: np.ndarray, seg: int = 8):
+def chain(we: np.ndarray, wo: np.ndarray, x: np.ndarray, pair: np.ndarray, seg: int = 8, cut=None, taps: int = 4):
     """One chain (hw/mpe.py::dsp_chain): we, wo, x (N, L) ints, pair (N,) bool; wo is ignored where not pair.
 
     Stage i multiplies x[:, i] by the operand a = wo * 2^18 + we (pair) or we; the chain is cascades of ``seg``
-    stages. Returns (even, odd, qs, partial, a): even = sum we*x, odd = sum wo*x (pair; 0 otherwise) computed from
-    the weights themselves, qs = sum x, ``partial[:, i]`` the P register of stage i (its cascade's running sum).
+    stages, each cut in the middle where ``cut`` (N,) bool. Returns (even, odd, qs, partial, a, tp, tq): even =
+    sum we*x, odd = sum wo*x (pair; 0 otherwise) computed from the weights themselves (without a cut), qs = sum x,
+    ``partial[:, i]`` the P register of stage i (its cascade's, or cut half's, running sum), ``tp[:, r]`` the
+    reduction tap of run r of L / taps stages (its last stage's P, low 32 bits, signed), ``tq[:, r]`` the run's
+    activation sum.
     """
     we, wo, x = we.astype(np.int64), wo.astype(np.int64), x.astype(np.int64)
     a = np.where(pair[:, None], wo * (1 << 18) + we, we)
     p = a * x
     N, L = p.shape
     partial = np.cumsum(p.reshape(N, L // seg, seg), axis=2).reshape(N, L)
+    if cut is not None:
+        half = np.cumsum(p.reshape(N, L // (seg // 2), seg // 2), axis=2).reshape(N, L)
+        partial = np.where(cut[:, None], half, partial)
     even = (we * x).sum(1)
     odd = np.where(pair, (wo * x).sum(1), 0)
-    return even, odd, x.sum(1), partial, a
+    run = L // taps
+    tp = partial[:, run - 1::run] & 0xFFFFFFFF
+    tp = np.where(tp >> 31, tp - (1 << 32), tp)
+    tq = x.reshape(N, taps, run).sum(2)
+    return even, odd, x.sum(1), partial, a, tp, tq
 
 
 # ---- sparse MUX -----------------------------------------------------------------------------------------------
