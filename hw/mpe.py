@@ -8,7 +8,10 @@ pick and a 32:1 activation pick). The products go to ``params.n_chains`` chains 
 ONE DSP48E2-style multiplier (27 x 8 signed, M register; P register = M + PCIN):
 - paired: unit u takes chains 2u (activations 0..15) and 2u+1 (16..31); stage j multiplies activation x_j by the
   packed operand w_odd * 2^18 + w_even (27 bits), so one multiplier yields both rows' products;
-- sparse N:16 (2N <= 16 products): slot k takes chain k, one product per stage;
+- sparse N:16 (2N <= 16 products), one product per stage: B = params.chain_blocks = 16 / 2N blocks side by side
+  in a chain (FlightLLM's reduction nodes): slot k on chain k // B, stages 16 / B * (k % B) onwards, each block
+  read at its own reduction tap (``dsp_chain``: N = 4 each cascade's P; N = 2 the P of stages 3, 7, 11, 15 with
+  each cascade cut in the middle); a chain builds the taps its most-packed mode needs (params.chain_taps);
 - I16 (32 products of 17-bit weights): chains 0 and 1, one product per stage.
 Each chain is two cascades of 8 stages: 8 packed products keep the low field inside an 18-bit window
 [-PK_BIAS, 2^18 - 1 - PK_BIAS] (Q8_0: 8 x [-16256, 16384]; Q4_1: 8 x [-1920, 1905]), so low = ((P + PK_BIAS) mod
@@ -19,8 +22,9 @@ Timeline (S0 = the cycle ``go`` is high):
   S1      window + QBUF data registered; comb: slot block select, weight decode, sparse MUX, chain operands
   A=S2    chain operand registers (27-bit weight operand, 8-bit activation) per chain and stage
   A+l     stage l of each 8-stage cascade sees its skewed inputs; M_l at A+l+1, P_l at A+l+2
-  A+10    both cascades' P split (packed) or taken whole, summed per chain; activation sum per chain
-  A+11    per slot: the block's acc (dot product) and qs (sum of the kept activations)
+  A+10    both cascades' P split (packed) or taken whole, summed per chain; activation sum per chain; the
+          reduction taps (delayed to here) and their activation sums
+  A+11    per slot (a case on the mode): the block's acc (dot product) and qs (sum of the kept activations)
   C=A+L+1 acc and qs of every slot (delayed to keep the engine's depth)
   C+1..4  dequant per slot: D*acc, M*qs | T = sum | U = T*m_x | V = U shifted by e_x (floor), all mod 2^64
   C+5     slot sums split at the stream-row boundary (cur / nxt) and by row of the pair (even / odd)
