@@ -141,7 +141,11 @@ def interfaces_of_top(board) -> TopPorts:
     are the AXI roles' (master / AXI4-Lite slave); ``build`` re-reads them from the generated Verilog header."""
     from flightllm.hw.top import build_top
 
-    _, sigs = build_top(board)
+    top, sigs = build_top(board)
+    # only the port list is wanted: mark the never-elaborated top (and the Csr it builds) as used, or Amaranth
+    # warns UnusedElaboratable when they are collected
+    for e in (top, top.csr):
+        e._MustUse__used = True
     ports = [Port("clk", "input", 1), Port("rst", "input", 1)]
     for s in sigs:
         n = s.name
