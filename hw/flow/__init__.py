@@ -15,6 +15,7 @@ them and fails with ToolMissing when they are absent.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -55,15 +56,25 @@ def cache_root() -> Path:
     return Path(os.environ.get("FLIGHTLLM_CACHE", Path.home() / ".cache" / "flightllm"))
 
 
+# Python modules outside hw/ that the generated Verilog depends on (hw/*.py imports them): the ISA and formats,
+# the SFU model (its ROM tables and constants) and the SFU width rule, and the board loader
+KEY_FILES = ("flightllm/isa.py", "flightllm/formats.py", "sim/sfu_model.py", "sim/sfu_cycles.py", "boards/__init__.py")
+
+
 def design_key(board: Board) -> str:
-    """Hash of everything the generated Verilog depends on: hw/*.py, the ISA/format modules, the board file."""
+    """Hash of everything the generated Verilog depends on: hw/*.py, the modules of KEY_FILES, the Amaranth
+    version, and the board (its file, or its fields when it has none or was changed in memory)."""
+    import amaranth
+
     h = hashlib.sha256()
     for p in sorted(HW.glob("*.py")):
         h.update(p.name.encode())
         h.update(p.read_bytes())
-    for p in (ROOT / "flightllm" / "isa.py", ROOT / "flightllm" / "formats.py"):
-        h.update(p.read_bytes())
-    h.update(board.path.read_bytes() if board.path else repr(board).encode())
+    for f in KEY_FILES:
+        h.update(f.encode())
+        h.update((ROOT / f).read_bytes())
+    h.update(getattr(amaranth, "__version__", "?").encode())
+    h.update(repr(dataclasses.replace(board, path=None)).encode())   # every field, the chain cut's too
     return h.hexdigest()[:20]
 
 
