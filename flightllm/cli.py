@@ -90,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     bd.add_argument("--run", action="store_true", help="also run vivado / v++ (they must be on PATH)")
     bd.add_argument("--estimate", action="store_true", help="yosys synth_xilinx resource estimate (cached)")
     bd.add_argument("--no-cache", action="store_true", help="with --estimate: synthesise again")
+    bd.add_argument("--flat", action="store_true",
+                    help="with --estimate: synthesise the whole design flattened (the reference for the default "
+                         "per-module method; hours on the big boards)")
     bd.add_argument("--json", action="store_true")
     dv = sub.add_parser("devices", help="FPGA devices pynq sees (exit 1 when there are none)")
     dv.add_argument("--json", action="store_true")
@@ -280,7 +283,8 @@ def cmd_build(a) -> int:
     if a.estimate:
         from flightllm.hw.flow.estimate import estimate
 
-        r = estimate(b, use_cache=not a.no_cache, progress=None if a.json else lambda m: print(m, file=sys.stderr))
+        r = estimate(b, use_cache=not a.no_cache, flat=a.flat,
+                     progress=None if a.json else lambda m: print(m, file=sys.stderr))
         if a.json:
             print(json.dumps(r))
         else:

