@@ -88,7 +88,8 @@ def reduced(board: Board) -> Board:
     for need in range(-(-used // (a.macs_per_dsp * a.chain_length)), a.chains):
         cand = dataclasses.replace(board, accel=dataclasses.replace(a, chains=need))
         if all(P.lanes(cand, f, n) == P.lanes(board, f, n) for f, n in P.MODES) and \
-                P.max_lanes(cand) == P.max_lanes(board) and P.window_bytes(cand) == P.window_bytes(board):
+                P.max_lanes(cand) == P.max_lanes(board) and P.window_bytes(cand) == P.window_bytes(board) and \
+                P.n_chains(cand) == P.n_chains(board):
             return cand
     return board
 
