@@ -175,7 +175,6 @@ class Top(Elaboratable):
         rb = Signal(32)             # MM: bytes per stream row (a row pair for the paired formats)
         srows = Signal(25)          # MM: stream rows (formats.weight_stream)
         wst = Signal(33)            # MM: stream row stride
-        pairf = Signal()
         tokens = Signal(16)
         base = Signal(66)
         nbytes = Signal(32)
@@ -393,7 +392,7 @@ class Top(Elaboratable):
                         with m.Case(int(Op.MM), int(Op.MV)):
                             m.d.sync += [cls.eq(2), rows.eq(rows_c), cols.eq(cols_c), nb.eq(cols_c >> 5),
                                          mode.eq(mode_c), bbytes.eq(bb_c), klanes.eq(k_c), tokens.eq(f_mm["tokens"]),
-                                         rb.eq((cols_c >> 5) * bb_c), base.eq(f_mm["waddr"]), pairf.eq(pair_c),
+                                         rb.eq((cols_c >> 5) * bb_c), base.eq(f_mm["waddr"]),
                                          srows.eq(Mux(pair_c, (rows_c + 1) >> 1, rows_c)),
                                          wst.eq(Mux(pair_c, f_mm["wstride"] << 1, f_mm["wstride"])),
                                          xaddr.eq(f_mm["xaddr"]), xstride.eq(f_mm["xstride"]),
