@@ -352,7 +352,7 @@ class Mpe(Elaboratable):
                 with m.Case(mi):
                     kind = (WK_I16 if fmt == WFmt.I16 else WK_Q8 if fmt == WFmt.Q8_0
                             else WK_Q4D if sp == 16 else WK_Q4S)
-                    m.d.comb += [wk.eq(kind), nsp.eq(sp), sparse.eq(sp != 16 and fmt != WFmt.I16),
+                    m.d.comb += [wk.eq(kind), nsp.eq(sp), sparse.eq(P.sparse(fmt, sp)),
                                  isq4.eq(fmt == WFmt.Q4_1), isi16.eq(fmt == WFmt.I16),
                                  pair.eq(int(paired(fmt, sp))), spb.eq(P.chain_blocks(fmt, sp))]
 
@@ -377,7 +377,7 @@ class Mpe(Elaboratable):
                             m.d.comb += d16.eq(win[8 * base: 8 * base + 16])
                         if fmt == WFmt.Q4_1:
                             m.d.comb += m16.eq(win[8 * base + 16: 8 * base + 32])
-                        if sp != 16 and fmt != WFmt.I16:
+                        if P.sparse(fmt, sp):
                             vb = sp if fmt == WFmt.Q4_1 else 2 * sp
                             m.d.comb += idx.eq(win[8 * (base + hdr + vb): 8 * (base + bb)])
             # the slot's activation block: its unit's QBUF port
