@@ -58,6 +58,22 @@ def test_hierarchical_synthesis_counts_every_instance(tmp_path):
     assert E.count(h["cells"]) == flat and flat["dsp"] == 2 and flat["ff"] == 16
 
 
+def test_parallel_module_synthesis_gives_the_serial_result(tmp_path, monkeypatch):
+    v = tmp_path / "h.v"
+    v.write_text(HIER)
+    res = {}
+    for j in ("1", "3"):
+        monkeypatch.setenv("FLIGHTLLM_ESTIMATE_JOBS", j)
+        (tmp_path / j).mkdir()
+        res[j] = E.synth_hier(v, "xc7", tmp_path / j, E.yosys_cmd(), use_cache=False)
+        assert not any(r["cached"] for r in res[j]["modules"].values())
+    assert res["1"]["cells"] == res["3"]["cells"]
+    assert list(res["1"]["modules"]) == list(res["3"]["modules"])       # same order: largest module first
+    monkeypatch.setenv("FLIGHTLLM_ESTIMATE_JOBS", "0")
+    with pytest.raises(E.FlowError, match="FLIGHTLLM_ESTIMATE_JOBS"):
+        E.jobs()
+
+
 def test_cell_accounting():
     c = E.count({"DSP48E2": 3, "LUT6": 10, "LUT2": 5, "RAM64M": 2, "SRLC32E": 1, "FDRE": 7, "FDSE": 1,
                  "RAMB36E2": 2, "RAMB18E2": 3, "URAM288": 4, "CARRY8": 9, "MUXF7": 4})

@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from flightllm.boards import Board
@@ -227,6 +228,16 @@ def normalise(text: str) -> str:
     return _AUTO.sub(lambda mo: names.setdefault(mo.group(0), f"$n{len(names)}"), _SRC.sub("", text))
 
 
+def jobs() -> int:
+    """yosys processes the hierarchical estimate runs at once: $FLIGHTLLM_ESTIMATE_JOBS, else one per core."""
+    v = os.environ.get("FLIGHTLLM_ESTIMATE_JOBS", "")
+    if v:
+        if not v.isdigit() or int(v) < 1:
+            raise FlowError(f"FLIGHTLLM_ESTIMATE_JOBS must be a positive integer, not {v!r}")
+        return int(v)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _module_cache(fam: str, ycmd: list[str]) -> tuple[Path, str]:
     return cache_root() / "estimate" / "modules", f"{METHOD_VERSION}:{fam}:{yosys_version(ycmd)}:"
 
@@ -256,23 +267,27 @@ def synth_hier(verilog: Path, fam: str, workdir: Path, ycmd: list[str], top: str
         groups.setdefault(text, []).append(mn)
     cdir, cpre = _module_cache(fam, ycmd)
     per: dict[str, dict] = {}
+    todo = []                                   # (index, module, text, instances, cache file): to synthesise
     order = sorted(groups.items(), key=lambda kv: -len(kv[0]))
     for i, (text, g) in enumerate(order):
         mn = g[0]
-        t0 = time.time()
         n_inst = sum(count[x] for x in g)
         ckey = hashlib.sha256((cpre + text).encode()).hexdigest()[:24]
         cf = cdir / f"{ckey}.json"
         if use_cache and cf.is_file():
             r = json.loads(cf.read_text())
             per[mn] = {**r, "instances": n_inst, "same_as": g[1:], "cached": True}
-            continue
-        if not any(typ not in kids[mn] for typ, _ in _CELL.findall(mods[mn])) and \
+        elif not any(typ not in kids[mn] for typ, _ in _CELL.findall(mods[mn])) and \
                 not re.search(r"^  (process|memory) ", mods[mn], re.M):
             # a wrapper: submodule instances and connections only, nothing to map
             per[mn] = {"cells": {}, "seconds": 0.0, "time_spent": "", "instances": n_inst, "same_as": g[1:],
                        "cached": False}
-            continue
+        else:
+            todo.append((i, mn, text, g, n_inst, cf))
+
+    def run(job):
+        i, mn, text, g, n_inst, cf = job
+        t0 = time.time()
         if progress:
             progress(f"  [{i + 1}/{len(order)}] {mn} ({len(text) / 1e6:.2f} MB RTLIL, x{n_inst})")
         d = workdir / f"m{i}"
@@ -288,11 +303,18 @@ def synth_hier(verilog: Path, fam: str, workdir: Path, ycmd: list[str], top: str
         r = {"cells": cells, "seconds": round(time.time() - t0, 1),
              "time_spent": spent[-1][12:].strip() if spent else ""}
         cf.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cf.with_suffix(f".tmp{os.getpid()}")
+        tmp = cf.with_suffix(f".tmp{os.getpid()}-{i}")
         tmp.write_text(json.dumps(r) + "\n")
         tmp.replace(cf)
-        per[mn] = {**r, "instances": n_inst, "same_as": g[1:], "cached": False}
         shutil.rmtree(d, ignore_errors=True)
+        return mn, {**r, "instances": n_inst, "same_as": g[1:], "cached": False}
+
+    # one yosys per module, largest first, ``jobs()`` at a time: each is single-threaded, and the largest (the
+    # top's control FSM, the MPE) take most of the time, so a second core roughly halves the wall time
+    with ThreadPoolExecutor(max_workers=max(1, min(jobs(), len(todo) or 1))) as pool:
+        for mn, r in pool.map(run, todo):
+            per[mn] = r
+    per = {g[0]: per[g[0]] for _, g in order}        # largest module first, as before
     total: dict[str, int] = {}
     for mn, r in per.items():
         for c, n in r["cells"].items():
