@@ -42,11 +42,10 @@ class DirectSim:
         from flightllm.sim.fsim import FunctionalSim
 
         self.sim = FunctionalSim(board, art.mem_size, art.memmap)
-        self.sim.mem[: art.image.size] = art.image
+        self.sim.write(0, art.image)
 
     def write_mem(self, addr: int, data: np.ndarray) -> None:
-        b = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
-        self.sim.mem[addr: addr + b.size] = b
+        self.sim.write(addr, data)
 
     def read_mem(self, addr: int, n: int) -> np.ndarray:
         return self.sim.mem[addr: addr + n].copy()

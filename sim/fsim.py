@@ -284,6 +284,35 @@ class FunctionalSim:
             for k in [k for k in self._wcache if k[0] < hi and lo < k[1]]:
                 del self._wcache[k]
 
+    # -- the host's side of device memory ---------------------------------------------------------------
+    def set_regions(self, prot: list[Prot]) -> None:
+        """New protection regions (the driver's region registers): what was cached under the old ones is dropped
+        (a stream cached as executable, or weights as read-only, may not be either now)."""
+        if prot != self.regions:
+            self.regions = list(prot)
+            self._pcache.clear()
+            self._wcache.clear()
+
+    def write(self, addr: int, data) -> None:
+        """A host write into device memory (a driver's sync_to_device, a runtime's inputs): stores the bytes and
+        drops what fsim decoded from them, so a program or matrix the host rewrites is read again."""
+        b = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+        addr = int(addr)
+        if addr < 0 or addr + b.size > self.mem.size:
+            raise DeviceError(f"host write [{addr:#x}, {addr + b.size:#x}) beyond device memory ({self.mem.size:#x})",
+                              ErrCode.MEM_BOUNDS, 0)
+        self.mem[addr: addr + b.size] = b
+        self.host_wrote(addr, addr + b.size)
+
+    def host_wrote(self, lo: int, hi: int) -> None:
+        """The host changed device memory [lo, hi) behind fsim's back (``mem`` is a plain array): the decoded
+        weights from those bytes are dropped, and every decoded program if they touch an executable region (the
+        engine never writes one, so only the host can change a program)."""
+        self._invalidate(lo, hi)
+        if self._pcache and (not self.regions or any(r.base < hi and lo < r.end and r.perm & PERM_X
+                                                     for r in self.regions)):
+            self._pcache.clear()
+
     # -- matrix engine --------------------------------------------------------------------------------
     def _weights(self, f, rows, cols, pc):
         """The operand's rows decoded, and its stream geometry (formats.weight_stream: row pairs for the paired

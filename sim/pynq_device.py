@@ -55,10 +55,7 @@ class FsimEngine:
         from flightllm.sim.fsim import Prot
 
         prot = [Prot(f"region {i}", b, b + n, p) for i, b, n, p in regs.regions_from(self.r.__getitem__)]
-        if prot != self.sim.regions:
-            self.sim.regions = prot
-            self.sim._pcache.clear()
-            self.sim._wcache.clear()
+        self.sim.set_regions(prot)
 
     def _start(self):
         base = self.r["INSTR_BASE_LO"] | (self.r["INSTR_BASE_HI"] << 32)
@@ -171,6 +168,8 @@ class SimulatedDevice(Device):
     def flush(self, bo, offset, ptr, size):
         host = np.ctypeslib.as_array((np.ctypeslib.ctypes.c_uint8 * size).from_address(ptr))
         self.engine.mem[bo + offset: bo + offset + size] = host
+        if hasattr(self.engine, "sim"):              # fsim caches decoded programs and weights: drop the stale ones
+            self.engine.sim.host_wrote(bo + offset, bo + offset + size)
 
     def invalidate(self, bo, offset, ptr, size):
         host = np.ctypeslib.as_array((np.ctypeslib.ctypes.c_uint8 * size).from_address(ptr))

@@ -26,8 +26,7 @@ def dev():
 def _load(sim, mm, prog):
     w = isa.assemble(prog + [END])
     p = mm["program"]
-    sim.mem[p.base: p.base + w.nbytes] = w.view(np.uint8)
-    sim._pcache.clear()
+    sim.write(p.base, w)
 
 
 def _run(sim, mm, prog, pos=0):
@@ -73,8 +72,7 @@ def test_illegal_words(dev):
     sim, mm = dev
     p = mm["program"]
     for words in ([0], [0xF], [int(Op.MV)] + [0xFFFFFFFF] * 8):
-        sim.mem[p.base: p.base + 4 * len(words)] = np.array(words, "<u4").view(np.uint8)
-        sim._pcache.clear()
+        sim.write(p.base, np.array(words, "<u4"))
         with pytest.raises(DeviceError) as e:
             sim.run(p.base, 0)
         assert e.value.code == ErrCode.ILLEGAL_INSTR

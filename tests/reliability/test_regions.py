@@ -34,8 +34,7 @@ def dev():
 def put(sim, addr, prog):
     w = isa.assemble(prog).view(np.uint8) if prog and isinstance(prog[0], isa.Instr) else \
         np.asarray(prog, "<u4").view(np.uint8)
-    sim.mem[addr: addr + w.size] = w
-    sim._pcache.clear()
+    sim.write(addr, w)
 
 
 def fault(sim, addr, pos=0):
