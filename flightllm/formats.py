@@ -116,7 +116,9 @@ def unpack_weights(raw: np.ndarray, fmt: int, sp_n: int, rows: int, cols: int, w
     """Device weight rows (uint8, shape rows x row_bytes) -> (Q int (R, C), D int64 (R, B), M int64 (R, B), mask).
 
     Q holds the stored integers (Q4_1: 0..15, Q8_0: int8, I16: int16), zero where a sparse group pruned the
-    weight; mask (R, C) bool marks kept weights for sparse Q4_1 (whose min applies to kept weights only), else None.
+    weight; mask (R, C) marks kept weights for sparse Q4_1 (whose min applies to kept weights only; 1 kept, 0
+    pruned), else None. A sparse block whose indices repeat a position gets the sum of those weights and a count
+    of 2+ there: the engine multiplies every stored weight by the activation its index selects.
     """
     fmt = WFmt(fmt)
     nb = cols // BLOCK
@@ -149,11 +151,16 @@ def unpack_weights(raw: np.ndarray, fmt: int, sp_n: int, rows: int, cols: int, w
             idxb = body[..., k: k + sp_n]
         idx = np.stack([idxb & 0xF, idxb >> 4], axis=-1).reshape(rows, nb, k).astype(np.int64)
         idx = idx + np.repeat(np.array([0, GROUP]), sp_n)[None, None, :]      # group g indexes 16g..16g+15
+        # One product per stored weight, as the engine computes (hw/mpe.py): a block whose indices repeat (only
+        # a corrupt or hostile one) sums the repeated positions' weights and counts them twice in the Q4_1 min.
         q = np.zeros((rows, nb, BLOCK), np.int32)
-        np.put_along_axis(q, idx, vals.astype(np.int32), axis=-1)
+        mk = np.zeros((rows, nb, BLOCK), np.int32)
+        vals = vals.astype(np.int32)
+        for s in range(k):
+            ix = idx[..., s: s + 1]
+            np.put_along_axis(q, ix, np.take_along_axis(q, ix, axis=-1) + vals[..., s: s + 1], axis=-1)
+            np.put_along_axis(mk, ix, np.take_along_axis(mk, ix, axis=-1) + 1, axis=-1)
         if fmt == WFmt.Q4_1:
-            mk = np.zeros((rows, nb, BLOCK), bool)
-            np.put_along_axis(mk, idx, True, axis=-1)
             mask = mk.reshape(rows, cols)
     return q.reshape(rows, cols), d, m, mask
 

@@ -58,3 +58,18 @@ def test_i16_weights_use_wfrac():
     raw = np.arange(64, dtype="<i2").view(np.uint8).reshape(1, 128)
     q, D, M, _ = formats.unpack_weights(raw, WFmt.I16, 16, 1, 64, wfrac=9)
     assert np.array_equal(q[0], np.arange(64)) and np.all(D == 1 << 15) and not M.any()
+
+
+def test_repeated_sparse_indices_sum_as_the_engine_does():
+    """A corrupt sparse block whose two indices in a group are equal: every stored weight is multiplied by the
+    activation its index selects (hw/mpe.py), so the position holds the sum and the Q4_1 min counts it twice."""
+    q = np.zeros((1, 32), np.int32)
+    keep = np.zeros((1, 32), bool)
+    keep[0, [3, 7, 16, 20]] = True
+    q[0, [3, 7, 16, 20]] = [5, 9, 1, 2]
+    raw = formats.pack_sparse(q, keep, np.array([[0x3C00]]), np.array([[0x3C00]]), WFmt.Q4_1, 2)
+    idx_at = 4 + 2                                         # d, m, then 2 bytes of values, then the index bytes
+    raw[0, idx_at] = 3 | (3 << 4)                          # group 0: both kept weights now point at position 3
+    q2, _, _, mask = formats.unpack_weights(raw, WFmt.Q4_1, 2, 1, 32)
+    assert q2[0, 3] == 5 + 9 and q2[0, 7] == 0 and mask[0, 3] == 2 and mask[0, 7] == 0
+    assert q2[0, 16] == 1 and q2[0, 20] == 2 and mask[0].sum() == 4
