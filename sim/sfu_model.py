@@ -128,9 +128,16 @@ def rope(x: np.ndarray, table: np.ndarray, head_dim: int) -> np.ndarray:
     x0, x1 = xv[..., 0], xv[..., 1]
     r = 1 << (ROPE_FRAC - 1)
     y = np.empty_like(xv)
-    y[..., 0] = (x0 * c - x1 * s + r) >> ROPE_FRAC
-    y[..., 1] = (x0 * s + x1 * c + r) >> ROPE_FRAC
+    y[..., 0] = _sum_shr(x0 * c, -(x1 * s), r, ROPE_FRAC)
+    y[..., 1] = _sum_shr(x0 * s, x1 * c, r, ROPE_FRAC)
     return sat32(y.reshape(T, n))
+
+
+def _sum_shr(a: np.ndarray, b: np.ndarray, r: int, sh: int) -> np.ndarray:
+    """floor((a + b + r) / 2^sh) exactly, for int64 a, b whose sum may pass 2^63 (two products of int32 extremes:
+    (-2^31)(-2^31) + (-2^31)(-2^31) = 2^63); the RTL keeps the full-width sum (hw/sfu_cores.py RopeCore)."""
+    m = (1 << sh) - 1
+    return (a >> sh) + (b >> sh) + (((a & m) + (b & m) + r) >> sh)
 
 
 def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
