@@ -10,7 +10,7 @@ from __future__ import annotations
 from flightllm.errors import CompileError, DeviceError, ISAError
 from flightllm.hw.regs import region_writes
 from flightllm.formats import BLOCK, QACT_BLOCK_BYTES, row_bytes, weight_span
-from flightllm.isa import LdFmt, MiscOp, Op, StFmt, disassemble
+from flightllm.isa import LdFmt, MiscOp, Op, StFmt, disassemble, misc_overlap, mm_outputs_overlap
 from flightllm.compiler.memmap import MemoryMap
 
 
@@ -87,6 +87,11 @@ def check_program(words, memmap: MemoryMap, pos_max: int, abuf_words: int, qbuf_
                                        f"region (POS {pos})")
                 if write and not r.writable:
                     raise CompileError(f"{name} pc {pc}: {ins.op.name} writes read-only region '{r.name}'")
+            if ins.op in (Op.MM, Op.MV) and mm_outputs_overlap(f["rows"] + (pos if f["rows_pos"] else 0), f["tokens"],
+                                                               f["ystride"]):
+                raise CompileError(f"{name} pc {pc}: {ins.op.name} tokens' output rows overlap (POS {pos})")
+            if ins.op == Op.MISC and misc_overlap(f, f["n"] + (pos if f["n_pos"] else 0)) is not None:
+                raise CompileError(f"{name} pc {pc}: MISC writes ABUF over a source other than in place (POS {pos})")
             for buf, lo, hi in _buf_ranges(ins, pos):
                 cap = abuf_words if buf == "A" else qbuf_bytes
                 if hi > cap:

@@ -185,6 +185,42 @@ def disassemble(words) -> list[tuple[int, Instr]]:
             return out
 
 
+def mm_outputs_overlap(rows: int, tokens: int, ystride: int) -> bool:
+    """MM writes a token's rows while later tokens' rows of the same pass are still to come (row-major over the
+    token tile), fsim token by token: where tokens' output rows overlap the two orders differ, so the ISA refuses
+    it (ILLEGAL_INSTR, after the bounds). ``rows`` is the resolved row count (+ POS with ``rows_pos``)."""
+    return tokens > 1 and ystride < rows
+
+
+def misc_overlap(f: dict, n: int) -> tuple[int, int] | None:
+    """The ABUF range a MISC writes, if it overlaps one it reads other than exactly in place; None when legal.
+
+    The SFU streams a MISC row by row, so rows would see what earlier rows wrote where a source overlaps the
+    destination, while fsim computes the whole instruction first. The ISA therefore allows a destination to meet
+    ``src`` (and ``src2`` of ADD / SILU_MUL) only in place (same base and stride, rows that do not overlap each
+    other) and never the ROPE table or the RMSNORM gain; the engine stops such an instruction with ILLEGAL_INSTR
+    (hw/top.py CHECK, after the bounds).
+    ``n`` is the resolved length (n + POS with ``n_pos``)."""
+    fn = f["fn"]
+    if fn == MiscOp.QUANT:                          # writes the QBUF
+        return None
+    r1 = f["rows"] - 1
+    width = n + (r1 if fn == MiscOp.SOFTMAX and f["causal"] else 0)
+    wd = 1 if fn == MiscOp.ARGMAX else width
+    d0, d1 = f["dst"], f["dst"] + r1 * f["dst_stride"] + wd
+    s1 = f["src"] + r1 * f["src_stride"] + width
+    apart = r1 == 0 or f["dst_stride"] >= wd          # the destination's rows do not overlap each other
+    bad = f["src"] < d1 and d0 < s1 and not (d0 == f["src"] and f["dst_stride"] == f["src_stride"] and apart)
+    if fn in (MiscOp.ADD, MiscOp.SILU_MUL):           # src2 rows as wide as dst's: in place there too
+        bad |= f["src2"] < d1 and d0 < f["src2"] + r1 * f["src2_stride"] + n and not (
+            d0 == f["src2"] and f["dst_stride"] == f["src2_stride"] and apart)
+    elif fn == MiscOp.ROPE:                           # the table: never
+        bad |= f["src2"] < d1 and d0 < f["src2"] + r1 * f["src2_stride"] + f["imm"]
+    elif fn == MiscOp.RMSNORM:
+        bad |= f["src2"] < d1 and d0 < f["src2"] + n
+    return (d0, d1) if bad else None
+
+
 def validate(ins: Instr) -> None:
     """Field rules that do not depend on the board (enum values, alignment, shapes)."""
     f, op = ins.f, ins.op

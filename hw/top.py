@@ -432,6 +432,9 @@ class Top(Elaboratable):
                         with m.Elif((c_hi_buf > a.qbuf_bytes) | (c_hi_buf2 > a.abuf_words)):
                             m.d.sync += fail(ErrCode.BUF_OVERFLOW)
                             m.next = "STOP"
+                        with m.Elif((tokens > 1) & (ystride < rows)):      # isa.mm_outputs_overlap
+                            m.d.sync += fail(ErrCode.ILLEGAL_INSTR)
+                            m.next = "STOP"
                         with m.Else():
                             m.d.sync += [merged.eq((wst == rb) | (srows == 1)), tok0.eq(0)]
                             m.d.comb += mpe.clear.eq(1)
@@ -521,11 +524,26 @@ class Top(Elaboratable):
                                | Mux(fn == MiscOp.QUANT, hi_q > a.qbuf_bytes, hi_dst > a.abuf_words)
                                | (two & (hi_2 > a.abuf_words))
                                | ((fn == MiscOp.RMSNORM) & (fm["src2"] + mn > a.abuf_words)))
+                        # dst meets src (and ADD / SILU_MUL's src2) only exactly in place (rows apart), never the
+                        # ROPE table or the gain: the SFU streams rows, fsim computes whole instructions
+                        # (isa.misc_overlap)
+                        wd = Mux(fn == MiscOp.ARGMAX, 1, mw)
+                        apart = (rows == 1) | (fm["dst_stride"] >= wd)
+                        inpl = (fm["dst"] == fm["src"]) & (fm["dst_stride"] == fm["src_stride"]) & apart
+                        inpl2 = ((fn != MiscOp.ROPE) & (fm["dst"] == fm["src2"])
+                                 & (fm["dst_stride"] == fm["src2_stride"]) & apart)
+                        ovl = (fn != MiscOp.QUANT) & (
+                            ((fm["src"] < hi_dst) & (fm["dst"] < hi_src) & ~inpl)
+                            | (two & (fm["src2"] < hi_dst) & (fm["dst"] < hi_2) & ~inpl2)
+                            | ((fn == MiscOp.RMSNORM) & (fm["src2"] < hi_dst) & (fm["dst"] < fm["src2"] + mn)))
                         with m.If((fn == MiscOp.ROPE) & (mn % fm["imm"] != 0)):
                             m.d.sync += fail(ErrCode.ILLEGAL_INSTR)     # n + POS no longer whole heads
                             m.next = "STOP"
                         with m.Elif(bad):
                             m.d.sync += fail(ErrCode.BUF_OVERFLOW)
+                            m.next = "STOP"
+                        with m.Elif(ovl):
+                            m.d.sync += fail(ErrCode.ILLEGAL_INSTR)
                             m.next = "STOP"
                         with m.Else():
                             m.d.comb += sfu.start.eq(1)

@@ -15,7 +15,7 @@ from flightllm.boards import Board
 from flightllm.errors import DeviceError, ISAError
 from flightllm.formats import (ACT_FRAC, BLOCK, QACT_BLOCK_BYTES, SCALE_FIX, deinterleave_rows, fp16_to_fixed,
                                row_bytes, sat32, unpack_weights, weight_stream)
-from flightllm.isa import ErrCode, Instr, LdFmt, MiscOp, Op, StFmt, SysOp, decode_at
+from flightllm.isa import ErrCode, Instr, LdFmt, MiscOp, Op, StFmt, SysOp, decode_at, misc_overlap, mm_outputs_overlap
 from flightllm.compiler.memmap import MemoryMap
 from flightllm.hw import regs
 from flightllm.hw.regs import PERM_R, PERM_W, PERM_X
@@ -348,6 +348,9 @@ class FunctionalSim:
         xq = self._buf(self.qbuf, "QBUF", f["xaddr"], f["xstride"], T, cols, pc)
         xs = (f["xaddr"] // BLOCK, f["xstride"] // BLOCK, T, cols // BLOCK, pc)
         yv = self._buf(self.abuf, "ABUF", f["yaddr"], f["ystride"], T, rows, pc)
+        if mm_outputs_overlap(rows, T, f["ystride"]):
+            raise DeviceError(f"pc {pc}: {T} tokens' outputs of {rows} rows overlap (ystride {f['ystride']})",
+                              ErrCode.ILLEGAL_INSTR, pc)
         y = mpe_model.mm(w, xq, self._buf(self.qm, "QBUF", *xs), self._buf(self.qe, "QBUF", *xs))
         yv[...] = sfu_model.add(yv, y) if f["acc"] else y
         wbytes = sr * srb
@@ -383,6 +386,10 @@ class FunctionalSim:
             src2 = A(f["src2"], f["src2_stride"], f["imm"])
         elif fn == MiscOp.RMSNORM:
             src2 = self._buf(self.abuf, "ABUF", f["src2"], 0, 1, n, pc)[0]
+        ov = misc_overlap(f, n)                     # after the bounds, as the RTL's CHECK
+        if ov is not None:
+            raise DeviceError(f"pc {pc}: MISC {fn.name} writes ABUF [{ov[0]}, {ov[1]}), which overlaps a source "
+                              "other than in place", ErrCode.ILLEGAL_INSTR, pc)
         if fn == MiscOp.SOFTMAX:
             valid = width - (rows - 1 - np.arange(rows)) if f["causal"] else np.full(rows, width)
             y = sfu_model.softmax(src, valid, f["imm"])
