@@ -70,9 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
 
     fz = sub.add_parser("fuzz", help="mutation-fuzz the GGUF loader or the instruction decoder/executor "
-                                     "(parity: the same streams on fsim and the RTL; faults: AXI fault injection "
-                                     "on the RTL; both need Verilator)")
-    fz.add_argument("target", choices=["gguf", "isa", "parity", "faults"])
+                                     "(parity: the same streams on fsim and the RTL, fresh devices per case; "
+                                     "parity-carry: the same on one pair of devices, on-chip state carried; faults: "
+                                     "AXI fault injection on the RTL; these need Verilator)")
+    fz.add_argument("target", choices=["gguf", "isa", "parity", "parity-carry", "faults"])
     fz.add_argument("-n", "--cases", type=int, default=10000)
     fz.add_argument("--seed", type=int, default=0)
     fz.add_argument("--json", action="store_true")

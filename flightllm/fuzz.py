@@ -282,12 +282,11 @@ def _sane(rng, isa, mm, board):
         tokens = 1 if op == isa.Op.MV else I(1, 5)
         return isa.make(op, fmt=fmt, sp_n=sp, rows=rows, cols=cols, waddr=w.base + I(0, max(1, w.size - span)),
                         wstride=rb, tokens=tokens, xaddr=buf(), xstride=-(-cols // 32) * 32, yaddr=I(0, 4096),
-                        ystride=rows + I(0, 4), wfrac=I(0, 25), acc=I(0, 2))
+                        ystride=rows + I(0, 4) if rng.random() < 0.8 else I(0, rows + 1),     # tokens' rows may overlap
+                        wfrac=I(0, 25), acc=I(0, 2))
     if op == isa.Op.MISC:
         fn = isa.MiscOp(I(0, 8))
         rows, n = I(1, 5), 2 * I(1, 33)
-        # operands apart: fsim computes from the operands as they were, the SFU streams row by row, so a dst that
-        # partly overlaps a source (e.g. RMSNORM over its own gamma) gives different results (docs/reliability.md)
         kw = dict(fn=fn, rows=rows, n=n, src=I(0, 1024), src2=I(1024, 2048), dst=I(2048, 4096), src_stride=n + I(0, 4),
                   src2_stride=n + I(0, 4), dst_stride=n + I(0, 4), imm=I(0, 1 << 16))
         if fn == isa.MiscOp.QUANT:
@@ -296,6 +295,15 @@ def _sane(rng, isa, mm, board):
             kw.update(imm=n)
         if fn == isa.MiscOp.SOFTMAX:
             kw.update(causal=I(0, 2))
+        if fn != isa.MiscOp.QUANT and rng.random() < 0.3:
+            # overlapping operands: in place (legal), or a dst over src / src2 (ILLEGAL_INSTR, isa.misc_overlap)
+            how = I(0, 3)
+            if how == 0:
+                kw.update(dst=kw["src"], dst_stride=kw["src_stride"])
+            elif how == 1:
+                kw.update(dst=kw["src"] + I(1, n + 4))
+            else:
+                kw.update(dst=kw["src2"] + I(0, n))
         return isa.make(op, **kw)
     return isa.make(isa.Op.SYS, fn=isa.SysOp.NOP)
 
@@ -512,15 +520,18 @@ def _outcome(fn):
     return ("ok", st.cycles)
 
 
-def fuzz_parity(cases: int, seed: int = 0) -> Report:
-    """The same streams on fsim and on the RTL: identical code and PC, or identical memory and cycles."""
+def fuzz_parity(cases: int, seed: int = 0, carry: bool = False) -> Report:
+    """The same streams on fsim and on the RTL: identical code and PC, or identical memory and cycles. ``carry``
+    keeps one pair of devices for the whole run (on-chip buffers carried from case to case, as on a board between
+    runs, and device memory rewritten by the host before each case); otherwise every case starts fresh."""
     from flightllm import isa
     from flightllm.sim.fsim import FunctionalSim
     from flightllm.sim.rtl_device import RtlDevice
 
-    rep = Report("parity")
+    rep = Report("parity-carry" if carry else "parity")
     board, mm, data, prog, mem_size, rng, base_img, protect = _layout(seed)
     t0, valid = time.time(), 0
+    fs = rd = None
     old = signal.signal(signal.SIGALRM, _alarm)
     try:
         for i in range(cases):
@@ -530,8 +541,9 @@ def fuzz_parity(cases: int, seed: int = 0) -> Report:
             nb = min(words.nbytes, prog.size)
             img[prog.base: prog.base + nb] = words.view(np.uint8)[:nb]
             # fresh devices (on-chip buffers zero) per case: ~10 ms for the RTL model; cases are independent
-            fs, rd = FunctionalSim(board, mem_size, mm), RtlDevice(board, mem_size, mm)
-            fs.mem[:] = img
+            if fs is None or not carry:
+                fs, rd = FunctionalSim(board, mem_size, mm), RtlDevice(board, mem_size, mm)
+            fs.write(0, img)
             rd.mem[:] = img
             res = {}
 
@@ -575,11 +587,11 @@ def run(target: str, cases: int, seed: int = 0, mem_limit_gb: float = 8.0) -> Re
             return fuzz_gguf(cases, seed)
         if target == "isa":
             return fuzz_isa(cases, seed)
-        if target == "parity":
-            return fuzz_parity(cases, seed)
+        if target in ("parity", "parity-carry"):
+            return fuzz_parity(cases, seed, carry=target == "parity-carry")
         if target == "faults":
             return fuzz_faults(cases, seed)
-        raise FlightLLMError(f"fuzz: unknown target '{target}' (gguf, isa, parity or faults)")
+        raise FlightLLMError(f"fuzz: unknown target '{target}' (gguf, isa, parity, parity-carry or faults)")
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
