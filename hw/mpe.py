@@ -55,6 +55,11 @@ PK_BIAS = (1 << 17) - 1
 P_BITS = 48           # DSP48E2 P register
 ENG_LAT = SEG + 3     # operand registers (A) -> a slot's acc/qs (A+11)
 
+# Datapath registers are reset-less: their value is only ever read together with the valid bits of the group that
+# wrote it (the meta pipeline and the row-sum write enables, which CTRL.RESET clears), as FPGA datapaths usually
+# are. Verilator then evaluates no reset mask for them (docs/rtl.md "Simulation speed").
+DP = dict(reset_less=True)
+
 # weight kinds (how a product's stored weight is read from the block body)
 WK_Q4D, WK_Q4S, WK_Q8, WK_I16 = 0, 1, 2, 3
 
@@ -81,10 +86,12 @@ def sext(v, n):
     return Cat(v, Mux(v[w - 1], (1 << (n - w)) - 1, 0)).as_signed()
 
 
-def delay(m, sig, n, name):
+def delay(m, sig, n, name, reset_less=True):
+    """``sig`` delayed ``n`` cycles. Datapath delays are reset-less (``DP``); a delay carrying valid bits passes
+    ``reset_less=False`` so CTRL.RESET (the ResetInserter around the MPE) clears it."""
     cur = sig
     for i in range(n):
-        r = Signal.like(cur, name=f"{name}_d{i}")
+        r = Signal.like(cur, name=f"{name}_d{i}", reset_less=reset_less)
         m.d.sync += r.eq(cur)
         cur = r
     return cur
@@ -115,11 +122,11 @@ def dsp_chain(m, a, x, pair, name, taps=1, cut=None):
             cuts = cut is not None and l == SEG // 2
             pk = delay(m, Cat(a[i], x[i], cut) if cuts else Cat(a[i], x[i]), l, f"{name}_sk{i}")
             ai, xi = pk[:PK_BITS].as_signed(), pk[PK_BITS:PK_BITS + X_BITS].as_signed()
-            mreg = Signal(signed(P_BITS), name=f"{name}_m{i}")
+            mreg = Signal(signed(P_BITS), name=f"{name}_m{i}", **DP)
             m.d.sync += mreg.eq(sext(ai * xi, P_BITS))
-            preg = Signal(signed(P_BITS), name=f"{name}_p{i}")
+            preg = Signal(signed(P_BITS), name=f"{name}_p{i}", **DP)
             if cuts:
-                cm = Signal(name=f"{name}_cut{i}")          # the OPMODE register, with M
+                cm = Signal(name=f"{name}_cut{i}", **DP)          # the OPMODE register, with M
                 m.d.sync += [cm.eq(pk[PK_BITS + X_BITS]), preg.eq(mreg + Mux(cm, 0, prev_p))]
             else:
                 m.d.sync += preg.eq(mreg if prev_p is None else mreg + prev_p)
@@ -129,7 +136,7 @@ def dsp_chain(m, a, x, pair, name, taps=1, cut=None):
         ps.append(prev_p)
     qt = []
     for r_ in range(taps):
-        q_ = Signal(signed(QS_BITS), name=f"{name}_qs" if taps == 1 else f"{name}_qs{r_}")
+        q_ = Signal(signed(QS_BITS), name=f"{name}_qs" if taps == 1 else f"{name}_qs{r_}", **DP)
         m.d.sync += q_.eq(sum(x[i] for i in range(r_ * run, (r_ + 1) * run)))
         qt.append(delay(m, q_, SEG + 1, f"{name}_qsd" if taps == 1 else f"{name}_qsd{r_}"))
     if taps == 1:
@@ -143,8 +150,8 @@ def dsp_chain(m, a, x, pair, name, taps=1, cut=None):
         m.d.comb += q.eq(p + PK_BIAS)
         lo.append(q[:PK_SHIFT].as_unsigned() - PK_BIAS)
         hi.append(q >> PK_SHIFT)
-    even = Signal(signed(ACC_BITS), name=f"{name}_even")
-    odd = Signal(signed(ACC_BITS), name=f"{name}_odd")
+    even = Signal(signed(ACC_BITS), name=f"{name}_even", **DP)
+    odd = Signal(signed(ACC_BITS), name=f"{name}_odd", **DP)
     m.d.sync += [even.eq(Mux(pair, sum(lo), sum(ps))), odd.eq(sum(hi))]
     return even, odd, qsd, tp, (qt if taps > 1 else [])
 
@@ -207,8 +214,8 @@ def dequant(m, s, acc, qs, c_q4, c_i16, c_wfrac, k):
     Dsel = Signal(signed(FIX_BITS), name=f"Dsel_{k}")
     Msel = Signal(signed(FIX_BITS), name=f"Msel_{k}")
     m.d.comb += [Dsel.eq(Mux(c_i16, Const(1, FIX_BITS) << i16sh, Dk)), Msel.eq(Mux(c_q4, Mk, 0))]
-    p1 = Signal(signed(64), name=f"p1_{k}")
-    p2 = Signal(signed(64), name=f"p2_{k}")
+    p1 = Signal(signed(64), name=f"p1_{k}", **DP)
+    p2 = Signal(signed(64), name=f"p2_{k}", **DP)
     # assignment truncates to 64 bits / sign-extends (a [:64] slice of a narrower product would zero-extend).
     # D*acc (43 x 32 bits) and T*m_x (64 x 16) are kept mod 2^64, so they are written as two partial products of
     # at most 64 bits each (the same bits): Verilator evaluates a product wider than 64 bits word by word.
@@ -218,16 +225,16 @@ def dequant(m, s, acc, qs, c_q4, c_i16, c_wfrac, k):
     m.d.comb += [p1h.eq(Dsel * acc[16:].as_signed()), p1l.eq(sext(Dsel * acc[:16], 64))]
     m.d.sync += [p1.eq(Cat(Const(0, 16), p1h) + p1l.as_unsigned()), p2.eq(sext(Msel * qs, 64))]
     mxex = delay(m, s[32:56], 2, f"mxex_{k}")
-    T = Signal(signed(64), name=f"T_{k}")
+    T = Signal(signed(64), name=f"T_{k}", **DP)
     m.d.sync += T.eq(p1 + p2)
-    U = Signal(signed(64), name=f"U_{k}")
+    U = Signal(signed(64), name=f"U_{k}", **DP)
     # T*m_x = ((T[32:]*m_x) mod 2^32) << 32 + T[:32]*m_x (mod 2^64)
     uh = Signal(32, name=f"Uh_{k}")
     ul = Signal(64, name=f"Ul_{k}")
     m.d.comb += [uh.eq(T[32:] * mxex[0:16]), ul.eq(T[:32] * mxex[0:16])]
     m.d.sync += U.eq(Cat(Const(0, 32), uh) + ul)
     ex3 = delay(m, mxex[16:24], 1, f"ex3_{k}").as_signed()
-    v = Signal(signed(64), name=f"V_{k}")
+    v = Signal(signed(64), name=f"V_{k}", **DP)
     neg = Signal(7, name=f"nsh_{k}")
     m.d.comb += neg.eq(Mux(ex3 < -63, 63, -ex3))
     lsh = Signal(signed(64), name=f"lsh_{k}")
@@ -329,10 +336,10 @@ class Mpe(Elaboratable):
                          masks["nxt_e"][k].eq(nxt & ~odd), masks["nxt_o"][k].eq(nxt & odd)]
 
         # ---- S1 registers -------------------------------------------------------------------------------
-        win = Signal.like(self.win, name="win_s1")
-        mode = Signal(4, name="mode_s1")
-        wfrac = Signal(5, name="wfrac_s1")
-        lane_on = Signal(K, name="lane_on_s1")
+        win = Signal.like(self.win, name="win_s1", **DP)
+        mode = Signal(4, name="mode_s1", **DP)
+        wfrac = Signal(5, name="wfrac_s1", **DP)
+        lane_on = Signal(K, name="lane_on_s1", **DP)
         m.d.sync += [win.eq(self.win), mode.eq(self.mode), wfrac.eq(self.wfrac),
                      lane_on.eq(masks["cur_e"] | masks["cur_o"] | masks["nxt_e"] | masks["nxt_o"])]
         meta_in = Cat(self.go, masks["cur_e"], masks["cur_o"], masks["nxt_e"], masks["nxt_o"], self.rowend, self.t,
@@ -389,14 +396,14 @@ class Mpe(Elaboratable):
             ws.append(wsel)
             xs.append(xsel)
             # scales, raw, registered with the operands then delayed to C
-            sc = Signal(16 + 16 + 16 + 8, name=f"scl_{k}")
+            sc = Signal(16 + 16 + 16 + 8, name=f"scl_{k}", **DP)
             m.d.sync += sc.eq(Cat(d16, m16, qsel[256:272], qsel[272:280]))
             scl.append(sc)
         # chain operands: paired: unit u -> chains 2u, 2u+1 (activations 16h..16h+15, both rows packed); I16:
         # the block's 32 products on chains 0, 1; sparse with B = chain_blocks blocks per chain: slot k -> chain
         # k // B, stages 16 / B * (k % B) onwards (its 2N <= 16 / B products), read at its reduction tap
-        ca = [[Signal(signed(PK_BITS), name=f"ca_{c}_{j}") for j in range(STAGES)] for c in range(NCH)]
-        cb = [[Signal(signed(X_BITS), name=f"cb_{c}_{j}") for j in range(STAGES)] for c in range(NCH)]
+        ca = [[Signal(signed(PK_BITS), name=f"ca_{c}_{j}", **DP) for j in range(STAGES)] for c in range(NCH)]
+        cb = [[Signal(signed(X_BITS), name=f"cb_{c}_{j}", **DP) for j in range(STAGES)] for c in range(NCH)]
         taps = [P.chain_taps(self.board, c) for c in range(NCH)]
 
         def prod(k, j):
@@ -419,12 +426,12 @@ class Mpe(Elaboratable):
                         sp_w, sp_x = Mux(spb == nb_, w_, sp_w), Mux(spb == nb_, x_, sp_x)
                 m.d.sync += [ca[c][j].eq(Mux(pair, pk_w, Mux(isi16, i16_w, sp_w))),
                              cb[c][j].eq(Mux(pair, pk_x, Mux(isi16, i16_x, sp_x)))]
-        ctl = Signal(2 + 5, name="ctl_s2")
+        ctl = Signal(2 + 5, name="ctl_s2", **DP)
         m.d.sync += ctl.eq(Cat(isq4, isi16, wfrac))
-        pairA = Signal(name="pair_s2")
+        pairA = Signal(name="pair_s2", **DP)
         m.d.sync += pairA.eq(pair)
-        cutA = Signal(name="cut_s2")        # 4 blocks per chain: cut the cascades between the taps
-        modeA = Signal(4, name="mode_s2")
+        cutA = Signal(name="cut_s2", **DP)        # 4 blocks per chain: cut the cascades between the taps
+        modeA = Signal(4, name="mode_s2", **DP)
         m.d.sync += [cutA.eq(spb == 4), modeA.eq(mode)]
 
         # ---- A..C: DSP chains, then per slot acc / qs -----------------------------------------------------
@@ -439,8 +446,8 @@ class Mpe(Elaboratable):
             tps.append(tp_)
             tqs.append(tq_)
         mode_e = delay(m, modeA, SEG + 2, "mode_e")       # valid at A + SEG + 2, with the chains' outputs
-        accS = [Signal(signed(ACC_BITS), name=f"acc_s_{k}") for k in range(K)]
-        qsS = [Signal(signed(QS_BITS), name=f"qs_s_{k}") for k in range(K)]
+        accS = [Signal(signed(ACC_BITS), name=f"acc_s_{k}", **DP) for k in range(K)]
+        qsS = [Signal(signed(QS_BITS), name=f"qs_s_{k}", **DP) for k in range(K)]
         for k in range(K):
             m.d.sync += [accS[k].eq(0), qsS[k].eq(0)]
             with m.Switch(mode_e):
@@ -480,7 +487,7 @@ class Mpe(Elaboratable):
             dbgT.append(dbg[2:])
         self.dbg = dict(acc=accC, qs=qsC, V=V, T=dbgT, ca=ca, cb=cb)
         # meta: S0 -> C+4 (V visible): 1 (S1) + 1 (A) + L + 1 (C) + 4
-        metaV = delay(m, meta_in, L + 7, "metaV")
+        metaV = delay(m, meta_in, L + 7, "metaV", reset_less=False)     # valid bits
         fields = [("go", 1), ("cur_e", K), ("cur_o", K), ("nxt_e", K), ("nxt_o", K), ("rowend", 1),
                   ("t", len(self.t)), ("row", 24), ("ybase", 24), ("acc", 1), ("pair", 1), ("oddv", 1)]
 
@@ -493,7 +500,7 @@ class Mpe(Elaboratable):
         mv = unpack(metaV)
         sums = {}
         for n_ in ("cur_e", "cur_o", "nxt_e", "nxt_o"):
-            r = Signal(signed(64), name=n_)
+            r = Signal(signed(64), name=n_, **DP)
             acc_ = Const(0, signed(64))
             for k in range(K):
                 acc_ = (acc_ + Mux(mv[n_][k], V[k], 0))[:64].as_signed()
@@ -505,8 +512,8 @@ class Mpe(Elaboratable):
         # ---- row accumulators per token and row of the pair ---------------------------------------------
         outs = []
         for h in ("e", "o"):
-            ACC = [Signal(signed(64), name=f"racc_{h}{t}") for t in range(self.TT)]
-            out = Signal(signed(64), name=f"rowsum_{h}")
+            ACC = [Signal(signed(64), name=f"racc_{h}{t}", **DP) for t in range(self.TT)]
+            out = Signal(signed(64), name=f"rowsum_{h}", **DP)
             outv = Signal(name=f"rowsum_v_{h}")
             m.d.sync += outv.eq(0)
             accsel = Signal(signed(64), name=f"racc_sel_{h}")
@@ -533,9 +540,9 @@ class Mpe(Elaboratable):
         wa = Signal(self.abuf_bits + 1, name="wa_e")
         wa1 = Signal(self.abuf_bits + 1, name="wa_o")
         m.d.comb += [wa.eq(ms["ybase"] + orow), wa1.eq(wa + 1)]
-        oaddr = Signal(self.abuf_bits + 1, name="oaddr")
-        oaddr1 = Signal(self.abuf_bits + 1, name="oaddr1")
-        oacc = Signal(name="oacc")
+        oaddr = Signal(self.abuf_bits + 1, name="oaddr", **DP)
+        oaddr1 = Signal(self.abuf_bits + 1, name="oaddr1", **DP)
+        oacc = Signal(name="oacc", **DP)
         m.d.sync += [oaddr.eq(wa), oaddr1.eq(wa1), oacc.eq(ms["acc"])]
         rd = ms["go"] & ms["rowend"] & ms["acc"]
         m.d.comb += [self.ab_raddr.eq(wa), self.ab_ren.eq(rd),
