@@ -14,8 +14,8 @@ class Csr(Elaboratable):
                      ("araddr", A), ("rvalid", 1), ("rready", 1), ("rdata", 32), ("rresp", 2)]:
             setattr(self, n, Signal(w, name=f"s_axil_{n}"))
         # engine side
-        self.start = Signal()                         # one-cycle pulse on a CTRL write with bit 0 set
-        self.reset = Signal()                         # one-cycle pulse on a CTRL write with bit 1 set (soft reset)
+        self.start = Signal()                         # one-cycle pulse the cycle after a CTRL write with bit 0 set
+        self.reset = Signal()                         # the same for bit 1 (soft reset)
         self.rw = {n: Signal(32, name=f"csr_{n.lower()}") for n, (_, acc, _) in REGS.items() if acc == "rw"}
         self.ro = {n: Signal(32, name=f"csr_{n.lower()}") for n, (_, acc, _) in REGS.items() if acc == "r"}
 
@@ -24,7 +24,12 @@ class Csr(Elaboratable):
         # write: accept AW and W together
         m.d.comb += [self.awready.eq(self.awvalid & self.wvalid & ~self.bvalid),
                      self.wready.eq(self.awvalid & self.wvalid & ~self.bvalid)]
-        m.d.comb += [self.start.eq(0), self.reset.eq(0)]
+        # START and RESET leave a register (one cycle after the CTRL write): combinational from the AXI4-Lite
+        # inputs they would put the next-state logic of every register they reset in the cone of the inputs, which
+        # Verilator evaluates again at each eval() (docs/rtl.md "Simulation speed"). CYCLES counts from the cycle
+        # the engine leaves IDLE, so the run's cycle count does not change.
+        start, reset = Signal(), Signal()
+        m.d.sync += [self.start.eq(start), self.reset.eq(reset)]
         with m.If(self.awready):
             m.d.sync += [self.bvalid.eq(1), self.bresp.eq(0)]
             with m.Switch(self.awaddr):
@@ -32,8 +37,8 @@ class Csr(Elaboratable):
                     with m.Case(REGS[n][0]):
                         m.d.sync += s.eq(self.wdata)
                 with m.Case(REGS["CTRL"][0]):
-                    m.d.comb += [self.start.eq((self.wdata & CTRL_START).any() & ~(self.wdata & CTRL_RESET).any()),
-                                 self.reset.eq((self.wdata & CTRL_RESET).any())]
+                    m.d.comb += [start.eq((self.wdata & CTRL_START).any() & ~(self.wdata & CTRL_RESET).any()),
+                                 reset.eq((self.wdata & CTRL_RESET).any())]
         with m.Elif(self.bvalid & self.bready):
             m.d.sync += self.bvalid.eq(0)
         m.d.comb += self.arready.eq(~self.rvalid)
