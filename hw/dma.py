@@ -99,6 +99,7 @@ class ReadStream(Elaboratable):
         shifted = Signal(8 * self.BB)
         m.d.comb += shifted.eq(buf >> (tk << 3))
         fill = Signal(range(self.BB + 1))
+        FB = (self.BB - PB).bit_length()
         m.d.comb += fill.eq(cnt - tk)
         m.d.comb += self.rready.eq(fill + PB <= self.BB)
         m.d.comb += acc_beat.eq(self.rvalid & self.rready)
@@ -106,7 +107,9 @@ class ReadStream(Elaboratable):
             m.d.sync += [cnt.eq(0), buf.eq(0)]
         with m.Else():
             with m.If(acc_beat):
-                m.d.sync += [buf.eq(shifted | (self.rdata << (fill << 3))), cnt.eq(fill + PB)]
+                # a beat is accepted only with fill <= BB - PB (rready): FB bits of fill hold it, and the shifted
+                # beat is a 2.5k-bit temporary instead of 4.6k (Verilator shifts it word by word every cycle)
+                m.d.sync += [buf.eq(shifted | (self.rdata << (fill[:FB] << 3))), cnt.eq(fill + PB)]
             with m.Else():
                 m.d.sync += [buf.eq(shifted), cnt.eq(fill)]
         with m.If(self.start):

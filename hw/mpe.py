@@ -35,7 +35,7 @@ Arithmetic equals sim/mpe_model.py bit for bit.
 """
 from __future__ import annotations
 
-from amaranth import Cat, Const, Elaboratable, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Elaboratable, Module, Mux, Signal, Value, signed, unsigned
 
 from flightllm.formats import ACC_FRAC, ACT_FRAC, BLOCK, SCALE_FIX, block_bytes, paired
 from flightllm.isa import WFmt
@@ -84,6 +84,37 @@ def sext(v, n):
     MPE's products and sums sign-extend 200+ times a cycle)."""
     w = len(v)
     return Cat(v, Mux(v[w - 1], (1 << (n - w)) - 1, 0)).as_signed()
+
+
+def _w64(v):
+    v = Value.cast(v)
+    if len(v) < 64:
+        v = sext(v, 64) if v.shape().signed else Cat(v, Const(0, 64 - len(v)))
+    return v.as_unsigned()
+
+
+def add64(m, a, b, name):
+    """(a + b) mod 2^64, signed 64 bits (operands narrower than 64 bits extended by their sign), as two 32-bit
+    halves with a carry: the same bits as ``(a + b)[:64]``, but Amaranth widens a sum to 65 bits, which
+    Verilator evaluates word by word (a 65-bit temporary, extended operands) on every cycle. The halves are
+    named signals (comb), so chained sums do not repeat their operands' expressions in the Verilog."""
+    a, b = _w64(a), _w64(b)
+    lo = Signal(33, name=f"{name}_lo")
+    s = Signal(signed(64), name=name)
+    m.d.comb += [lo.eq(a[:32] + b[:32]), s.eq(Cat(lo[:32], a[32:] + b[32:] + lo[32]))]
+    return s
+
+
+def shl64(m, v, n, name):
+    """(v << n) mod 2^64 for an unsigned 6-bit ``n``: six constant-shift stages (named comb signals), the same
+    bits as ``(v << n)[:64]`` without its 127-bit temporary (see add64)."""
+    v = _w64(v)
+    for i in range(6):
+        k = 1 << i
+        st = Signal(64, name=f"{name}_{i}")
+        m.d.comb += st.eq(Mux(n[i], Cat(Const(0, k), v[:64 - k]), v))
+        v = st
+    return v.as_signed()
 
 
 def delay(m, sig, n, name, reset_less=True):
@@ -223,22 +254,22 @@ def dequant(m, s, acc, qs, c_q4, c_i16, c_wfrac, k):
     p1h = Signal(48, name=f"p1h_{k}")
     p1l = Signal(signed(64), name=f"p1l_{k}")
     m.d.comb += [p1h.eq(Dsel * acc[16:].as_signed()), p1l.eq(sext(Dsel * acc[:16], 64))]
-    m.d.sync += [p1.eq(Cat(Const(0, 16), p1h) + p1l.as_unsigned()), p2.eq(sext(Msel * qs, 64))]
+    m.d.sync += [p1.eq(add64(m, Cat(Const(0, 16), p1h), p1l, f"p1s_{k}")), p2.eq(sext(Msel * qs, 64))]
     mxex = delay(m, s[32:56], 2, f"mxex_{k}")
     T = Signal(signed(64), name=f"T_{k}", **DP)
-    m.d.sync += T.eq(p1 + p2)
+    m.d.sync += T.eq(add64(m, p1, p2, f"Ts_{k}"))
     U = Signal(signed(64), name=f"U_{k}", **DP)
     # T*m_x = ((T[32:]*m_x) mod 2^32) << 32 + T[:32]*m_x (mod 2^64)
     uh = Signal(32, name=f"Uh_{k}")
     ul = Signal(64, name=f"Ul_{k}")
     m.d.comb += [uh.eq(T[32:] * mxex[0:16]), ul.eq(T[:32] * mxex[0:16])]
-    m.d.sync += U.eq(Cat(Const(0, 32), uh) + ul)
+    m.d.sync += U.eq(add64(m, Cat(Const(0, 32), uh), ul, f"Us_{k}"))
     ex3 = delay(m, mxex[16:24], 1, f"ex3_{k}").as_signed()
     v = Signal(signed(64), name=f"V_{k}", **DP)
     neg = Signal(7, name=f"nsh_{k}")
     m.d.comb += neg.eq(Mux(ex3 < -63, 63, -ex3))
     lsh = Signal(signed(64), name=f"lsh_{k}")
-    m.d.comb += lsh.eq(Mux(ex3 >= 64, 0, (U << ex3.as_unsigned()[:6])[:64]))
+    m.d.comb += lsh.eq(Mux(ex3 >= 64, 0, shl64(m, U, ex3.as_unsigned()[:6], f"lshs_{k}")))
     m.d.sync += v.eq(Mux(ex3 >= 0, lsh, U >> neg))
     return v, (Dk, Mk, Dsel, Msel, p1, p2, T, U, ex3, mxex)
 
@@ -248,7 +279,9 @@ def act_out(m, out, oacc, prev, sfx=""):
     ``oacc`` also saturating-add ``prev`` (the ABUF word already there)."""
     sh = ACC_FRAC - ACT_FRAC
     r = Signal(signed(64), name="rnd" + sfx)
-    m.d.comb += r.eq((out + (1 << (sh - 1)))[:64].as_signed() >> sh)
+    # ((out + 2^(sh-1)) mod 2^64) >> sh, as (out >> sh) + bit sh-1 wrapped to 64 - sh bits: the same value
+    # without a 65-bit sum (see add64)
+    m.d.comb += r.eq(((out >> sh) + out[sh - 1])[:64 - sh].as_signed())
     y32 = Signal(signed(32), name="y32" + sfx)
     lo, hi = -(1 << 31), (1 << 31) - 1
     m.d.comb += y32.eq(Mux(r > hi, hi, Mux(r < lo, lo, r[:32].as_signed())))
@@ -503,7 +536,7 @@ class Mpe(Elaboratable):
             r = Signal(signed(64), name=n_, **DP)
             acc_ = Const(0, signed(64))
             for k in range(K):
-                acc_ = (acc_ + Mux(mv[n_][k], V[k], 0))[:64].as_signed()
+                acc_ = add64(m, acc_, Mux(mv[n_][k], V[k], 0), f"{n_}_s{k}")
             m.d.sync += r.eq(acc_)
             sums[n_] = r
         metaS = Signal.like(metaV, name="metaS")
@@ -522,6 +555,7 @@ class Mpe(Elaboratable):
                     with m.Case(t):
                         m.d.comb += accsel.eq(ACC[t])
             cur, nxt = sums[f"cur_{h}"], sums[f"nxt_{h}"]
+            rsum = add64(m, accsel, cur, f"racc_sum_{h}")
             with m.If(self.clear):
                 for t in range(self.TT):
                     m.d.sync += ACC[t].eq(0)
@@ -532,9 +566,9 @@ class Mpe(Elaboratable):
                             with m.If(ms["rowend"]):
                                 m.d.sync += ACC[t].eq(nxt)
                             with m.Else():
-                                m.d.sync += ACC[t].eq((accsel + cur)[:64])
+                                m.d.sync += ACC[t].eq(rsum)
                 with m.If(ms["rowend"] & (ms["pair"] & ms["oddv"] if h == "o" else 1)):
-                    m.d.sync += [out.eq((accsel + cur)[:64]), outv.eq(1)]
+                    m.d.sync += [out.eq(rsum), outv.eq(1)]
             outs.append((out, outv))
         orow = Mux(ms["pair"], Cat(Const(0, 1), ms["row"]), ms["row"])
         wa = Signal(self.abuf_bits + 1, name="wa_e")

@@ -49,18 +49,27 @@ class RegionCheck(Elaboratable):
         hit, perm = Signal(), Signal(3)
         lo_end = Signal(50)
         m.d.comb += [hit.eq(0), perm.eq(0), lo_end.eq(self.memsize)]
+        # the 82-bit range compared in 64-bit pieces (the same results): a region's base has 48 bits and its end
+        # 49, so lo / hi past them decide by their high bits alone. Verilator evaluates a compare wider than 64 bits
+        # word by word, and these run every cycle (three instances)
+        lo_hi48, lo_hi49, hi_hi49 = Signal(), Signal(), Signal()
+        m.d.comb += [lo_hi48.eq(self.lo[48:] != 0), lo_hi49.eq(self.lo[49:] != 0), hi_hi49.eq(self.hi[49:] != 0)]
+        lo48, lo49, hi49 = self.lo[:48], self.lo[:49], self.hi[:49]
         for base, size, p in reversed(self.regions):
             en = p != 0
+            end = Signal(49)
+            m.d.comb += end.eq(base + size)
+            above = lo_hi48 | (base <= lo48)                  # base <= lo
             inside = Signal()
-            m.d.comb += inside.eq(en & (base <= self.lo) & (self.hi <= base + size))
+            m.d.comb += inside.eq(en & above & ~hi_hi49 & (hi49 <= end))
             with m.If(inside):
                 m.d.comb += [hit.eq(1), perm.eq(p)]
-            with m.If(en & (base <= self.lo) & (self.lo < base + size)):
-                m.d.comb += lo_end.eq(base + size)
+            with m.If(en & above & ~lo_hi49 & (lo49 < end)):
+                m.d.comb += lo_end.eq(end)
         ok = Mux(self.need == WRITE, perm & PERM_W != 0,
                  Mux(self.need == FETCH, (perm & (PERM_X | PERM_W)) == PERM_X, perm & PERM_R != 0))
         denied = Mux(self.need == WRITE, int(ErrCode.MEM_WRITE_RO), int(ErrCode.MEM_PERM))
-        with m.If(self.hi > self.memsize):
+        with m.If((self.hi[64:] != 0) | (self.hi[:64] > self.memsize)):
             m.d.comb += self.code.eq(ErrCode.MEM_BOUNDS)
         with m.Elif(~any_en):
             m.d.comb += self.code.eq(0)
