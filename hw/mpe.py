@@ -35,11 +35,12 @@ Arithmetic equals sim/mpe_model.py bit for bit.
 """
 from __future__ import annotations
 
-from amaranth import Cat, Const, Elaboratable, Module, Mux, Signal, Value, signed, unsigned
+from amaranth import Cat, ClockDomain, ClockSignal, Const, Elaboratable, Module, Mux, Signal, Value, signed, unsigned
 
 from flightllm.formats import ACC_FRAC, ACT_FRAC, BLOCK, SCALE_FIX, block_bytes, paired
 from flightllm.isa import WFmt
 from flightllm.hw import params as P
+from flightllm.hw.clock_gate import ClockGate
 
 W_BITS = 17          # stored weight: Q4 0..15, int8, int16 -> signed 17
 X_BITS = 8
@@ -293,8 +294,11 @@ def act_out(m, out, oacc, prev, sfx=""):
 
 
 class Mpe(Elaboratable):
-    def __init__(self, board, qbuf_ports, abuf_words: int):
+    def __init__(self, board, qbuf_ports, abuf_words: int, gate: bool = False):
         self.board = board
+        # gate: the S1 registers of the two decode paths (paired / general, see elaborate) on gated clocks
+        # (hw/clock_gate.py, the Verilator model); else the same registers with clock enables
+        self.gate = gate
         a = board.accel
         self.L = STAGES
         assert a.macs_per_dsp == 2, "a DSP stage multiplies one activation by two packed weights"
@@ -347,19 +351,33 @@ class Mpe(Elaboratable):
                     m.d.comb += f.eq(int(bool(pred(fmt, sp))))
         return f
 
+    def _enabled(self, m, name, en):
+        """A domain for registers that load only in cycles with ``en`` (assign them under ``m.If(en)``): a gated
+        clock (``gate``), so that Verilator evaluates them and the logic behind them only in those cycles, else
+        ``sync`` (a clock enable)."""
+        if not self.gate:
+            return "sync"
+        m.domains += ClockDomain(name, local=True, reset_less=True)
+        m.submodules[name + "_gate"] = g = ClockGate()
+        m.d.comb += [g.en.eq(en), ClockSignal(name).eq(g.gclk)]
+        return name
+
     def elaborate(self, platform):
         m = Module()
         K, L, WB, NCH = self.K, self.L, self.WB, self.NCH
 
         # ---- S0: QBUF reads, slot masks -----------------------------------------------------------------
         pair0 = self._flag(m, self.mode, paired, "pair_s0")
+        KP = max(P.units(self.board, f, n) for f, n in P.MODES if paired(f, n))      # QBUF ports of paired units
+        LP = 2 * KP                                                                 # their slots
         masks = {n_: Signal(K, name=f"{n_}_m") for n_ in ("cur_e", "cur_o", "nxt_e", "nxt_o")}
         for k in range(K):
             bk = Signal(17, name=f"b_{k}")
             m.d.comb += bk.eq(self.b0 + k)
             bw = Mux(bk >= self.nb, bk - self.nb, bk)
             rp = self.qports[k]
-            m.d.comb += [rp.addr.eq(self.xrow + bw), rp.en.eq(1)]
+            # ports past the paired units' (k >= KP) read for the general path only
+            m.d.comb += [rp.addr.eq(self.xrow + bw), rp.en.eq(self.go & (~pair0 if k >= KP else 1))]
             u = Mux(pair0, k // 2, k)               # the slot's unit
             odd = pair0 & (k % 2)
             inu = self.go & (u < self.kp)
@@ -369,17 +387,32 @@ class Mpe(Elaboratable):
                          masks["nxt_e"][k].eq(nxt & ~odd), masks["nxt_o"][k].eq(nxt & odd)]
 
         # ---- S1 registers -------------------------------------------------------------------------------
-        win = Signal.like(self.win, name="win_s1", **DP)
+        # Two decode paths, each with its own S1 registers, loaded only by the groups it decodes: the paired
+        # formats (dense Q4_1 / Q8_0: a weight per product, activation j, no index MUX) and the general one
+        # (lane_select: every mode; its result is used for the others). The chain operand registers pick one by
+        # the mode. Function as one path; Verilator (gate) evaluates the general decode only for its groups.
         mode = Signal(4, name="mode_s1", **DP)
         wfrac = Signal(5, name="wfrac_s1", **DP)
-        lane_on = Signal(K, name="lane_on_s1", **DP)
-        m.d.sync += [win.eq(self.win), mode.eq(self.mode), wfrac.eq(self.wfrac),
-                     lane_on.eq(masks["cur_e"] | masks["cur_o"] | masks["nxt_e"] | masks["nxt_o"])]
+        m.d.sync += [mode.eq(self.mode), wfrac.eq(self.wfrac)]
+        on_s0 = masks["cur_e"] | masks["cur_o"] | masks["nxt_e"] | masks["nxt_o"]
+        en_g, en_p = self.go & ~pair0, self.go & pair0
+        dg, dp = self._enabled(m, "mpe_g", en_g), self._enabled(m, "mpe_p", en_p)
+        win = Signal.like(self.win, name="win_g", **DP)
+        mode_g = Signal(4, name="mode_g", **DP)
+        lane_on = Signal(K, name="lane_on_g", **DP)
+        with m.If(en_g):
+            m.d[dg] += [win.eq(self.win), mode_g.eq(self.mode), lane_on.eq(on_s0)]
+        win_p = Signal(8 * WB, name="win_p", **DP)
+        q4_p = Signal(name="q4_p", **DP)
+        on_p = Signal(LP, name="lane_on_p", **DP)
+        with m.If(en_p):
+            m.d[dp] += [win_p.eq(self.win), q4_p.eq(self._flag(m, self.mode, lambda f, n: f == WFmt.Q4_1, "q4_s0")),
+                        on_p.eq(on_s0[:LP])]
         meta_in = Cat(self.go, masks["cur_e"], masks["cur_o"], masks["nxt_e"], masks["nxt_o"], self.rowend, self.t,
                       self.row, self.ybase, self.acc, pair0, self.oddv)
         qd = [self.qports[k].data for k in range(K)]
 
-        # mode -> shared decode controls
+        # mode -> decode controls: the general path's (wk, nsp, sparse) of mode_g, the rest of mode
         wk = Signal(2, name="wkind")
         nsp = Signal(6, name="nsp")        # products per group half: N (sparse), 16 dense
         sparse = Signal(name="sparse")
@@ -387,29 +420,32 @@ class Mpe(Elaboratable):
         isi16 = Signal(name="isi16")
         pair = Signal(name="pair_s1")
         spb = Signal(3, name="spb_s1")     # sparse blocks per chain (params.chain_blocks): 1, 2 or 4
-        with m.Switch(mode):
+        with m.Switch(mode_g):
             for mi, (fmt, sp) in enumerate(P.MODES):
                 with m.Case(mi):
                     kind = (WK_I16 if fmt == WFmt.I16 else WK_Q8 if fmt == WFmt.Q8_0
                             else WK_Q4D if sp == 16 else WK_Q4S)
-                    m.d.comb += [wk.eq(kind), nsp.eq(sp), sparse.eq(P.sparse(fmt, sp)),
-                                 isq4.eq(fmt == WFmt.Q4_1), isi16.eq(fmt == WFmt.I16),
+                    m.d.comb += [wk.eq(kind), nsp.eq(sp), sparse.eq(P.sparse(fmt, sp))]
+        with m.Switch(mode):
+            for mi, (fmt, sp) in enumerate(P.MODES):
+                with m.Case(mi):
+                    m.d.comb += [isq4.eq(fmt == WFmt.Q4_1), isi16.eq(fmt == WFmt.I16),
                                  pair.eq(int(paired(fmt, sp))), spb.eq(P.chain_blocks(fmt, sp))]
 
-        # ---- S1: per slot block select (body, indices, scales), weight decode, sparse MUX -----------------
+        # ---- S1, general path: per slot block select (body, indices, scales), weight decode, sparse MUX -------
         ws, xs = [], []
-        scl = []
+        scl_g = []
         for k in range(K):
             body = Signal(8 * 64, name=f"body_{k}")
             idx = Signal(8 * 16, name=f"idx_{k}")
             d16 = Signal(16, name=f"d16_{k}")
             m16 = Signal(16, name=f"m16_{k}")
-            with m.Switch(mode):
+            with m.Switch(mode_g):
                 for mi, (fmt, sp) in enumerate(P.MODES):
-                    if k >= P.lanes(self.board, fmt, sp):
+                    if k >= P.lanes(self.board, fmt, sp) or paired(fmt, sp):
                         continue
                     bb = block_bytes(fmt, sp)
-                    base = k * bb           # paired: unit k // 2, row k % 2 of the pair
+                    base = k * bb
                     hdr = 0 if fmt == WFmt.I16 else 4 if fmt == WFmt.Q4_1 else 2
                     with m.Case(mi):
                         m.d.comb += body.eq(win[8 * (base + hdr): 8 * (base + bb)])
@@ -420,17 +456,40 @@ class Mpe(Elaboratable):
                         if P.sparse(fmt, sp):
                             vb = sp if fmt == WFmt.Q4_1 else 2 * sp
                             m.d.comb += idx.eq(win[8 * (base + hdr + vb): 8 * (base + bb)])
-            # the slot's activation block: its unit's QBUF port
-            qk = qd[0] if k == 0 else Mux(pair, qd[k // 2], qd[k])
+            # the slot's activation block: its QBUF port
             qsel = Signal(QWORD, name=f"qsel_{k}")
-            m.d.comb += qsel.eq(qk)
+            m.d.comb += qsel.eq(qd[k])
             wsel, xsel = lane_select(m, body, idx, qsel[:256], wk, nsp, sparse, lane_on[k], k,
                                      P.slot_products(self.board, k))
             ws.append(wsel)
             xs.append(xsel)
+            scl_g.append(Cat(d16, m16, qsel[256:272], qsel[272:280]))
+        # ---- S1, paired path (dense Q4_1 / Q8_0): slot k = row k % 2 of unit k // 2, weight j of the block
+        # (Q4_1: nibble j of the 16 value bytes, low nibbles first; Q8_0: byte j) times activation j ------------
+        pw, px, scl_p = [], [], []
+        for k in range(LP):
+            u = k // 2
+            b4, b8 = 20 * k, 34 * k                     # the block in the window: Q4_1 (20 bytes), Q8_0 (34)
+            q4ok = 20 * (k + 1) <= WB and k < P.lanes(self.board, WFmt.Q4_1, 16)
+            q8ok = 34 * (k + 1) <= WB and k < 2 * min(KP, P.units(self.board, WFmt.Q8_0, 16))
+            wl, xl = [], []
+            for j in range(BLOCK):
+                w4 = (win_p[8 * (b4 + 4 + j % 16) + 4 * (j >= 16):][:4] if q4ok else Const(0, 4))
+                w8 = (win_p[8 * (b8 + 2 + j): 8 * (b8 + 3 + j)].as_signed() if q8ok else Const(0, 8))
+                w_ = Signal(signed(W_BITS), name=f"pw_{k}_{j}")
+                m.d.comb += w_.eq(Mux(on_p[k], Mux(q4_p, w4, sext(w8, W_BITS)) if q8ok else Mux(q4_p, w4, 0), 0))
+                wl.append(w_)
+                xl.append(Mux(on_p[k], qd[u][8 * j: 8 * j + 8].as_signed(), 0))
+            pw.append(wl)
+            px.append(xl)
+            d4, d8 = win_p[8 * b4: 8 * b4 + 16], (win_p[8 * b8: 8 * b8 + 16] if q8ok else Const(0, 16))
+            m4 = win_p[8 * b4 + 16: 8 * b4 + 32]
+            scl_p.append(Cat(Mux(q4_p, d4, d8), Mux(q4_p, m4, 0), qd[u][256:272], qd[u][272:280]))
+        scl = []
+        for k in range(K):
             # scales, raw, registered with the operands then delayed to C
             sc = Signal(16 + 16 + 16 + 8, name=f"scl_{k}", **DP)
-            m.d.sync += sc.eq(Cat(d16, m16, qsel[256:272], qsel[272:280]))
+            m.d.sync += sc.eq(Mux(pair, scl_p[k], scl_g[k]) if k < LP else scl_g[k])
             scl.append(sc)
         # chain operands: paired: unit u -> chains 2u, 2u+1 (activations 16h..16h+15, both rows packed); I16:
         # the block's 32 products on chains 0, 1; sparse with B = chain_blocks blocks per chain: slot k -> chain
@@ -446,9 +505,9 @@ class Mpe(Elaboratable):
             for j in range(STAGES):
                 p_ = 16 * h + j
                 pk_w = pk_x = i16_w = i16_x = Const(0)
-                if 2 * u + 1 < K:
-                    pk_w = (ws[2 * u + 1][p_] << PK_SHIFT) + ws[2 * u][p_]
-                    pk_x = xs[2 * u][p_]
+                if 2 * u + 1 < LP:
+                    pk_w = (pw[2 * u + 1][p_] << PK_SHIFT) + pw[2 * u][p_]
+                    pk_x = px[2 * u][p_]
                 if c < 2:
                     i16_w, i16_x = ws[0][16 * c + j], xs[0][16 * c + j]
                 sp_w, sp_x = prod(c, j)

@@ -94,7 +94,7 @@ class Top(Elaboratable):
         m.submodules.qbuf = qbuf = Ram(QWORD, self.qdepth, "qbuf")
         qports = [qbuf.read_port() for _ in range(K)]
         qw = qbuf.write_port()
-        mpe = Mpe(b, qports, a.abuf_words)
+        mpe = Mpe(b, qports, a.abuf_words, gate=self.cd_sync is not None)     # gated decode paths: sim target
         m.submodules.mpe = ResetInserter(srst)(mpe)
         banks = []
         for i in range(NL):
