@@ -118,13 +118,25 @@ def shl64(m, v, n, name):
     return v.as_signed()
 
 
-def delay(m, sig, n, name, reset_less=True):
+def sync_in(m, dom="sync", en=None):
+    """A function adding statements to domain ``dom``, under ``en`` (a clock enable) when given."""
+    def add(stmts):
+        if en is None:
+            m.d[dom] += stmts
+        else:
+            with m.If(en):
+                m.d[dom] += stmts
+    return add
+
+
+def delay(m, sig, n, name, reset_less=True, sync=None):
     """``sig`` delayed ``n`` cycles. Datapath delays are reset-less (``DP``); a delay carrying valid bits passes
-    ``reset_less=False`` so CTRL.RESET (the ResetInserter around the MPE) clears it."""
+    ``reset_less=False`` so CTRL.RESET (the ResetInserter around the MPE) clears it. ``sync``: see sync_in."""
+    sync = sync or sync_in(m)
     cur = sig
     for i in range(n):
         r = Signal.like(cur, name=f"{name}_d{i}", reset_less=reset_less)
-        m.d.sync += r.eq(cur)
+        sync(r.eq(cur))
         cur = r
     return cur
 
@@ -232,7 +244,7 @@ def lane_select(m, body, idx, qx, wk, nsp, sparse, on, k, nprod=BLOCK):
     return ws, xs
 
 
-def dequant(m, s, acc, qs, c_q4, c_i16, c_wfrac, k):
+def dequant(m, s, acc, qs, c_q4, c_i16, c_wfrac, k, sync=None):
     """One lane's block dequantisation, all mod 2^64; inputs valid at cycle C, V registered at C + 4.
 
     ``s`` = Cat(d fp16, m fp16, m_x u16, e_x i8) of the block; C+1: D*acc, M*qs | C+2: T = sum | C+3: U = T*m_x |
@@ -255,23 +267,24 @@ def dequant(m, s, acc, qs, c_q4, c_i16, c_wfrac, k):
     p1h = Signal(48, name=f"p1h_{k}")
     p1l = Signal(signed(64), name=f"p1l_{k}")
     m.d.comb += [p1h.eq(Dsel * acc[16:].as_signed()), p1l.eq(sext(Dsel * acc[:16], 64))]
-    m.d.sync += [p1.eq(add64(m, Cat(Const(0, 16), p1h), p1l, f"p1s_{k}")), p2.eq(sext(Msel * qs, 64))]
-    mxex = delay(m, s[32:56], 2, f"mxex_{k}")
+    sync = sync or sync_in(m)
+    sync([p1.eq(add64(m, Cat(Const(0, 16), p1h), p1l, f"p1s_{k}")), p2.eq(sext(Msel * qs, 64))])
+    mxex = delay(m, s[32:56], 2, f"mxex_{k}", sync=sync)
     T = Signal(signed(64), name=f"T_{k}", **DP)
-    m.d.sync += T.eq(add64(m, p1, p2, f"Ts_{k}"))
+    sync(T.eq(add64(m, p1, p2, f"Ts_{k}")))
     U = Signal(signed(64), name=f"U_{k}", **DP)
     # T*m_x = ((T[32:]*m_x) mod 2^32) << 32 + T[:32]*m_x (mod 2^64)
     uh = Signal(32, name=f"Uh_{k}")
     ul = Signal(64, name=f"Ul_{k}")
     m.d.comb += [uh.eq(T[32:] * mxex[0:16]), ul.eq(T[:32] * mxex[0:16])]
-    m.d.sync += U.eq(add64(m, Cat(Const(0, 32), uh), ul, f"Us_{k}"))
-    ex3 = delay(m, mxex[16:24], 1, f"ex3_{k}").as_signed()
+    sync(U.eq(add64(m, Cat(Const(0, 32), uh), ul, f"Us_{k}")))
+    ex3 = delay(m, mxex[16:24], 1, f"ex3_{k}", sync=sync).as_signed()
     v = Signal(signed(64), name=f"V_{k}", **DP)
     neg = Signal(7, name=f"nsh_{k}")
     m.d.comb += neg.eq(Mux(ex3 < -63, 63, -ex3))
     lsh = Signal(signed(64), name=f"lsh_{k}")
     m.d.comb += lsh.eq(Mux(ex3 >= 64, 0, shl64(m, U, ex3.as_unsigned()[:6], f"lshs_{k}")))
-    m.d.sync += v.eq(Mux(ex3 >= 0, lsh, U >> neg))
+    sync(v.eq(Mux(ex3 >= 0, lsh, U >> neg)))
     return v, (Dk, Mk, Dsel, Msel, p1, p2, T, U, ex3, mxex)
 
 
@@ -397,6 +410,20 @@ class Mpe(Elaboratable):
         on_s0 = masks["cur_e"] | masks["cur_o"] | masks["nxt_e"] | masks["nxt_o"]
         en_g, en_p = self.go & ~pair0, self.go & pair0
         dg, dp = self._enabled(m, "mpe_g", en_g), self._enabled(m, "mpe_p", en_p)
+        # slots past the paired ones (k >= LP) serve general groups only: their registers after S1 (scales,
+        # acc / qs, the delays to C, the dequantiser) run while a general group is in flight (it reaches V
+        # 23 cycles after S0), else hold; what they then hold is never read (the slot masks are 0 for it)
+        hi_cnt = Signal(range(L + 9), name="hi_cnt")
+        with m.If(en_g):
+            m.d.sync += hi_cnt.eq(L + 8)
+        with m.Elif(hi_cnt != 0):
+            m.d.sync += hi_cnt.eq(hi_cnt - 1)
+        en_hi = Signal(name="en_hi")
+        m.d.comb += en_hi.eq(en_g | (hi_cnt != 0))
+        sync_hi = sync_in(m, self._enabled(m, "mpe_hi", en_hi), en_hi)
+
+        def sync_k(k):
+            return sync_in(m) if k < LP else sync_hi
         win = Signal.like(self.win, name="win_g", **DP)
         mode_g = Signal(4, name="mode_g", **DP)
         lane_on = Signal(K, name="lane_on_g", **DP)
@@ -489,7 +516,7 @@ class Mpe(Elaboratable):
         for k in range(K):
             # scales, raw, registered with the operands then delayed to C
             sc = Signal(16 + 16 + 16 + 8, name=f"scl_{k}", **DP)
-            m.d.sync += sc.eq(Mux(pair, scl_p[k], scl_g[k]) if k < LP else scl_g[k])
+            sync_k(k)(sc.eq(Mux(pair, scl_p[k], scl_g[k]) if k < LP else scl_g[k]))
             scl.append(sc)
         # chain operands: paired: unit u -> chains 2u, 2u+1 (activations 16h..16h+15, both rows packed); I16:
         # the block's 32 products on chains 0, 1; sparse with B = chain_blocks blocks per chain: slot k -> chain
@@ -541,7 +568,10 @@ class Mpe(Elaboratable):
         accS = [Signal(signed(ACC_BITS), name=f"acc_s_{k}", **DP) for k in range(K)]
         qsS = [Signal(signed(QS_BITS), name=f"qs_s_{k}", **DP) for k in range(K)]
         for k in range(K):
-            m.d.sync += [accS[k].eq(0), qsS[k].eq(0)]
+            acc_c = Signal(signed(ACC_BITS), name=f"acc_c_{k}")
+            qs_c = Signal(signed(QS_BITS), name=f"qs_c_{k}")
+            m.d.comb += [acc_c.eq(0), qs_c.eq(0)]
+            sync_k(k)([accS[k].eq(acc_c), qsS[k].eq(qs_c)])
             with m.Switch(mode_e):
                 for mi, (fmt, sp) in enumerate(P.MODES):
                     if k >= P.lanes(self.board, fmt, sp):
@@ -562,11 +592,11 @@ class Mpe(Elaboratable):
                             a_ = tps[c][(r_ + 1) * g - 1]
                             q_ = sum(tqs[c][r_ * g: (r_ + 1) * g])
                     with m.Case(mi):
-                        m.d.sync += [accS[k].eq(a_), qsS[k].eq(q_)]
+                        m.d.comb += [acc_c.eq(a_), qs_c.eq(q_)]
         # the slots' acc/qs (A + ENG_LAT) travel to C = A + L + 1, where the scales (registered at A) arrive
-        accC = [delay(m, a_, L + 1 - ENG_LAT, f"accC_{k}") for k, a_ in enumerate(accS)]
-        qsC = [delay(m, q_, L + 1 - ENG_LAT, f"qsC_{k}") for k, q_ in enumerate(qsS)]
-        sclC = [delay(m, s_, L + 1, f"sclC_{k}") for k, s_ in enumerate(scl)]
+        accC = [delay(m, a_, L + 1 - ENG_LAT, f"accC_{k}", sync=sync_k(k)) for k, a_ in enumerate(accS)]
+        qsC = [delay(m, q_, L + 1 - ENG_LAT, f"qsC_{k}", sync=sync_k(k)) for k, q_ in enumerate(qsS)]
+        sclC = [delay(m, s_, L + 1, f"sclC_{k}", sync=sync_k(k)) for k, s_ in enumerate(scl)]
         ctlC = delay(m, ctl, L + 1, "ctlC")
         c_q4, c_i16, c_wfrac = ctlC[0], ctlC[1], ctlC[2:7]
 
@@ -574,7 +604,7 @@ class Mpe(Elaboratable):
         V = []
         dbgT = []
         for k in range(K):
-            v, dbg = dequant(m, sclC[k], accC[k], qsC[k], c_q4, c_i16, c_wfrac, k)
+            v, dbg = dequant(m, sclC[k], accC[k], qsC[k], c_q4, c_i16, c_wfrac, k, sync=sync_k(k))
             V.append(v)
             dbgT.append(dbg[2:])
         self.dbg = dict(acc=accC, qs=qsC, V=V, T=dbgT, ca=ca, cb=cb)
