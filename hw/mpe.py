@@ -431,10 +431,8 @@ class Mpe(Elaboratable):
             m.d[dg] += [win.eq(self.win), mode_g.eq(self.mode), lane_on.eq(on_s0)]
         win_p = Signal(8 * WB, name="win_p", **DP)
         q4_p = Signal(name="q4_p", **DP)
-        on_p = Signal(LP, name="lane_on_p", **DP)
         with m.If(en_p):
-            m.d[dp] += [win_p.eq(self.win), q4_p.eq(self._flag(m, self.mode, lambda f, n: f == WFmt.Q4_1, "q4_s0")),
-                        on_p.eq(on_s0[:LP])]
+            m.d[dp] += [win_p.eq(self.win), q4_p.eq(self._flag(m, self.mode, lambda f, n: f == WFmt.Q4_1, "q4_s0"))]
         meta_in = Cat(self.go, masks["cur_e"], masks["cur_o"], masks["nxt_e"], masks["nxt_o"], self.rowend, self.t,
                       self.row, self.ybase, self.acc, pair0, self.oddv)
         qd = [self.qports[k].data for k in range(K)]
@@ -493,25 +491,28 @@ class Mpe(Elaboratable):
             scl_g.append(Cat(d16, m16, qsel[256:272], qsel[272:280]))
         # ---- S1, paired path (dense Q4_1 / Q8_0): slot k = row k % 2 of unit k // 2, weight j of the block
         # (Q4_1: nibble j of the 16 value bytes, low nibbles first; Q8_0: byte j) times activation j ------------
-        pw, px, scl_p = [], [], []
+        # (no lane masks here: a unit past the group's lanes computes on stale bytes, but its slots' masks are 0,
+        # so nothing of it is ever read)
+        w4s, w8s, px, scl_p = [], [], [], []
         for k in range(LP):
             u = k // 2
             b4, b8 = 20 * k, 34 * k                     # the block in the window: Q4_1 (20 bytes), Q8_0 (34)
             q4ok = 20 * (k + 1) <= WB and k < P.lanes(self.board, WFmt.Q4_1, 16)
-            q8ok = 34 * (k + 1) <= WB and k < 2 * min(KP, P.units(self.board, WFmt.Q8_0, 16))
-            wl, xl = [], []
-            for j in range(BLOCK):
-                w4 = (win_p[8 * (b4 + 4 + j % 16) + 4 * (j >= 16):][:4] if q4ok else Const(0, 4))
-                w8 = (win_p[8 * (b8 + 2 + j): 8 * (b8 + 3 + j)].as_signed() if q8ok else Const(0, 8))
-                w_ = Signal(signed(W_BITS), name=f"pw_{k}_{j}")
-                m.d.comb += w_.eq(Mux(on_p[k], Mux(q4_p, w4, sext(w8, W_BITS)) if q8ok else Mux(q4_p, w4, 0), 0))
-                wl.append(w_)
-                xl.append(Mux(on_p[k], qd[u][8 * j: 8 * j + 8].as_signed(), 0))
-            pw.append(wl)
-            px.append(xl)
+            q8ok = 34 * (k + 1) <= WB and k < P.lanes(self.board, WFmt.Q8_0, 16)
+            w4s.append([win_p[8 * (b4 + 4 + j % 16) + 4 * (j >= 16):][:4] if q4ok else Const(0, 4)
+                        for j in range(BLOCK)])
+            w8s.append([win_p[8 * (b8 + 2 + j): 8 * (b8 + 3 + j)].as_signed() if q8ok else None for j in range(BLOCK)])
+            px.append([qd[u][8 * j: 8 * j + 8].as_signed() for j in range(BLOCK)])
             d4, d8 = win_p[8 * b4: 8 * b4 + 16], (win_p[8 * b8: 8 * b8 + 16] if q8ok else Const(0, 16))
             m4 = win_p[8 * b4 + 16: 8 * b4 + 32]
             scl_p.append(Cat(Mux(q4_p, d4, d8), Mux(q4_p, m4, 0), qd[u][256:272], qd[u][272:280]))
+
+        def packed(u, p_):
+            """The packed operand of unit u, product p_: w_odd * 2^18 + w_even (Q4_1 nibbles: a concatenation)."""
+            q4 = Cat(w4s[2 * u][p_], Const(0, PK_SHIFT - 4), w4s[2 * u + 1][p_])
+            e8, o8 = w8s[2 * u][p_], w8s[2 * u + 1][p_]
+            q8 = (o8 << PK_SHIFT) + e8 if e8 is not None else Const(0)
+            return Mux(q4_p, q4, q8)
         scl = []
         for k in range(K):
             # scales, raw, registered with the operands then delayed to C
@@ -533,7 +534,7 @@ class Mpe(Elaboratable):
                 p_ = 16 * h + j
                 pk_w = pk_x = i16_w = i16_x = Const(0)
                 if 2 * u + 1 < LP:
-                    pk_w = (pw[2 * u + 1][p_] << PK_SHIFT) + pw[2 * u][p_]
+                    pk_w = packed(u, p_)
                     pk_x = px[2 * u][p_]
                 if c < 2:
                     i16_w, i16_x = ws[0][16 * c + j], xs[0][16 * c + j]
