@@ -74,6 +74,11 @@ def test_parallel_module_synthesis_gives_the_serial_result(tmp_path, monkeypatch
         E.jobs()
 
 
+def test_a_killed_yosys_is_one_clear_error(tmp_path):
+    with pytest.raises(E.FlowError, match=r"killed by signal 9 \(out of memory\?\).*FLIGHTLLM_ESTIMATE_JOBS=1"):
+        E._run_yosys(["sh", "-c", "kill -9 $$", "--"], "", tmp_path, "k")
+
+
 def test_cell_accounting():
     c = E.count({"DSP48E2": 3, "LUT6": 10, "LUT2": 5, "RAM64M": 2, "SRLC32E": 1, "FDRE": 7, "FDSE": 1,
                  "RAMB36E2": 2, "RAMB18E2": 3, "URAM288": 4, "CARRY8": 9, "MUXF7": 4})

@@ -136,6 +136,10 @@ def _run_yosys(ycmd: list[str], script: str, workdir: Path, log: str) -> None:
     (workdir / f"{log}.ys").write_text(script)
     r = subprocess.run(ycmd + ["-q", "-l", f"{log}.log", "-s", f"{log}.ys"], capture_output=True, text=True,
                        cwd=workdir)
+    if r.returncode < 0:        # killed: on this kind of machine almost always the kernel's OOM killer
+        raise FlowError(f"yosys was killed by signal {-r.returncode}"
+                        f"{' (out of memory?)' if r.returncode == -9 else ''} (log {workdir / (log + '.log')}); "
+                        "FLIGHTLLM_ESTIMATE_JOBS=1 runs one module at a time")
     if r.returncode != 0:
         tail = (r.stderr or r.stdout or "").strip().splitlines()[-3:]
         raise FlowError(f"yosys failed (log {workdir / (log + '.log')}): {' | '.join(tail)}")
