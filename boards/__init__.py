@@ -42,6 +42,7 @@ class Accel:
     qbuf_bytes: int
     max_context: int
     prefill_buckets: tuple[int, ...]
+    block_slots: int = 0      # cap on the engine's block slots (hw/params.py max_lanes); 0: what port and chains allow
 
     @property
     def dsps(self) -> int:
@@ -140,6 +141,8 @@ def _check(b: Board, where: str) -> None:
         raise BoardError(f"board file {where}: clock, channels and port width must be positive")
     if a.chains < 1 or a.chain_length < 1 or a.sfu_lanes < 1:
         raise BoardError(f"board file {where}: chains, chain_length and sfu_lanes must be positive")
+    if a.block_slots == 1 or a.block_slots < 0:
+        raise BoardError(f"board file {where}: block_slots must be 0 (no cap) or >= 2 (a paired unit is 2 blocks)")
     if not set(a.sparsity_n) <= {2, 4, 8, 16} or 16 not in a.sparsity_n:
         raise BoardError(f"board file {where}: sparsity_n must be a subset of 2,4,8,16 including 16 (dense)")
     if not set(a.weight_bits) <= {4, 8}:

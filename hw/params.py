@@ -10,7 +10,9 @@ reduction tap (FlightLLM's reduction nodes: the cascade is cut after every 2N st
 ``lanes`` is the blocks a group holds (2 per paired unit): the fewest units that keep up with the memory port
 (ceil(port_bytes / unit bytes)), capped by what the chains and their taps hold. The engine's block slots
 (``max_lanes``: one QBUF read port, one weight decode + sparse MUX and one dequantiser each) are the most any mode
-uses, so on a 64-byte port every mode is memory-bound (sim: 8 slots, for 2:16's 8-byte blocks).
+uses, so on a 64-byte port every mode is memory-bound (sim: 8 slots, for 2:16's 8-byte blocks). A board may cap
+them (``accel.block_slots``): each slot costs a QBUF read port, a weight decode + sparse MUX and a dequantiser
+(PYNQ-Z2: ~20 DSP48E1 and ~2.4k LUT a slot), which a board whose memory cannot feed them should not pay for.
 """
 from __future__ import annotations
 
@@ -67,6 +69,8 @@ def units(board, fmt: int, sp_n: int) -> int:
     port = board.memory.port_bytes
     ch = dsp_chains(board)
     cap = ch * chain_blocks(fmt, sp_n) if sparse(fmt, sp_n) else ch // 2
+    if board.accel.block_slots:              # the board's cap on the block slots (lanes = unit_blocks * units)
+        cap = min(cap, board.accel.block_slots // unit_blocks(fmt, sp_n))
     return max(1, min(-(-port // unit_bytes(fmt, sp_n)), cap))
 
 
