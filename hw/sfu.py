@@ -114,7 +114,7 @@ class Sfu(Elaboratable):
         m.submodules.rms = rms = RmsCore(W)
         m.submodules.exp = exp = ExpCore(W)
         m.submodules.amax = am = ArgmaxCore(W)
-        m.submodules.quant = qc = QuantCore()
+        m.submodules.quant = qc = QuantCore(W)
         m.submodules.div_n = div_n = SerialDiv(64 + 24, NBITS, DIV_N_BITS)
         m.submodules.isqrt = isq = SerialIsqrt(ISQRT_BITS)
         m.submodules.div_r = div_r = SerialDiv(63, ISQRT_BITS, RINV_RMS_BITS)
@@ -189,20 +189,10 @@ class Sfu(Elaboratable):
         m.d.comb += [elt.add.eq(is_[MiscOp.ADD]), sumsq.live.eq(t1.live), exp.live.eq(t1.live),
                      am.live.eq(t1.live), exp.mx.eq(mx), exp.mult.eq(imm), exp.rinv.eq(rinv_sm),
                      rms.rinv.eq(rinv_rms)]
-        # quant block buffer: chunks of a 32-block arrive in order; the last one goes straight to the core
-        qbuf = [Signal(signed(32), name=f"qb{i}") for i in range(BLOCK)]
-        masked = [Mux(t1.live[i], rd[i], 0) for i in range(W)]
-        if W < BLOCK:
-            csel = t1.elem0[LW:5]
-            with m.If(t1.valid):
-                for c in range(BLOCK // W):
-                    with m.If(csel == c):
-                        m.d.sync += [qbuf[c * W + i].eq(masked[i]) for i in range(W)]
-        for i in range(BLOCK - W):
-            m.d.comb += qc.x[i].eq(qbuf[i])
-        for i in range(W):
-            m.d.comb += qc.x[BLOCK - W + i].eq(masked[i])
-        m.d.comb += [qc.valid_i.eq(fire & t1.bend & is_[MiscOp.QUANT]), qc.frac.eq(imm)]
+        # quantiser: the chunks of each 32-block in order (W elements a cycle, W dividers: hw/sfu_cores.QuantCore)
+        m.d.comb += [qc.valid_i.eq(t1.valid & is_[MiscOp.QUANT]), qc.first.eq(t1.elem0[:5] == 0),
+                     qc.last.eq(t1.bend), qc.frac.eq(imm), qc.addr_i.eq(t1.qaddr)]
+        m.d.comb += [qc.x[i].eq(Mux(t1.live[i], rd[i], 0)) for i in range(W)]
 
         # ---- results (cycle t+3) ----------------------------------------------------------------------
         done3 = Signal()
@@ -221,7 +211,7 @@ class Sfu(Elaboratable):
                      self.wr_addr.eq(Mux(argmax_wr, row_dst, t3.waddr)),
                      self.wr_mask.eq(Mux(argmax_wr, 1, t3.wm)),
                      self.wr_data.eq(Mux(argmax_wr, bidx, ysel))]
-        m.d.comb += [self.q_en.eq(qc.valid_o), self.q_addr.eq(t3.qaddr), self.q_data.eq(Cat(*qc.q)),
+        m.d.comb += [self.q_en.eq(qc.valid_o), self.q_addr.eq(qc.addr_o), self.q_data.eq(Cat(*qc.q)),
                      self.q_m.eq(qc.m), self.q_e.eq(qc.e)]
         with m.If(done3):
             with m.If(is_[MiscOp.RMSNORM] & (p == 0)):
@@ -316,9 +306,11 @@ class Sfu(Elaboratable):
                     m.d.sync += rinv_sm.eq(div_s.q)
                     next_pass()
             with m.State("FIN"):
-                m.d.comb += self.done.eq(1)
-                m.d.sync += self.busy.eq(0)
-                m.next = "IDLE"
+                # QUANT: the last block's q are written (valid_o) in this cycle at the latest
+                with m.If(~qc.busy | qc.valid_o):
+                    m.d.comb += self.done.eq(1)
+                    m.d.sync += self.busy.eq(0)
+                    m.next = "IDLE"
         return m
 
 

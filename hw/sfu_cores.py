@@ -8,7 +8,7 @@ Vectors are lists of Signals (``x[i]`` is lane i).
 """
 from __future__ import annotations
 
-from amaranth import Cat, Const, Elaboratable, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Elaboratable, Module, Mux, Signal, signed, unsigned
 from amaranth.lib.memory import Memory
 
 from flightllm.formats import ACT_FRAC, BLOCK, GAMMA_FRAC, ROPE_FRAC, SCALE_MANT_BITS
@@ -255,32 +255,64 @@ class ArgmaxCore(Elaboratable):
 
 
 class QuantCore(Elaboratable):
-    """One 32-element block -> 32 int8 q, scale mantissa m (u16) and exponent e (i8), as sfu_model.quant.
+    """32-element blocks arriving as ``BLOCK / W`` chunks of W elements -> 32 int8 q, scale mantissa m (u16) and
+    exponent e (i8) per block, as sfu_model.quant; W dividers (not 32), so a block takes ``BLOCK / W`` cycles to
+    quantise, overlapped with the next block's chunks.
 
-    Stage 1: amax, S = amax + ceil(amax / 127) (= ceil(128 amax / 127)), 11-bit mantissa m * 2^k (rounded up,
-    renormalised). Stage 2: per element q = floor(((256|x| + m 2^k) >> (k + 1)) / m) by an unrolled 8-step
-    restoring division, with the sign of x.
+    Chunks: ``valid_i`` with ``x`` (W lanes), ``first`` (chunk 0 of a block), ``last`` (its last chunk; both on a
+    single-chunk block) and ``addr_i`` (the block's QBUF address, sampled with ``last``). A block's chunks arrive
+    in order, not necessarily back to back; the next block's last chunk comes at least BLOCK / W cycles after
+    this block's (one chunk a cycle at most).
+    Cycle T (the last chunk): amax (a running maximum of |x| over the chunks), S = amax + ceil(amax / 127)
+    (= ceil(128 amax / 127)), its 11-bit mantissa m * 2^k (rounded up, renormalised) -> registers, with the
+    block's |x| and signs. Cycles T+1 .. T+C (C = BLOCK / W): W elements a cycle, q = floor(((256|x| + m 2^k) >>
+    (k + 1)) / m) by an unrolled 8-step restoring division, with the sign of x. ``valid_o`` (with q, m, e,
+    ``addr_o``) in cycle T + C + 1 (``latency``); ``busy`` from T + 1 until then.
     """
 
-    def __init__(self):
+    def __init__(self, W: int = BLOCK):
+        assert 1 <= W <= BLOCK and BLOCK % W == 0
+        self.W = W
+        self.C = BLOCK // W
+        self.latency = self.C + 1
         self.valid_i = Signal()
-        self.x = _vec(BLOCK, signed(32), "x")
+        self.first = Signal()
+        self.last = Signal()
+        self.x = _vec(W, signed(32), "x")
         self.frac = Signal(32)
+        self.addr_i = Signal(24)
         self.valid_o = Signal()
+        self.busy = Signal()
         self.q = _vec(BLOCK, signed(8), "q")
         self.m = Signal(16)
         self.e = Signal(8)
+        self.addr_o = Signal(24)
 
     def elaborate(self, platform):
         m = Module()
         MB = SCALE_MANT_BITS
-        v1 = Signal()
-        m.d.sync += [v1.eq(self.valid_i), self.valid_o.eq(v1)]
-        ax = [Signal(32, name=f"ax{i}") for i in range(BLOCK)]
-        for i in range(BLOCK):
-            m.d.comb += ax[i].eq(Mux(self.x[i] < 0, -self.x[i], self.x[i]))
+        W, C = self.W, self.C
+        # |x| and sign of the chunk, running amax over the block's chunks
+        ax = [wire(m, Mux(self.x[i] < 0, -self.x[i], self.x[i]), 32, "ax") for i in range(W)]
+        cmax = _tree(list(ax), lambda a, b: wire(m, Mux(a >= b, a, b), 32, "mx"))
+        racc = Signal(32)
         amax = Signal(32)
-        m.d.comb += amax.eq(_tree(list(ax), lambda a, b: wire(m, Mux(a >= b, a, b), 32, "mx")))
+        m.d.comb += amax.eq(Mux(self.first | (racc >= cmax), Mux(self.first, cmax, racc), cmax))
+        with m.If(self.valid_i):
+            m.d.sync += racc.eq(amax)
+        # the block's earlier chunks (C - 1 of them)
+        col = [Signal(32, name=f"col{j}") for j in range(BLOCK - W)]
+        csg = Signal(max(1, BLOCK - W))
+        if C > 1:
+            ci = Signal(range(C))
+            with m.If(self.valid_i):
+                m.d.sync += ci.eq(Mux(self.first, 1, ci + 1))
+            pos = Mux(self.first, 0, ci)
+            with m.If(self.valid_i & ~self.last):
+                for c in range(C - 1):
+                    with m.If(pos == c):
+                        m.d.sync += [col[c * W + i].eq(ax[i]) for i in range(W)]
+                        m.d.sync += csg[c * W: (c + 1) * W].eq(Cat(self.x[i] < 0 for i in range(W)))
         S = Signal(33)
         m.d.comb += S.eq(amax + div_const_floor(amax + 126, 127, 33))
         bl = Signal(6)                       # bit length of S
@@ -294,17 +326,32 @@ class QuantCore(Elaboratable):
         carry = m0[MB]
         mm, kk = Signal(MB + 1), Signal(6)
         m.d.comb += [mm.eq(Mux(carry, m0 >> 1, m0)), kk.eq(k0 + carry)]
-        # stage 1 registers
+        # stage 1 registers (loaded in cycle T)
         ax1 = [Signal(32, name=f"ax1_{i}") for i in range(BLOCK)]
         sg1 = Signal(BLOCK)
         m1, k1, e1 = Signal(MB + 1), Signal(6), Signal(8)
-        m.d.sync += [ax1[i].eq(ax[i]) for i in range(BLOCK)]
-        m.d.sync += [sg1.eq(Cat(self.x[i] < 0 for i in range(BLOCK))), m1.eq(mm), k1.eq(kk),
-                     e1.eq(Mux(amax != 0, (kk - 7 - self.frac)[:8], 0))]
-        # stage 2: q = floor(N' / m), N' = (256|x| + (m << k)) >> (k + 1) < 256 m
-        for i in range(BLOCK):
+        a1 = Signal(24)
+        cnt = Signal(range(C + 1))           # divisions left of the loaded block
+        load = Signal()
+        m.d.comb += load.eq(self.valid_i & self.last)
+        with m.If(load):
+            m.d.sync += [ax1[j].eq(col[j]) for j in range(BLOCK - W)]
+            m.d.sync += [ax1[BLOCK - W + i].eq(ax[i]) for i in range(W)]
+            m.d.sync += [sg1.eq(Cat(csg[:BLOCK - W] if BLOCK > W else Const(0, 0),
+                                    *[self.x[i] < 0 for i in range(W)])),
+                         m1.eq(mm), k1.eq(kk), a1.eq(self.addr_i),
+                         e1.eq(Mux(amax != 0, (kk - 7 - self.frac)[:8], 0)), cnt.eq(C)]
+        with m.Elif(cnt != 0):
+            m.d.sync += cnt.eq(cnt - 1)
+        # stage 2: group g = C - cnt, W elements: q = floor(N' / m), N' = (256|x| + (m << k)) >> (k + 1) < 256 m
+        g = Signal(range(C))
+        m.d.comb += g.eq(C - cnt)
+        qg = []
+        for i in range(W):
+            xs = wire(m, Array([ax1[c * W + i] for c in range(C)])[g] if C > 1 else ax1[i], 32, "xs")
+            sn = wire(m, Array([sg1[c * W + i] for c in range(C)])[g] if C > 1 else sg1[i], 1, "sn")
             n1 = Signal(41, name=f"n1_{i}")
-            m.d.comb += n1.eq(((ax1[i] << 8) + (m1 << k1)) >> (k1 + 1))
+            m.d.comb += n1.eq(((xs << 8) + (m1 << k1)) >> (k1 + 1))
             rem = wire(m, n1 >> 8, MB + 1, "rem")
             qb = []
             for b in reversed(range(8)):
@@ -314,6 +361,13 @@ class QuantCore(Elaboratable):
                 qb.append(ge)
             q = Signal(8, name=f"qq{i}")
             m.d.comb += q.eq(Cat(*reversed(qb)))
-            m.d.sync += self.q[i].eq(Mux(m1 == 0, 0, Mux(sg1[i], -q, q))[:8].as_signed())
-        m.d.sync += [self.m.eq(m1), self.e.eq(e1)]
+            qg.append(wire(m, Mux(m1 == 0, 0, Mux(sn, -q, q))[:8], 8, "qs"))
+        with m.If(cnt != 0):
+            for c in range(C):
+                with m.If(g == c):
+                    m.d.sync += [self.q[c * W + i].eq(qg[i]) for i in range(W)]
+        with m.If(cnt == 1):
+            m.d.sync += [self.m.eq(m1), self.e.eq(e1), self.addr_o.eq(a1)]
+        m.d.sync += self.valid_o.eq(cnt == 1)
+        m.d.comb += self.busy.eq((cnt != 0) | self.valid_o)
         return m

@@ -142,8 +142,11 @@ async def argmax(dut):
 
 @cocotb.test()
 async def quant(dut):
+    """Blocks as BLOCK / W chunks of W elements (random gaps between chunks and blocks); each block's q, m, e and
+    address come out with valid_o exactly C + 1 cycles after its last chunk (C = BLOCK / W), busy until then."""
     rng = np.random.default_rng(SEED + 4)
     N = 200
+    C = BLOCK // W
     x = rand32(rng, (N, BLOCK))
     x[0] = 0                                                                 # zero block
     x[1] = I32_MIN                                                           # saturating values
@@ -157,14 +160,46 @@ async def quant(dut):
         x[k] = rng.integers(-hi, hi, BLOCK)
     frac = rng.integers(0, 31, N)
     frac[:3] = [12, 0, 300]
-    vec = [{"x": pack(x[k], 32), "frac": int(frac[k])} for k in range(N)]
-    res = await stream(dut, "quant", vec, ["q", "m", "e"])
+    addr = rng.integers(0, 1 << 19, N)
+    # schedule: (block, chunk) per cycle or None; a block's last chunk >= C cycles after the previous block's
+    sched, last_at = [], -C
     for k in range(N):
+        for c in range(C):
+            while rng.random() < (0.3 if k % 3 == 0 else 0.0) or (c == C - 1 and len(sched) - last_at < C):
+                sched.append(None)
+            sched.append((k, c))
+        last_at = len(sched) - 1
+    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    dut.rst.value = 0
+    dut.quant_valid_i.value = 0
+    await FallingEdge(dut.clk)
+    got, ends = [], {}
+    for cyc in range(len(sched) + C + 4):
+        if u(dut.quant_valid_o):
+            got.append((cyc, u(dut.quant_q), u(dut.quant_m), u(dut.quant_e), u(dut.quant_addr_o)))
+        s = sched[cyc] if cyc < len(sched) else None
+        if s is None:
+            dut.quant_valid_i.value = 0
+        else:
+            k, c = s
+            dut.quant_valid_i.value = 1
+            dut.quant_x.value = pack(x[k][c * W:(c + 1) * W], 32)
+            dut.quant_first.value = int(c == 0)
+            dut.quant_last.value = int(c == C - 1)
+            dut.quant_frac.value = int(frac[k])
+            dut.quant_addr_i.value = int(addr[k])
+            if c == C - 1:
+                ends[k] = cyc
+        await FallingEdge(dut.clk)
+    assert len(got) == N, f"quant: {len(got)} results for {N} blocks"
+    for k, (cyc, qv, mv, ev, av) in enumerate(got):
+        assert cyc - ends[k] == C + 1, f"quant: latency {cyc - ends[k]} != {C + 1}"
         q, mm, e = sm.quant(x[k][None], int(frac[k]))
-        check("quant q", unpack(res[k]["q"], BLOCK, 8), q[0], f"block {k}")
-        assert res[k]["m"] == int(mm[0, 0]), f"quant m block {k}: {res[k]['m']} != {int(mm[0, 0])}"
-        assert unpack(res[k]["e"], 1, 8)[0] == int(e[0, 0]), f"quant e block {k}"
-    dut._log.info(f"quant: {N} blocks bit-exact")
+        check("quant q", unpack(qv, BLOCK, 8), q[0], f"block {k}")
+        assert mv == int(mm[0, 0]), f"quant m block {k}: {mv} != {int(mm[0, 0])}"
+        assert unpack(ev, 1, 8)[0] == int(e[0, 0]), f"quant e block {k}"
+        assert av == int(addr[k]), f"quant addr block {k}"
+    dut._log.info(f"quant: {N} blocks bit-exact, {C} chunks each")
 
 
 @cocotb.test()

@@ -94,8 +94,8 @@ def core_bench(W: int):
                                         SumSqCore)
 
     cores = {"elt": EltCore(W), "silu": SiluMulCore(W), "rope": RopeCore(W), "sumsq": SumSqCore(W),
-             "rms": RmsCore(W), "exp": ExpCore(W), "am": ArgmaxCore(W), "quant": QuantCore()}
-    outs = {"valid_o", "y", "ss", "e", "val", "lane", "any", "q", "m"}
+             "rms": RmsCore(W), "exp": ExpCore(W), "am": ArgmaxCore(W), "quant": QuantCore(W)}
+    outs = {"valid_o", "y", "ss", "e", "val", "lane", "any", "q", "m", "busy", "addr_o"}
 
     class Bench(Elaboratable):
         def __init__(self):
