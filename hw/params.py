@@ -113,6 +113,15 @@ def window_bytes(board) -> int:
     return max([lanes(board, f, n) * block_bytes(f, n) for f, n in MODES] + [QACT_BLOCK_BYTES, 4])
 
 
+def fetch_beats(board) -> int:
+    """Beats of one instruction fetch (hw/top.py FETCH): enough that the longest instruction (MAX_WORDS words)
+    starting at any word of the first beat is inside the line (64-byte port: 2, 16-byte port: 3)."""
+    from flightllm.hw.decoder import MAX_WORDS
+
+    p = board.memory.port_bytes
+    return -(-(p - 4 + 4 * MAX_WORDS) // p)
+
+
 def token_tile(board) -> int:
     """Tokens an MM pass keeps accumulators for; more tokens re-stream the weights once per tile."""
     return max(board.accel.prefill_buckets)

@@ -2,8 +2,8 @@
 
 Entry points: ``build_top(board)`` (an Amaranth Elaboratable plus its port list) and
 ``generate_verilog(board, path)``. Execution is in order, one instruction at a time (as sim/cycles.py models):
-FETCH (first word inside an executable region, hw/prot.py; one 2-beat AR at the instruction's 64-byte line, one
-beat at a region's end) -> ALIGN -> DECODE (illegal or truncated -> error) -> CHECK (buffer bounds, alignment,
+FETCH (first word inside an executable region, hw/prot.py; one AR of params.fetch_beats beats (2 on a 64-byte
+port) at the instruction's beat, fewer at a region's end) -> ALIGN -> DECODE (illegal or truncated -> error) -> CHECK (buffer bounds, alignment,
 memory regions -> error) -> EXEC (LD / ST / MM,MV / MISC on the SFU / SYS) -> RETIRE. Every AXI burst is checked
 again against the regions before it is issued; CTRL.RESET returns the engine to IDLE.
 """
@@ -45,7 +45,8 @@ class Top(Elaboratable):
         self.PB = board.memory.port_bytes
         self.lg = (self.PB - 1).bit_length()
         self.NL = self.PB // 4
-        assert self.PB >= 64 and self.PB & (self.PB - 1) == 0, "instruction fetch reads 2 beats of >= 64 bytes"
+        assert self.PB >= 16 and self.PB & (self.PB - 1) == 0, "a port of 16, 32, 64 ... bytes"
+        self.FB = P.fetch_beats(board)       # beats of an instruction fetch (2 on a 64-byte port)
         self.K = P.max_lanes(board)
         self.TT = P.token_tile(board)
         self.qdepth = a.qbuf_bytes // BLOCK
@@ -151,8 +152,9 @@ class Top(Elaboratable):
         # ---- instruction fetch & decode ----------------------------------------------------------------
         faddr = Signal(64)
         m.d.comb += faddr.eq(ibase + (pc << 2))
-        line = Signal(2 * 8 * PB)
-        beat = Signal()
+        FB = self.FB
+        line = Signal(FB * 8 * PB)
+        beat = Signal(range(FB))
         iw = Signal(WIN_BITS)
         m.d.comb += dec.iw.eq(iw)
         # decoded, resolved operands (registered in DECODE)
@@ -222,15 +224,15 @@ class Top(Elaboratable):
         fetch_r = Signal()
         fline = Signal(64)
         m.d.comb += fline.eq((faddr >> lg) << lg)
-        fone = Signal()              # the fetch reads one beat: the line's second beat lies past its region
-        fone_c = Signal()
+        fn = Signal(range(FB + 1))   # beats the fetch reads: those of the line that start inside its region
+        fn_c = Signal(range(FB + 1))
         fend = Signal(50)            # end of the fetched instruction's region (an instruction may not cross it)
-        m.d.comb += fone_c.eq(fline + PB >= chk.end)
+        m.d.comb += fn_c.eq(1 + sum(fline + j * PB < chk.end for j in range(1, FB)))
         ar_cand, ar_ok, aw_cand, aw_ok = Signal(), Signal(), Signal(), Signal()
         m.d.comb += [ar_cand.eq(Mux(fetch_ar, 1, rs.arvalid)), ar_ok.eq(gar.code == 0), aw_ok.eq(gaw.code == 0),
                      self.m_arvalid.eq(ar_cand & ar_ok),
                      self.m_araddr.eq(Mux(fetch_ar, fline, rs.araddr)),
-                     self.m_arlen.eq(Mux(fetch_ar, ~fone_c, rs.arlen)),
+                     self.m_arlen.eq(Mux(fetch_ar, fn_c - 1, rs.arlen)),
                      rs.arready.eq(~fetch_ar & self.m_arready & ar_ok),
                      gar.lo.eq(self.m_araddr), gar.hi.eq(self.m_araddr + ((self.m_arlen + 1) << lg)),
                      gar.need.eq(Mux(fetch_ar, FETCH, READ)),
@@ -359,27 +361,30 @@ class Top(Elaboratable):
                 with m.Else():
                     m.d.comb += fetch_ar.eq(1)
                     with m.If(self.m_arready & ar_ok):
-                        m.d.sync += [beat.eq(0), fone.eq(fone_c), fend.eq(chk.end)]
+                        m.d.sync += [beat.eq(0), fn.eq(fn_c), fend.eq(chk.end)]
                         m.next = "FWAIT"
             with m.State("FWAIT"):
                 m.d.comb += fetch_r.eq(1)
-                with m.If(beat & fone):
-                    m.next = "ALIGN"        # a one-beat fetch: this cycle stands for the second beat (same timing)
-                with m.Elif(self.m_rvalid):
-                    m.d.sync += beat.eq(1)
-                    with m.If(beat):
-                        m.d.sync += line[8 * PB:].eq(self.m_rdata)
+                with m.If(beat >= fn):      # a beat past the region (not read): this cycle stands for it (same timing)
+                    m.d.sync += beat.eq(beat + 1)
+                    with m.If(beat == FB - 1):
                         m.next = "ALIGN"
-                    with m.Else():
-                        m.d.sync += line[:8 * PB].eq(self.m_rdata)
+                with m.Elif(self.m_rvalid):
+                    m.d.sync += beat.eq(beat + 1)
+                    with m.Switch(beat):
+                        for j in range(FB):
+                            with m.Case(j):
+                                m.d.sync += line[8 * PB * j: 8 * PB * (j + 1)].eq(self.m_rdata)
+                    with m.If(beat == FB - 1):
+                        m.next = "ALIGN"
                     with m.If(self.m_rresp != 0):
                         m.d.sync += fail(ErrCode.AXI_ERROR)
                         m.next = "STOP"
             with m.State("ALIGN"):
-                with m.Switch(faddr[:lg]):           # a case per byte offset (cheaper than a wide shift)
-                    for i in range(PB):
+                with m.Switch(faddr[2:lg]):          # a case per word offset (instructions are word-aligned: FETCH)
+                    for i in range(PB // 4):
                         with m.Case(i):
-                            m.d.sync += iw.eq(line[8 * i:])
+                            m.d.sync += iw.eq(line[32 * i:])
                 m.next = "DECODE"
             with m.State("DECODE"):
                 m.d.sync += op.eq(dec.op)

@@ -15,7 +15,8 @@ from flightllm.isa import MiscOp
 from flightllm.sim.sfu_cycles import sfu_cycles, sfu_width
 
 MISC_FIXED = -1              # RTL: the SFU's start cycle is the engine's CHECK cycle (counted in both)
-FETCH_FIXED = 6              # RTL: AR, 2 beats after the read latency, align, decode, check, retire
+FETCH_FIXED = 4              # RTL: AR, align, decode, check, retire, plus the fetch's beats after the read latency
+                             # (params.fetch_beats: 2 on a 64-byte port)
 XFER_FIXED = 2               # RTL: stream start, last-beat drain
 MM_FIXED = 4                 # RTL: stream start, first window, issue, hand-off per token tile
 SEG_GAP = 2                  # RTL: each further row segment of a read stream whose rows are not contiguous
@@ -67,8 +68,11 @@ class CycleModel:
         return -(-int(nbytes) // int(self.bpc)) if self.bpc >= 1 else int(nbytes / self.bpc + 0.999999)
 
     def fetch(self) -> int:
-        """Instruction fetch (one 2-beat read at the memory latency), decode and bounds check, retire."""
-        return self.lat + FETCH_FIXED
+        """Instruction fetch (one read of params.fetch_beats beats at the memory latency), decode and bounds
+        check, retire."""
+        from flightllm.hw import params as P
+
+        return self.lat + FETCH_FIXED + P.fetch_beats(self.board)
 
     def mm(self, wbytes: int, rows: int, cols: int, tokens: int, fmt: int, sp_n: int, segments: int = 1,
            base: int = 0, stride: int = 0) -> int:
