@@ -332,10 +332,41 @@ class Top(Elaboratable):
         m.d.comb += need.eq(kp * bbytes)
         tg = Signal(16)
         m.d.comb += tg.eq(tok0 + t)
+        # shared multipliers: one instruction is checked or run at a time, so the CHECK state's bounds products, the
+        # MM / LD run products and the MM stream length share four multipliers, their operands chosen by the
+        # registered op (and CHECK against the run states). Each product is the one it replaces, bit for bit.
+        in_check = Signal()
+        ma = [Signal(signed(27), name=f"mul_a{i}") for i in range(4)]
+        mb = [Signal(34, name=f"mul_b{i}") for i in range(4)]
+        mp = [Signal(signed(61), name=f"mul_p{i}") for i in range(4)]
+        m.d.comb += [mp[i].eq(ma[i] * mb[i]) for i in range(4)]
+
+        def mul_ops(*pairs):
+            return [x for i, (u, v) in enumerate(pairs) for x in (ma[i].eq(u), mb[i].eq(v))]
+
+        with m.Switch(op):
+            with m.Case(int(Op.MM), int(Op.MV)):
+                tk = Mux(in_check, tokens - 1, tg)
+                m.d.comb += mul_ops((srows - 1, wst), (tk, xstride), (tk, ystride), (srows, rb))
+            with m.Case(int(Op.LD)):
+                ldq = (f_ld["fmt"] == LdFmt.QACT) | (f_ld["fmt"] == LdFmt.Q8_0)
+                m.d.comb += mul_ops((rows - 1, f_ld["src_stride"]),
+                                    (Mux(in_check, rows - 1, urow),
+                                     Mux(in_check | (f_ld["fmt"] != LdFmt.QACT), f_ld["dst_stride"],
+                                         f_ld["dst_stride"] >> 5)),
+                                    (rows, nbytes), (rows, Mux(ldq, nb, cols)))
+            with m.Case(int(Op.ST)):
+                m.d.comb += mul_ops((rows - 1, f_st["dst_stride"]), (rows - 1, f_st["src_stride"]),
+                                    (cols - 1, f_st["elem_stride"]), (rows, cols))
+            with m.Case(int(Op.MISC)):
+                r1m = Signal(16)
+                m.d.comb += r1m.eq(rows - 1)
+                m.d.comb += mul_ops((r1m, f_misc["src_stride"]), (r1m, f_misc["dst_stride"]),
+                                    (r1m, f_misc["src2_stride"]))
         m.d.comb += [mpe.win.eq(rs.win), mpe.mode.eq(mode), mpe.kp.eq(kp), mpe.rem.eq(rem),
                      mpe.rowend.eq(kp >= rem), mpe.t.eq(t), mpe.row.eq(row), mpe.b0.eq(b0), mpe.nb.eq(nb),
                      mpe.oddv.eq(Cat(Const(1, 1), row) < rows),
-                     mpe.xrow.eq((xaddr + tg * xstride) >> 5), mpe.ybase.eq(yaddr + tg * ystride),
+                     mpe.xrow.eq((xaddr + mp[1]) >> 5), mpe.ybase.eq(yaddr + mp[2]),
                      mpe.wfrac.eq(wfrac), mpe.acc.eq(accf)]
         m.d.comb += [qw.en.eq(0)]
 
@@ -387,6 +418,8 @@ class Top(Elaboratable):
                             m.d.sync += iw.eq(line[32 * i:])
                 m.next = "DECODE"
             with m.State("DECODE"):
+                pos_off = Signal(64)
+                m.d.comb += pos_off.eq(pos * Mux(dec.op == Op.ST, f_st["pos_stride"], f_ld["pos_stride"]))
                 m.d.sync += op.eq(dec.op)
                 with m.If(dec.illegal | (faddr + (dec.nwords << 2) > fend)):     # or truncated at its region's end
                     m.d.sync += fail(ErrCode.ILLEGAL_INSTR)
@@ -409,10 +442,10 @@ class Top(Elaboratable):
                                           f_ld["cols"] << 2))
                             m.d.sync += [cls.eq(0), rows.eq(f_ld["rows"]), cols.eq(f_ld["cols"]),
                                          nb.eq(f_ld["cols"] >> 5), nbytes.eq(nbc),
-                                         base.eq(f_ld["addr"] + pos * f_ld["pos_stride"])]
+                                         base.eq(f_ld["addr"] + pos_off)]
                         with m.Case(int(Op.ST)):
                             m.d.sync += [cls.eq(1), rows.eq(f_st["rows"]), cols.eq(f_st["cols"]),
-                                         base.eq(f_st["addr"] + pos * f_st["pos_stride"])]
+                                         base.eq(f_st["addr"] + pos_off)]
                         with m.Case(int(Op.SYS)):
                             m.d.sync += cls.eq(3)
                         with m.Case(int(Op.MISC)):
@@ -420,13 +453,14 @@ class Top(Elaboratable):
                                          mn.eq(f_misc["n"] + Mux(f_misc["n_pos"], pos, 0))]
             with m.State("CHECK"):
                 # bounds, computed from the registered operands (mirrors sim/fsim.py's order of checks)
+                m.d.comb += in_check.eq(1)
                 with m.Switch(op):
                     with m.Case(int(Op.MM), int(Op.MV)):
                         m.d.comb += [c_ill.eq((rows == 0) | (cols < BLOCK)
                                               | ((wst < rb) & (rows > 1))),
-                                     c_hi_mem.eq(base + (srows - 1) * wst + rb),
-                                     c_hi_buf.eq(xaddr + (tokens - 1) * xstride + cols),
-                                     c_hi_buf2.eq(yaddr + (tokens - 1) * ystride + rows)]
+                                     c_hi_mem.eq(base + mp[0] + rb),
+                                     c_hi_buf.eq(xaddr + mp[1] + cols),
+                                     c_hi_buf2.eq(yaddr + mp[2] + rows)]
                         m.d.comb += [chk.lo.eq(base), chk.hi.eq(c_hi_mem), chk.need.eq(READ)]
                         with m.If(c_ill):
                             m.d.sync += fail(ErrCode.ILLEGAL_INSTR)
@@ -448,8 +482,8 @@ class Top(Elaboratable):
                         isq = f_ld["fmt"] == LdFmt.QACT
                         # gathered rows (idx): the index words' range here; each row's range when its index is read
                         m.d.comb += [c_hi_mem.eq(Mux(f_ld["idx"], f_ld["idx_addr"] + (rows << 2),
-                                                     base + (rows - 1) * f_ld["src_stride"] + nbytes)),
-                                     c_hi_buf.eq(f_ld["dst"] + (rows - 1) * f_ld["dst_stride"] + cols)]
+                                                     base + mp[0] + nbytes)),
+                                     c_hi_buf.eq(f_ld["dst"] + mp[1] + cols)]
                         m.d.comb += [chk.lo.eq(Mux(f_ld["idx"], f_ld["idx_addr"], base)), chk.hi.eq(c_hi_mem),
                                      chk.need.eq(READ)]
                         with m.If(rows == 0):
@@ -471,18 +505,18 @@ class Top(Elaboratable):
                         with m.Else():
                             mg = (f_ld["src_stride"] == nbytes) | (rows == 1)
                             m.d.comb += [rs.start.eq(1), rs.base.eq(base),
-                                         rs.seg_len.eq(Mux(mg, rows * nbytes, nbytes)),
+                                         rs.seg_len.eq(Mux(mg, mp[2], nbytes)),
                                          rs.stride.eq(f_ld["src_stride"]), rs.nseg.eq(Mux(mg, 1, rows))]
                             m.d.sync += [ublk.eq(0), urow.eq(0),
-                                         uleft.eq(Mux(isq | (f_ld["fmt"] == LdFmt.Q8_0), rows * nb, rows * cols)),
+                                         uleft.eq(mp[3]),
                                          uh.eq(0)]
                             m.next = "LD_RUN"
                     with m.Case(int(Op.ST)):
                         es = f_st["elem_stride"]
                         is16 = f_st["fmt"] == StFmt.I16
                         esz = Mux(is16, 2, 4)
-                        m.d.comb += [c_hi_buf.eq(f_st["src"] + (rows - 1) * f_st["src_stride"] + cols),
-                                     c_hi_mem.eq(base + (rows - 1) * f_st["dst_stride"] + (cols - 1) * es + esz),
+                        m.d.comb += [c_hi_buf.eq(f_st["src"] + mp[1] + cols),
+                                     c_hi_mem.eq(base + mp[0] + mp[2] + esz),
                                      chk.lo.eq(base), chk.hi.eq(c_hi_mem), chk.need.eq(WRITE)]
                         with m.If((rows == 0) | (cols == 0) | (c_hi_buf > a.abuf_words)):
                             m.d.sync += fail(ErrCode.BUF_OVERFLOW)
@@ -501,14 +535,14 @@ class Top(Elaboratable):
                         with m.Elif(is16):
                             # element by element: one ABUF read, one single-beat AW + W (2-byte strobe) each cycle
                             m.d.sync += [e_row.eq(0), e_col.eq(0), e_sa.eq(f_st["src"]), e_rsa.eq(f_st["src"]),
-                                         e_da.eq(base), e_rda.eq(base), e_left.eq(rows * cols), e_bleft.eq(rows * cols),
+                                         e_da.eq(base), e_rda.eq(base), e_left.eq(mp[3]), e_bleft.eq(mp[3]),
                                          e_v.eq(0), e_err.eq(0)]
                             m.next = "ST16_RUN"
                         with m.Else():
                             mg = ((f_st["src_stride"] == cols) & (f_st["dst_stride"] == (cols << 2))) | (rows == 1)
                             m.d.comb += [ws.start.eq(1), ws.dst.eq(base), ws.dst_stride.eq(f_st["dst_stride"]),
                                          ws.src.eq(f_st["src"]), ws.src_stride.eq(f_st["src_stride"]),
-                                         ws.rows.eq(Mux(mg, 1, rows)), ws.cols.eq(Mux(mg, rows * cols, cols))]
+                                         ws.rows.eq(Mux(mg, 1, rows)), ws.cols.eq(Mux(mg, mp[3], cols))]
                             m.next = "ST_RUN"
                     with m.Case(int(Op.MISC)):
                         # every operand range before any work, as sim/fsim.py::_x_MISC (all BUF_OVERFLOW)
@@ -520,10 +554,10 @@ class Top(Elaboratable):
                         m.d.comb += [r1.eq(rows - 1),
                                      mw.eq(mn + Mux((fn == MiscOp.SOFTMAX) & fm["causal"], r1, 0)),
                                      n32.eq(((mn + 31) >> 5) << 5)]
-                        hi_src = fm["src"] + r1 * fm["src_stride"] + mw
-                        hi_dst = fm["dst"] + r1 * fm["dst_stride"] + Mux(fn == MiscOp.ARGMAX, 1, mw)
-                        hi_q = fm["dst"] + r1 * fm["dst_stride"] + n32
-                        hi_2 = fm["src2"] + r1 * fm["src2_stride"] + Mux(fn == MiscOp.ROPE, fm["imm"], mn)
+                        hi_src = fm["src"] + mp[0] + mw
+                        hi_dst = fm["dst"] + mp[1] + Mux(fn == MiscOp.ARGMAX, 1, mw)
+                        hi_q = fm["dst"] + mp[1] + n32
+                        hi_2 = fm["src2"] + mp[2] + Mux(fn == MiscOp.ROPE, fm["imm"], mn)
                         two = (fn == MiscOp.ADD) | (fn == MiscOp.SILU_MUL) | (fn == MiscOp.ROPE)
                         bad = ((rows == 0) | (mw == 0) | (hi_src > a.abuf_words)
                                | Mux(fn == MiscOp.QUANT, hi_q > a.qbuf_bytes, hi_dst > a.abuf_words)
@@ -560,7 +594,7 @@ class Top(Elaboratable):
                             m.next = "RETIRE"
             # ---- MM / MV ----------------------------------------------------------------------------------
             with m.State("MM_START"):
-                m.d.comb += [rs.start.eq(1), rs.base.eq(base), rs.seg_len.eq(Mux(merged, srows * rb, rb)),
+                m.d.comb += [rs.start.eq(1), rs.base.eq(base), rs.seg_len.eq(Mux(merged, mp[3], rb)),
                              rs.stride.eq(wst), rs.nseg.eq(Mux(merged, 1, srows))]
                 tl = tokens - tok0
                 m.d.sync += [b0.eq(0), row.eq(0), left.eq(srows * nb), t.eq(0),
@@ -605,9 +639,9 @@ class Top(Elaboratable):
                 fire = Signal()
                 m.d.comb += fire.eq((uleft != 0) & rs.data_phase & (rs.cnt >= ub))
                 w = rs.win
-                m.d.comb += [qw.addr.eq((f_ld["dst"] >> 5) + urow * (f_ld["dst_stride"] >> 5) + ublk),
+                m.d.comb += [qw.addr.eq((f_ld["dst"] >> 5) + mp[1] + ublk),
                              qw.data.eq(Cat(w[32: 32 + 256], w[0:16], w[16:24])),
-                             ld_waddr.eq(f_ld["dst"] + urow * f_ld["dst_stride"] + ublk), ld_wdata.eq(w[:32])]
+                             ld_waddr.eq(f_ld["dst"] + mp[1] + ublk), ld_wdata.eq(w[:32])]
                 with m.If(fire):
                     more = isq8 & (uh != HALVES - 1)          # Q8_0: 32 / SW cycles per block
                     with m.If(more):
@@ -637,7 +671,7 @@ class Top(Elaboratable):
                     m.d.comb += prod.eq(dfix * qsel[8 * i: 8 * i + 8].as_signed() + (1 << (SCALE_FIX - ACT_FRAC - 1)))
                     v = prod >> (SCALE_FIX - ACT_FRAC)
                     lanes_q8.append(Mux(v > 0x7FFFFFFF, 0x7FFFFFFF, Mux(v < -0x80000000, -0x80000000, v))[:32])
-                m.d.comb += [ldq_addr.eq(f_ld["dst"] + urow * f_ld["dst_stride"] + Mux(is32, ublk, (ublk << 5) + uh * SW)),
+                m.d.comb += [ldq_addr.eq(f_ld["dst"] + mp[1] + Mux(is32, ublk, (ublk << 5) + uh * SW)),
                              ldq_data.eq(Mux(is32, w[:32 * SW], Cat(*lanes_q8))),
                              ldq_mask.eq(Mux(is32, (Const(1, SW + 1) << k32) - 1, (1 << SW) - 1))]
                 with m.If((uleft == 0) & ~rs.busy):
