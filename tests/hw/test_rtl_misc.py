@@ -3,6 +3,8 @@ program of LD I32 -> every MISC function (ROPE, RMSNORM, SOFTMAX causal with n_p
 QUANT consumed by an MV), LD Q8_0 (dequantising, strided rows) -> ST I32, compared bit for bit (the whole device memory) and cycle for cycle."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -90,12 +92,22 @@ def _program(rng):
     return mem, pos
 
 
+def _exact(b) -> bool:
+    """The cycle model describes the RTL exactly only where the board's bytes per cycle are one port-wide beat
+    (sim/cycles.py); elsewhere (PYNQ-Z2: 8 B/cycle from HP0, a 16-byte port) MM/LD/ST use the byte-rate model,
+    while fetch (SYS) and the SFU are exact on every board."""
+    return b.mem_bytes_per_cycle == b.memory.port_bytes
+
+
 @need
-def test_misc_program_bit_exact_and_cycles():
+@pytest.mark.parametrize("board", ["sim", "pynq-z2"])     # pynq-z2: 16-byte port, 3-beat fetch, SFU width 2
+def test_misc_program_bit_exact_and_cycles(board):
     from flightllm.sim.fsim import FunctionalSim
     from flightllm.sim.rtl_device import RtlDevice
 
-    b = boards.load("sim")
+    b = boards.load(board)
+    if b.accel.abuf_words < 65536:      # the program's ABUF areas reach word 33,240: PYNQ-Z2's engine, larger ABUF
+        b = dataclasses.replace(b, accel=dataclasses.replace(b.accel, abuf_words=65536), path=None)
     mem, pos = _program(np.random.default_rng(7))
     fs = FunctionalSim(b, MEM)
     fs.mem[:] = mem
@@ -108,9 +120,10 @@ def test_misc_program_bit_exact_and_cycles():
     bad = np.flatnonzero(dev.mem != fs.mem)
     assert bad.size == 0, f"{bad.size} bytes differ, first at {bad[:8]}"
     assert got.instructions == ref.instructions
-    for k in ("SFU", "MM", "ST", "SYS", "LD"):          # every instruction cycle-exact (sim/cycles.py), the
+    for k in ("SFU", "MM", "ST", "SYS", "LD") if _exact(b) else ("SFU", "SYS"):  # every instruction cycle-exact
         assert got.by_class.get(k) == ref.by_class[k], (k, got.by_class, ref.by_class)   # unaligned LD Q8_0 too
-    assert got.cycles == ref.cycles
+    if _exact(b):
+        assert got.cycles == ref.cycles
 
 
 @need
@@ -169,11 +182,12 @@ def _kv_gather_program(rng):
 
 
 @need
-def test_st_i16_and_ld_gather_bit_exact_and_cycles():
+@pytest.mark.parametrize("board", ["sim", "pynq-z2"])
+def test_st_i16_and_ld_gather_bit_exact_and_cycles(board):
     from flightllm.sim.fsim import FunctionalSim
     from flightllm.sim.rtl_device import RtlDevice
 
-    b = boards.load("sim")
+    b = boards.load(board)
     mem = _kv_gather_program(np.random.default_rng(3))
     fs = FunctionalSim(b, MEM)
     fs.mem[:] = mem
@@ -185,8 +199,9 @@ def test_st_i16_and_ld_gather_bit_exact_and_cycles():
     bad = np.flatnonzero(dev.mem != fs.mem)
     assert bad.size == 0, f"{bad.size} bytes differ, first at {bad[:8]}"
     assert (got.instructions, got.bytes_written) == (ref.instructions, ref.bytes_written)
-    assert got.cycles == ref.cycles, (got.by_class, ref.by_class)
-    assert got.by_class["LD"] == ref.by_class["LD"] and got.by_class["ST"] == ref.by_class["ST"]
+    if _exact(b):
+        assert got.cycles == ref.cycles, (got.by_class, ref.by_class)
+        assert got.by_class["LD"] == ref.by_class["LD"] and got.by_class["ST"] == ref.by_class["ST"]
 
 
 @need
