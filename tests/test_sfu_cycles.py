@@ -27,3 +27,16 @@ def test_cycle_formula_shape():
     assert sfu_cycles(W, MiscOp.QUANT, 1, 33) == sfu_cycles(W, MiscOp.QUANT, 1, 64)
     assert sfu_cycles(W, MiscOp.ROPE, 1, 24, 8) == SFU_FIXED + 3 * 3 + SFU_PASS_OVERHEAD
     assert sfu_cycles(W, MiscOp.ARGMAX, 0, 10) == SFU_FIXED
+
+
+def test_quant_tail():
+    # W dividers: a block is quantised in 32 / W cycles after its last chunk; the instruction's done cycle waits for
+    # the last block's write past the usual drain (docs/sfu.md): + max(0, 32 / W - 3), 0 at W >= 16
+    def body(W, rows, n):
+        return SFU_FIXED + rows * (-(-n // 32) * (32 // W) + SFU_PASS_OVERHEAD)
+
+    assert sfu_cycles(16, MiscOp.QUANT, 3, 576) == body(16, 3, 576)
+    assert sfu_cycles(32, MiscOp.QUANT, 1, 64) == body(32, 1, 64)
+    assert sfu_cycles(8, MiscOp.QUANT, 2, 64) == body(8, 2, 64) + 1
+    assert sfu_cycles(2, MiscOp.QUANT, 1, 576) == body(2, 1, 576) + 13
+    assert sfu_cycles(2, MiscOp.QUANT, 0, 576) == SFU_FIXED
