@@ -33,6 +33,19 @@ def wire(m, expr, shape=None, name="w"):
     return s
 
 
+def rom_ports(m, shape, init, n):
+    """``n`` read ports of one ROM, from ceil(n / 2) copies of two ports each: what a block RAM gives (two ports),
+    written out so that synthesis maps each copy on its own (yosys ran out of 24 GB mapping one 16-port ROM)."""
+    ports = []
+    for c in range(-(-n // 2)):
+        rom = Memory(shape=shape, depth=len(init), init=init)
+        m.submodules["rom" if c == 0 else f"rom{c}"] = rom
+        for _ in range(min(2, n - 2 * c)):
+            rp = rom.read_port()
+            ports.append(rp)
+    return ports
+
+
 def _tree(items, f):
     while len(items) > 1:
         nxt = [f(items[i], items[i + 1]) for i in range(0, len(items) - 1, 2)]
@@ -80,13 +93,12 @@ class SiluMulCore(Elaboratable):
         tab = [int(v) for v in sm.sigmoid_table()]
         top = len(tab) - 1
         tb = max(tab).bit_length()
-        rom = Memory(shape=unsigned(2 * tb), depth=top, init=[tab[i] | (tab[i + 1] << tb) for i in range(top)])
-        m.submodules.rom = rom
+        rps = rom_ports(m, unsigned(2 * tb), [tab[i] | (tab[i + 1] << tb) for i in range(top)], self.W)
         SB = sm.SIG_STEP_BITS
         v1 = Signal()
         m.d.sync += [v1.eq(self.valid_i), self.valid_o.eq(v1)]
         for i in range(self.W):
-            rp = rom.read_port()
+            rp = rps[i]
             v = Signal(signed(34), name=f"v{i}")
             m.d.comb += v.eq(self.a[i] + (sm.SIG_RANGE << ACT_FRAC))
             idx = v >> SB
@@ -200,15 +212,14 @@ class ExpCore(Elaboratable):
         m = Module()
         EB = sm.EXP_FRAC_BITS
         tab = [int(v) for v in sm.exp2_table()]
-        rom = Memory(shape=unsigned(max(tab).bit_length()), depth=len(tab), init=tab)
-        m.submodules.rom = rom
+        rps = rom_ports(m, unsigned(max(tab).bit_length()), tab, self.W)
         v1 = Signal()
         m.d.sync += [v1.eq(self.valid_i), self.valid_o.eq(v1)]
         dsh = 16 + ACT_FRAC - EB
         rinv1 = Signal(len(self.rinv))
         m.d.sync += rinv1.eq(self.rinv)             # sampled with the chunk
         for i in range(self.W):
-            rp = rom.read_port()
+            rp = rps[i]
             z = Signal(33, name=f"z{i}")
             m.d.comb += z.eq((self.mx - self.x[i])[:33])
             w = Signal(65 - dsh, name=f"w{i}")
