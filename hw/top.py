@@ -548,11 +548,9 @@ class Top(Elaboratable):
                         # every operand range before any work, as sim/fsim.py::_x_MISC (all BUF_OVERFLOW)
                         fm = f_misc
                         fn = fm["fn"]
-                        r1 = Signal(16)
                         mw = Signal(42)
                         n32 = Signal(30)
-                        m.d.comb += [r1.eq(rows - 1),
-                                     mw.eq(mn + Mux((fn == MiscOp.SOFTMAX) & fm["causal"], r1, 0)),
+                        m.d.comb += [mw.eq(mn + Mux((fn == MiscOp.SOFTMAX) & fm["causal"], r1m, 0)),
                                      n32.eq(((mn + 31) >> 5) << 5)]
                         hi_src = fm["src"] + mp[0] + mw
                         hi_dst = fm["dst"] + mp[1] + Mux(fn == MiscOp.ARGMAX, 1, mw)
