@@ -10,7 +10,7 @@ from __future__ import annotations
 from flightllm.errors import CompileError, DeviceError, ISAError
 from flightllm.hw.regs import region_writes
 from flightllm.formats import BLOCK, QACT_BLOCK_BYTES, row_bytes, weight_span
-from flightllm.isa import LdFmt, MiscOp, Op, StFmt, disassemble, misc_overlap, mm_outputs_overlap
+from flightllm.isa import LdFmt, MiscOp, Op, StFmt, disassemble, extents, misc_overlap, mm_outputs_overlap
 from flightllm.compiler.memmap import MemoryMap
 
 
@@ -30,8 +30,7 @@ def _mem_ranges(ins, pos: int, tokens_max: int):
         lo = f["addr"] + pos * f["pos_stride"]
         return [(lo, lo + (f["rows"] - 1) * f["dst_stride"] + (f["cols"] - 1) * f["elem_stride"] + es, True)]
     if ins.op in (Op.MM, Op.MV):
-        rows = f["rows"] + (pos if f["rows_pos"] else 0)
-        cols = -(-(f["cols"] + pos) // BLOCK) * BLOCK if f["cols_pos"] else f["cols"]
+        rows, cols = extents(ins.op, f, pos).values()
         return [(f["waddr"], f["waddr"] + weight_span(f["fmt"], f["sp_n"], rows, cols, f["wstride"]), False)]
     return []
 
@@ -45,13 +44,12 @@ def _buf_ranges(ins, pos: int):
     if ins.op == Op.ST:
         return [("A", *span(f["src"], f["src_stride"], f["rows"], f["cols"]))]
     if ins.op in (Op.MM, Op.MV):
-        rows = f["rows"] + (pos if f["rows_pos"] else 0)
-        cols = -(-(f["cols"] + pos) // BLOCK) * BLOCK if f["cols_pos"] else f["cols"]
+        rows, cols = extents(ins.op, f, pos).values()
         return [("Q", *span(f["xaddr"], f["xstride"], f["tokens"], cols)),
                 ("A", *span(f["yaddr"], f["ystride"], f["tokens"], rows))]
     if ins.op == Op.MISC:
         fn = MiscOp(f["fn"])
-        n = f["n"] + (pos if f["n_pos"] else 0)
+        n = extents(ins.op, f, pos)["n"]
         w = n + (f["rows"] - 1 if fn == MiscOp.SOFTMAX and f["causal"] else 0)
         out = [("A", *span(f["src"], f["src_stride"], f["rows"], w))]
         if fn == MiscOp.QUANT:
@@ -87,10 +85,10 @@ def check_program(words, memmap: MemoryMap, pos_max: int, abuf_words: int, qbuf_
                                        f"region (POS {pos})")
                 if write and not r.writable:
                     raise CompileError(f"{name} pc {pc}: {ins.op.name} writes read-only region '{r.name}'")
-            if ins.op in (Op.MM, Op.MV) and mm_outputs_overlap(f["rows"] + (pos if f["rows_pos"] else 0), f["tokens"],
-                                                               f["ystride"]):
+            ext = extents(ins.op, f, pos)
+            if ins.op in (Op.MM, Op.MV) and mm_outputs_overlap(ext["rows"], f["tokens"], f["ystride"]):
                 raise CompileError(f"{name} pc {pc}: {ins.op.name} tokens' output rows overlap (POS {pos})")
-            if ins.op == Op.MISC and misc_overlap(f, f["n"] + (pos if f["n_pos"] else 0)) is not None:
+            if ins.op == Op.MISC and misc_overlap(f, ext["n"]) is not None:
                 raise CompileError(f"{name} pc {pc}: MISC writes ABUF over a source other than in place (POS {pos})")
             for buf, lo, hi in _buf_ranges(ins, pos):
                 cap = abuf_words if buf == "A" else qbuf_bytes

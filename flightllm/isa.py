@@ -185,6 +185,18 @@ def disassemble(words) -> list[tuple[int, Instr]]:
             return out
 
 
+def extents(op: Op, f: dict, pos: int) -> dict[str, int]:
+    """The run-time extents of an instruction (``op``, fields ``f``) at POS = ``pos``: MM/MV ``rows`` (+ POS with
+    ``rows_pos``) and ``cols`` (cols + POS rounded up to whole 32-blocks with ``cols_pos``), MISC ``n`` (+ POS with
+    ``n_pos``); {} for the others. The compiler's checks and fsim use it; hw/top.py's decode forms the same values."""
+    if op in (Op.MM, Op.MV):
+        return {"rows": f["rows"] + (pos if f["rows_pos"] else 0),
+                "cols": -(-(f["cols"] + pos) // 32) * 32 if f["cols_pos"] else f["cols"]}
+    if op == Op.MISC:
+        return {"n": f["n"] + (pos if f["n_pos"] else 0)}
+    return {}
+
+
 def mm_outputs_overlap(rows: int, tokens: int, ystride: int) -> bool:
     """MM writes a token's rows while later tokens' rows of the same pass are still to come (row-major over the
     token tile), fsim token by token: where tokens' output rows overlap the two orders differ, so the ISA refuses

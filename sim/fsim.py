@@ -15,7 +15,8 @@ from flightllm.boards import Board
 from flightllm.errors import DeviceError, ISAError
 from flightllm.formats import (ACT_FRAC, BLOCK, QACT_BLOCK_BYTES, SCALE_FIX, deinterleave_rows, fp16_to_fixed,
                                row_bytes, sat32, unpack_weights, weight_stream)
-from flightllm.isa import ErrCode, Instr, LdFmt, MiscOp, Op, StFmt, SysOp, decode_at, misc_overlap, mm_outputs_overlap
+from flightllm.isa import (ErrCode, Instr, LdFmt, MiscOp, Op, StFmt, SysOp, decode_at, extents, misc_overlap,
+                           mm_outputs_overlap)
 from flightllm.compiler.memmap import MemoryMap
 from flightllm.hw import regs
 from flightllm.hw.regs import PERM_R, PERM_W, PERM_X
@@ -339,8 +340,7 @@ class FunctionalSim:
         return w, (sr, srb, sst)
 
     def _x_MM(self, f, pc, st):
-        rows = f["rows"] + (self.pos if f["rows_pos"] else 0)
-        cols = -(-(f["cols"] + self.pos) // BLOCK) * BLOCK if f["cols_pos"] else f["cols"]
+        rows, cols = extents(Op.MM, f, self.pos).values()
         T = f["tokens"]
         if rows < 1 or cols < BLOCK:
             raise DeviceError(f"pc {pc}: empty matrix ({rows} x {cols})", ErrCode.ILLEGAL_INSTR, pc)
@@ -363,7 +363,7 @@ class FunctionalSim:
     # -- special function unit ------------------------------------------------------------------------
     def _x_MISC(self, f, pc, st):
         fn = MiscOp(f["fn"])
-        rows, n = f["rows"], f["n"] + (self.pos if f["n_pos"] else 0)
+        rows, n = f["rows"], extents(Op.MISC, f, self.pos)["n"]
         if fn == MiscOp.ROPE and n % f["imm"]:      # n_pos: n + POS must still be whole heads (the RTL's CHECK)
             raise DeviceError(f"pc {pc}: ROPE over {n} elements, not whole heads of {f['imm']}",
                               ErrCode.ILLEGAL_INSTR, pc)
