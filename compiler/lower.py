@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from flightllm.formats import ACT_FRAC, BLOCK, KV_FRAC, PROB_FRAC, SCALE_FIX
+from flightllm.formats import ACT_FRAC, BLOCK, KV_FRAC, PROB_FRAC, SCALE_FIX, row_tile
 from flightllm.isa import Instr, LdFmt, MiscOp, Op, StFmt, SysOp, WFmt, make
 from flightllm.compiler.gguf_model import LlamaConfig
 from flightllm.compiler.memmap import Scratch
@@ -51,9 +51,7 @@ def plan_onchip(cfg: LlamaConfig, ctx: int, tmax: int, abuf_words: int, qbuf_byt
                        ("gamma", H), ("rope", tmax * cfg.head_dim)):
         a.alloc(name, size)
     # logits tile: the whole vocabulary if it fits, else row tiles streamed out one by one
-    tile = min(cfg.vocab, a.free_space())
-    if tile < cfg.vocab:
-        tile -= tile % 2                    # row tiles start on a row pair of the stored head (formats.paired)
+    tile = row_tile(cfg.vocab, a.free_space())
     a.alloc("logits", max(tile, 64))        # fails with a clear message when not even a small tile fits
     q = Scratch("QBUF", qbuf_bytes, align=BLOCK)
     for name, size in (("x", tmax * max(H, F)), ("q", tmax * H), ("p", max(tmax, group) * ctx)):

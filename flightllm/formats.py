@@ -75,6 +75,12 @@ def weight_span(fmt: int, sp_n: int, rows: int, cols: int, stride: int) -> int:
     return (sr - 1) * sst + srb
 
 
+def row_tile(rows: int, room: int) -> int:
+    """Rows of one output tile of a ``rows``-row matrix where ``room`` rows fit: all of them, else an even number,
+    so that every tile starts on a stored row pair (``interleave_rows``)."""
+    return rows if room >= rows else room - room % 2
+
+
 def interleave_rows(raw: np.ndarray, fmt: int, sp_n: int = 16) -> np.ndarray:
     """Row-major device rows (uint8, R x row_bytes) -> the stored layout (stream rows x stream row bytes)."""
     if not paired(fmt, sp_n):

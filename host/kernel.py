@@ -13,7 +13,7 @@ import numpy as np
 from flightllm import boards
 from flightllm.errors import FlightLLMError
 from flightllm.formats import (ACT_FRAC, BLOCK, GROUP, interleave_rows, pack_qact, pack_sparse, pack_weights,
-                               row_bytes, unpack_weights)
+                               row_bytes, row_tile, unpack_weights)
 from flightllm.isa import LdFmt, Op, StFmt, SysOp, WFmt, assemble, make
 from flightllm.compiler.memmap import MemoryMap
 from flightllm.sim import mpe_model, sfu_model
@@ -64,9 +64,7 @@ def build(board: boards.Board, op: str, rows: int, cols: int, wbits: int, sp_n: 
     x[:, rng.integers(0, cols, max(1, cols // 64))] *= 8          # a few outliers, as real activations have
     xq, xm, xe = sfu_model.quant(x, ACT_FRAC)
     qact = pack_qact(xq, xm, xe)
-    tile = min(rows, board.accel.abuf_words // tokens)
-    if tile < rows:
-        tile -= tile % 2            # row tiles start on a stored row pair (formats.interleave_rows)
+    tile = row_tile(rows, board.accel.abuf_words // tokens)
     stored = interleave_rows(raw, fmt, sp_n)        # the engine's weight layout
 
     mm = MemoryMap()
