@@ -10,12 +10,18 @@ hw/mpe.py works with either (its Amaranth-simulator tests use Memory).
 sampled on the falling edge, as hw/clock_gate.py) instead of a clock enable. The behaviour is identical cycle for
 cycle; Verilator then evaluates the logic behind a read port (e.g. the SFU's lanes behind the ABUF banks) only in
 cycles that read. Synthesis uses ``VERILOG``: a clock enable is what the RAM primitives have.
+
+``Ram(..., ultra=True)`` instantiates ``flightllm_ram_ultra`` instead: the same RAM with ``(* ram_style = "ultra" *)``
+on its array, which Vivado and yosys' ``synth_xilinx -family xcup`` (memory_libmap) both map to URAM288. hw/top.py
+asks for it for the ABUF banks on a device that has UltraRAM (the board's [resources] uram). Its synthesis text has
+no zero-initialisation loop: UltraRAM has no INIT, it powers up zeroed (UG901), so there is nothing to ask for.
 """
 from __future__ import annotations
 
 from amaranth import Cat, ClockSignal, Elaboratable, Instance, Module, Signal
 
 MODULE = "flightllm_ram"
+MODULE_ULTRA = "flightllm_ram_ultra"
 
 _READ_CE = """    always @(posedge clk) if (ren[g]) q <= mem[raddr[g*AW +: AW]];"""
 _READ_GATED = """    reg ren_l = 1'b0;
@@ -24,9 +30,14 @@ _READ_GATED = """    reg ren_l = 1'b0;
     always @(posedge rclk) q <= mem[raddr[g*AW +: AW]];"""
 
 
-def _verilog(read: str) -> str:
+_ZERO_INIT = """  integer i;
+  initial for (i = 0; i < D; i = i + 1) mem[i] = {W{1'b0}};
+"""
+
+
+def _verilog(read: str, name: str = MODULE, attr: str = "", zero_init: bool = True) -> str:
     return f"""
-module {MODULE} #(parameter W = 32, parameter D = 1024, parameter AW = 10, parameter NR = 1) (
+module {name} #(parameter W = 32, parameter D = 1024, parameter AW = 10, parameter NR = 1) (
   input clk,
   input [NR*AW-1:0] raddr,
   input [NR-1:0] ren,
@@ -35,10 +46,8 @@ module {MODULE} #(parameter W = 32, parameter D = 1024, parameter AW = 10, param
   input [W-1:0] wdata,
   input wen
 );
-  reg [W-1:0] mem [0:D-1];
-  integer i;
-  initial for (i = 0; i < D; i = i + 1) mem[i] = {{W{{1'b0}}}};
-  genvar g;
+  {attr}reg [W-1:0] mem [0:D-1];
+{_ZERO_INIT if zero_init else ""}  genvar g;
   generate for (g = 0; g < NR; g = g + 1) begin : rd
     reg [W-1:0] q = {{W{{1'b0}}}};
 {read}
@@ -51,6 +60,17 @@ endmodule
 
 VERILOG = _verilog(_READ_CE)
 VERILOG_SIM = _verilog(_READ_GATED)
+_ULTRA = '(* ram_style = "ultra" *) '
+VERILOG_ULTRA = _verilog(_READ_CE, MODULE_ULTRA, _ULTRA, zero_init=False)
+VERILOG_ULTRA_SIM = _verilog(_READ_GATED, MODULE_ULTRA, _ULTRA)     # Verilator: zeroed as the URAM powers up
+
+
+def verilog(design: str, sim: bool) -> str:
+    """The RAM modules ``design`` (generated Verilog) instantiates: flightllm_ram, and flightllm_ram_ultra if used."""
+    text = VERILOG_SIM if sim else VERILOG
+    if MODULE_ULTRA in design:
+        text += VERILOG_ULTRA_SIM if sim else VERILOG_ULTRA
+    return text
 
 
 class _Port:
@@ -61,8 +81,9 @@ class _Port:
 
 
 class Ram(Elaboratable):
-    def __init__(self, width: int, depth: int, name: str = "ram"):
+    def __init__(self, width: int, depth: int, name: str = "ram", ultra: bool = False):
         self.W, self.D = width, depth
+        self.ultra = ultra          # UltraRAM (see the module docstring)
         self.AW = max(1, (depth - 1).bit_length())
         self.name = name
         self._rd: list[_Port] = []
@@ -84,7 +105,7 @@ class Ram(Elaboratable):
         wr = self._wr or self.write_port()
         rdata = Signal(self.W * len(rd), name=f"{self.name}_rdata")
         m.submodules.ram = Instance(
-            MODULE, p_W=self.W, p_D=self.D, p_AW=self.AW, p_NR=len(rd),
+            MODULE_ULTRA if self.ultra else MODULE, p_W=self.W, p_D=self.D, p_AW=self.AW, p_NR=len(rd),
             i_clk=ClockSignal(), i_raddr=Cat(p.addr for p in rd), i_ren=Cat(p.en for p in rd), o_rdata=rdata,
             i_waddr=wr.addr, i_wdata=wr.data, i_wen=wr.en)
         for i, p in enumerate(rd):

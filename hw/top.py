@@ -27,7 +27,7 @@ from flightllm.hw.csr import Csr
 from flightllm.hw.decoder import WIN_BITS, Decoder
 from flightllm.hw.dma import ReadStream, WriteStream
 from flightllm.hw.mpe import QWORD, Mpe
-from flightllm.hw.ram import VERILOG as RAM_VERILOG, VERILOG_SIM as RAM_VERILOG_SIM, Ram
+from flightllm.hw.ram import Ram, verilog as ram_verilog
 from flightllm.hw.sfu import Sfu, SfuAbufPorts, sfu_width
 from flightllm.hw.regs import STATUS_BUSY, STATUS_DONE, STATUS_ERROR
 from flightllm.hw.prot import FETCH, READ, WRITE, RegionCheck, region_regs
@@ -98,8 +98,9 @@ class Top(Elaboratable):
         mpe = Mpe(b, qports, a.abuf_words, gate=self.cd_sync is not None)     # gated decode paths: sim target
         m.submodules.mpe = ResetInserter(srst)(mpe)
         banks = []
+        ultra = b.resources.get("uram", 0) > 0        # the ABUF banks in UltraRAM where the device has it (hw/ram.py)
         for i in range(NL):
-            mem = Ram(32, self.adepth, f"abuf{i}")
+            mem = Ram(32, self.adepth, f"abuf{i}", ultra=ultra)
             m.submodules[f"abuf{i}"] = mem
             banks.append((mem.read_port(), mem.write_port()))
         bb_bits = (NL - 1).bit_length()
@@ -827,9 +828,8 @@ def generate_verilog(board: Board, path, name: str = "flightllm_top", target: st
 
     assert target in TARGETS, target
     top, ports = build_top(board, reset_less=target == "sim")
-    text = (_compact_memory_init(verilog.convert(top, ports=ports, name=name, emit_src=False))
-            + (RAM_VERILOG_SIM if target == "sim" else RAM_VERILOG)
-            + (CLKGATE_BUFGCE if target == "xilinx" else CLKGATE_VERILOG))
+    text = _compact_memory_init(verilog.convert(top, ports=ports, name=name, emit_src=False))
+    text += ram_verilog(text, sim=target == "sim") + (CLKGATE_BUFGCE if target == "xilinx" else CLKGATE_VERILOG)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(text)
