@@ -11,6 +11,7 @@ from functools import lru_cache
 import numpy as np
 
 from flightllm.boards import Board
+from flightllm.hw.params import STAGES
 from flightllm.isa import MiscOp
 from flightllm.sim.sfu_cycles import sfu_cycles, sfu_width
 
@@ -56,7 +57,7 @@ class CycleModel:
         self.bpc = board.mem_bytes_per_cycle
         self.lat = board.memory.latency_cycles
         self.macs = board.accel.macs_per_cycle
-        self.chain = board.accel.chain_length
+        self.chain = STAGES          # the MPE's drain: its chains are STAGES deep whatever chain_length says
         self.lanes = board.accel.sfu_lanes
         self.port = board.memory.port_bytes
         self.board = board

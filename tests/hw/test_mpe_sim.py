@@ -4,6 +4,8 @@ dequantised term ``V`` against sim/mpe_model.py's arithmetic, and the ABUF words
 pair, or only the even one when the odd row is padding). Fast to debug with: no Verilator, no top."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from amaranth import Elaboratable, Module
@@ -43,15 +45,26 @@ def _case(fmt, sp, nb, seed, wfrac=9, R=1):
     return raw, Q, D, M, mask, xq, xm, xe
 
 
+def _board(name):
+    """A board file, or ``sim+slots4``: the sim board with its block slots capped at 4 (``accel.block_slots``)."""
+    if name == "sim+slots4":
+        b = boards.load("sim")
+        return dataclasses.replace(b, accel=dataclasses.replace(b.accel, block_slots=4))
+    return boards.load(name)
+
+
 @pytest.mark.parametrize("board,fmt,sp,R", [("sim", WFmt.Q4_1, 16, 2), ("sim", WFmt.Q8_0, 16, 2),
                                             ("sim", WFmt.Q4_1, 16, 1), ("sim", WFmt.Q8_0, 16, 1),
                                             ("sim", WFmt.Q4_1, 2, 1), ("sim", WFmt.Q8_0, 4, 1), ("sim", WFmt.I16, 16, 1),
                                             # reduction taps: 4 (N=2) and 2 (N=4) blocks per chain; N=8 whole chains
                                             ("sim", WFmt.Q8_0, 2, 1), ("sim", WFmt.Q4_1, 4, 1),
                                             ("sim", WFmt.Q4_1, 8, 1), ("sim", WFmt.Q8_0, 8, 1),
-                                            ("kv260", WFmt.Q4_1, 2, 1), ("kv260", WFmt.Q8_0, 16, 2)])
+                                            # accel.block_slots = 4: the cap (sparse 2:16: 4 blocks on one chain)
+                                            ("sim+slots4", WFmt.Q4_1, 2, 1), ("sim+slots4", WFmt.Q8_0, 16, 2),
+                                            # a 16-byte port: 2 block slots (one row-pair unit, two sparse blocks)
+                                            ("kv260", WFmt.Q4_1, 16, 2), ("kv260", WFmt.Q8_0, 2, 1)])
 def test_mpe_one_group(board, fmt, sp, R):
-    b = boards.load(board)      # sim and kv260: 8 block slots, 4 chains (sparse 2:16: 8 blocks on 2 chains)
+    b = _board(board)           # sim: 8 block slots, 4 chains (sparse 2:16: 8 blocks on 2 chains)
     pr = paired(fmt, sp)
     U = P.units(b, fmt, sp)
     nb, wfrac = U, 9
