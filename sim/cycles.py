@@ -11,10 +11,12 @@ from functools import lru_cache
 import numpy as np
 
 from flightllm.boards import Board
+from flightllm.formats import block_bytes
 from flightllm.hw.params import STAGES
-from flightllm.isa import MiscOp
+from flightllm.isa import MiscOp, WFmt
 from flightllm.sim.sfu_cycles import sfu_cycles, sfu_width
 
+Q8_BLOCK_BYTES = block_bytes(WFmt.Q8_0)
 MISC_FIXED = -1              # RTL: the SFU's start cycle is the engine's CHECK cycle (counted in both)
 FETCH_FIXED = 4              # RTL: AR, align, decode, check, retire, plus the fetch's beats after the read latency
                              # (params.fetch_beats: 2 on a 64-byte port)
@@ -32,12 +34,14 @@ LD_Q8_FIXED = 1              # RTL: LD Q8_0 dequantises sfu_width words a cycle
 def _mm_mid(o: int, total: int, nb: int, bb: int, k: int, n: int, port: int) -> int:
     """MM over merged weight rows at beat offset ``o``: a group whose last byte arrives in a late beat issues
     (``n`` token cycles) once that beat is in, the groups after it one after another: the max over groups of
-    that beat's index + 1 + the later groups' issue cycles (hw/top.py MM_RUN's kp/lim, as params.groups)."""
+    that beat's index + 1 + the later groups' issue cycles (hw/top.py MM_RUN's kp/lim, as params.groups), + n - 1
+    for the group's own further token cycles (only a group of more bytes than n beats carry makes that term
+    decide: Q8_0 units on a 16-byte port)."""
     if nb >= k:                     # every group k blocks but the last: vectorised (any length; a group wider
         G = -(-total // k)          # than a beat, e.g. 5 Q8_0 4:16 blocks, makes the tail decide)
         g = np.arange(G, dtype=np.int64)
         ends = np.minimum((g + 1) * k, total)
-        return int(np.max(-(-(o + ends * bb) // port) + (G - 1 - g) * n))
+        return int(np.max(-(-(o + ends * bb) // port) + (G - 1 - g) * n)) + n - 1
     if total > 1 << 14:             # rows shorter than a group, long streams: the first/last terms decide
         return 0
     ends, b0, left, e = [], 0, total, 0
@@ -49,7 +53,7 @@ def _mm_mid(o: int, total: int, nb: int, bb: int, k: int, n: int, port: int) -> 
         b0 -= nb if b0 >= nb else 0
         left -= kp
     G = len(ends)
-    return max(-(-(o + x * bb) // port) + (G - 1 - g) * n for g, x in enumerate(ends))
+    return max(-(-(o + x * bb) // port) + (G - 1 - g) * n for g, x in enumerate(ends)) + n - 1
 
 
 class CycleModel:
@@ -67,6 +71,13 @@ class CycleModel:
 
     def _mem(self, nbytes: int) -> int:
         return -(-int(nbytes) // int(self.bpc)) if self.bpc >= 1 else int(nbytes / self.bpc + 0.999999)
+
+    def _lead(self, base: int, first_bytes: int = 0) -> int:
+        """Cycles a read stream's first write waits past its first beat: the lead-byte drop (1 when ``base`` is
+        not on a beat), or, when that write needs a whole block (LD Q8_0: 34 bytes, ``first_bytes``) and the block
+        spans further beats, those beats (2 on a 16-byte port; never more than the drop on a 64-byte one)."""
+        o = int(base) % self.port
+        return max(1 if o else 0, -(-(o + first_bytes) // self.port) - 1)
 
     def fetch(self) -> int:
         """Instruction fetch (one read of params.fetch_beats beats at the memory latency), decode and bounds
@@ -128,11 +139,13 @@ class CycleModel:
         the read stream drops the lead bytes of a first beat that does not start there a cycle after it arrives
         (later rows' leads are inside the SEG_GAP)."""
         beats = self._mem(nbytes) if contiguous else elems
+        first = 0
         if contiguous and elems and nbytes * 32 == elems * 36:     # LD QACT: the RTL writes one block a cycle
             beats = max(beats, elems // 32) + LD_QACT_FIXED
         elif contiguous and elems and nbytes * 32 == elems * 34:   # LD Q8_0: SFU-width words a cycle
             beats = max(beats, elems // sfu_width(self.board)) + LD_Q8_FIXED
-        lead = 1 if self.beat and contiguous and int(base) % self.port else 0
+            first = Q8_BLOCK_BYTES                                  # once the first block is in
+        lead = self._lead(base, first) if self.beat and contiguous else 0
         return self.fetch() + self.lat + beats + lead + XFER_FIXED + SEG_GAP * (segments - 1)
 
     def st_i32(self, base: int, rows: int, cols: int, dst_stride: int, src_stride: int, elem_stride: int = 4) -> int:
@@ -158,12 +171,16 @@ class CycleModel:
         lead = 1 if int(base) % self.port else 0
         return self.fetch() + self.lat + beats + lead + XFER_FIXED + LD_I32_FIXED + SEG_GAP * (segments - 1)
 
-    def ld_gather(self, addrs, chunks_per_row: int, idx_addr: int = 0) -> int:
+    def ld_gather(self, addrs, chunks_per_row: int, idx_addr: int = 0, first_bytes: int = 0) -> int:
         """LD with idx (hw/top.py LDX_IDX/LDX_WAIT/LD_RUN): per row, a 4-byte read of its index, then the row's own
         read, one cycle more when the row does not start on a beat boundary. ``addrs``: the gathered rows' byte
-        addresses; ``chunks_per_row``: the row's write cycles (Q8_0: blocks * 32 / W, I32: ceil(cols / W))."""
+        addresses; ``chunks_per_row``: the row's write cycles (Q8_0: blocks * 32 / W, I32: ceil(cols / W));
+        ``first_bytes``: what a row's first write needs in (Q8_0: a block; see ``_lead``)."""
         per_row = 2 * self.lat + LDX_ROW_FIXED + chunks_per_row
-        mis = sum(1 for a in addrs if int(a) % self.port)
+        if self.beat:
+            mis = sum(self._lead(a, first_bytes) for a in addrs)
+        else:
+            mis = sum(1 for a in addrs if int(a) % self.port)
         # the index words: +1 when they do not start on a beat, -1 for each further beat they span (measured on
         # the RTL over idx_addr offsets and row counts, tests/hw/test_rtl_cycles_unaligned.py)
         if self.beat:

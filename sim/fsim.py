@@ -21,7 +21,7 @@ from flightllm.compiler.memmap import MemoryMap
 from flightllm.hw import regs
 from flightllm.hw.regs import PERM_R, PERM_W, PERM_X
 from flightllm.sim import mpe_model, sfu_model
-from flightllm.sim.cycles import CycleModel
+from flightllm.sim.cycles import Q8_BLOCK_BYTES, CycleModel
 from flightllm.sim.sfu_cycles import sfu_width
 
 MAX_INSTRUCTIONS = 10_000_000     # the watchdog: a stream with no END cannot spin forever
@@ -212,7 +212,7 @@ class FunctionalSim:
         if f["idx"]:
             W = sfu_width(self.board)
             ch = {LdFmt.I32: -(-cols // W), LdFmt.Q8_0: cols // BLOCK * (BLOCK // W), LdFmt.QACT: cols // BLOCK}[fmt]
-            cyc = self.cm.ld_gather(addrs, ch, ia)
+            cyc = self.cm.ld_gather(addrs, ch, ia, Q8_BLOCK_BYTES if fmt == LdFmt.Q8_0 else 0)
         else:
             segs = rows if rows > 1 and f["src_stride"] != nbytes else 1
             if fmt == LdFmt.I32:

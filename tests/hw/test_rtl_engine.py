@@ -70,6 +70,23 @@ def test_kernel_bit_exact_pynq_z2(op, rows, cols, wbits, sp, seed, tokens):
     assert [r["bytes_read"], r["bytes_written"]] == r["fsim_bytes"], r
 
 
+KV260_CASES = [("mv", 192, 576, 4, 16, 1, 1), ("mv", 192, 576, 8, 2, 1, 1), ("mm", 96, 576, 4, 4, 2, 5),
+               ("mv", 193, 576, 8, 16, 3, 1), ("mm", 35, 96, 8, 8, 4, 5), ("mm", 64, 576, 4, 16, 9, 20)]
+
+
+@need
+@pytest.mark.parametrize("op,rows,cols,wbits,sp,seed,tokens", KV260_CASES)
+def test_kernel_bit_exact_kv260(op, rows, cols, wbits, sp, seed, tokens):
+    """KV260's engine: a 16-byte port (3-beat fetch, 4 ABUF banks in UltraRAM), 2 block slots, SFU width 4. Its
+    16 B/cycle (128-bit HP0 at the engine clock) is one beat a cycle, as the harness serves: cycles exact too."""
+    from flightllm.host.kernel import run
+
+    r = run(op, "rtl", "kv260", rows, cols, wbits, sp, seed, tokens)
+    assert r["bit_exact"], r
+    assert r["cycles"] == r["fsim_cycles"], r
+    assert [r["bytes_read"], r["bytes_written"]] == r["fsim_bytes"], r
+
+
 @need
 @pytest.mark.parametrize("word,code", [(0xF, ErrCode.ILLEGAL_INSTR), (Op.MISC | 15 << 12, ErrCode.ILLEGAL_INSTR),
                                        (Op.MISC, ErrCode.BUF_OVERFLOW)])

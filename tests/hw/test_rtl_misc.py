@@ -100,7 +100,7 @@ def _exact(b) -> bool:
 
 
 @need
-@pytest.mark.parametrize("board", ["sim", "pynq-z2"])     # pynq-z2: 16-byte port, 3-beat fetch, SFU width 2
+@pytest.mark.parametrize("board", ["sim", "pynq-z2", "kv260"])   # 16-byte ports, 3-beat fetch; SFU width 2 / 4
 def test_misc_program_bit_exact_and_cycles(board):
     from flightllm.sim.fsim import FunctionalSim
     from flightllm.sim.rtl_device import RtlDevice
@@ -182,7 +182,7 @@ def _kv_gather_program(rng):
 
 
 @need
-@pytest.mark.parametrize("board", ["sim", "pynq-z2"])
+@pytest.mark.parametrize("board", ["sim", "pynq-z2", "kv260"])
 def test_st_i16_and_ld_gather_bit_exact_and_cycles(board):
     from flightllm.sim.fsim import FunctionalSim
     from flightllm.sim.rtl_device import RtlDevice
