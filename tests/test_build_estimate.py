@@ -30,6 +30,41 @@ def test_synth_xilinx_counts_a_dsp_and_a_bram(tmp_path):
     assert cells7.get("DSP48E1") == 1
 
 
+def _ram_top(module):
+    return f"""module flightllm_top(input clk, input [12:0] ra, input re, output [31:0] q, input [12:0] wa,
+                             input [31:0] wd, input we);
+  {module} #(.W(32), .D(8192), .AW(13), .NR(1)) r(.clk(clk), .raddr(ra), .ren(re), .rdata(q), .waddr(wa),
+    .wdata(wd), .wen(we));
+endmodule
+"""
+
+
+def test_ultra_ram_maps_to_uram288(tmp_path):
+    """hw/ram.py's flightllm_ram_ultra (ram_style "ultra") becomes URAM288 in synth_xilinx -family xcup, the plain
+    flightllm_ram block RAM: the estimate counts the ABUF banks where Vivado puts them."""
+    from flightllm.hw import ram
+
+    got = {}
+    for name, lib in ((ram.MODULE_ULTRA, ram.VERILOG_ULTRA), (ram.MODULE, ram.VERILOG)):
+        (tmp_path / name).mkdir()
+        v = tmp_path / name / "t.v"
+        v.write_text(_ram_top(name) + lib)
+        got[name] = E.count(E.synth(v, "xcup", tmp_path / name, E.yosys_cmd()))
+    assert got[ram.MODULE_ULTRA]["uram"] >= 1 and got[ram.MODULE_ULTRA]["bram"] == 0
+    assert got[ram.MODULE]["uram"] == 0 and got[ram.MODULE]["bram"] >= 7
+
+
+def test_abuf_banks_in_ultraram_where_the_device_has_it(tmp_path):
+    from flightllm.hw.top import generate_verilog
+
+    for name in ("kv260", "pynq-z2"):
+        b = boards.load(name)
+        text = generate_verilog(b, tmp_path / f"{name}.v", target="xilinx").read_text()
+        banks = text.count("  flightllm_ram_ultra #(")
+        assert banks == (b.memory.port_bytes // 4 if b.resources["uram"] else 0), name
+        assert ('ram_style = "ultra"' in text) == bool(banks)
+
+
 HIER = """module child(input clk, input [7:0] a, output reg [7:0] q); always @(posedge clk) q <= a + 1; endmodule
 module sq #(parameter W = 8) (input clk, input [W-1:0] d, output reg [W-1:0] q); always @(posedge clk) q <= d * d;
 endmodule
