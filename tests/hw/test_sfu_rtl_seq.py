@@ -1,6 +1,6 @@
 """SFU sequencer in Verilator (cocotb): whole MISC instructions vs sim/fsim.py's _x_MISC, cycles vs the model.
 
-Generated 4 lanes wide (quick build, many chunks per row) and 16 wide (the sim/kv260/zcu104 boards' width)."""
+Generated 4 lanes wide (the KV260 / ZCU104 width; quick build, many chunks per row) and 16 wide (the sim board's)."""
 from __future__ import annotations
 
 import pytest
