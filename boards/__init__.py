@@ -79,6 +79,16 @@ class Board:
         return self.memory.channels * self.channel_bytes_per_cycle
 
     @property
+    def beat_period(self) -> int | None:
+        """Cycles per port-wide beat the memory delivers to the engine's one master: 1 where it keeps up with the
+        port, port_bytes / mem_bytes_per_cycle where it is slower (PYNQ-Z2: 2), None where that is not a whole
+        number (no beat model: sim/cycles.py keeps the byte rate, the RTL harness refuses the board)."""
+        r = self.memory.port_bytes / self.mem_bytes_per_cycle
+        if r <= 1:
+            return 1
+        return round(r) if abs(r - round(r)) < 1e-9 else None
+
+    @property
     def bandwidth_gbps(self) -> float:
         """Peak bandwidth the accelerator can draw, GB/s (10^9 bytes/s)."""
         return self.mem_bytes_per_cycle * self.clock_mhz / 1e3

@@ -132,6 +132,9 @@ _LIBS: dict = {}         # (board file, trace) -> built library, once per proces
 class RtlDevice:
     def __init__(self, board: boards.Board | str, mem_size: int, memmap=None):
         self.board = boards.load(board) if isinstance(board, str) else board
+        if self.board.beat_period is None:
+            raise RtlError(f"board {self.board.name}: port_bytes / bytes per cycle "
+                           f"({self.board.memory.port_bytes} / {self.board.mem_bytes_per_cycle:g}) is not a whole number")
         fst = os.environ.get("FLIGHTLLM_FST", "")
         key = (str(self.board.path or repr(self.board)), bool(fst))
         if key not in _LIBS:
@@ -139,7 +142,7 @@ class RtlDevice:
         self._lib = ctypes.CDLL(_LIBS[key])
         L = self._lib
         L.fl_new.restype = ctypes.c_void_p
-        L.fl_new.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_char_p]
+        L.fl_new.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_char_p]
         L.fl_free.argtypes = [ctypes.c_void_p]
         L.fl_csr_write.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32]
         L.fl_csr_read.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
@@ -152,7 +155,8 @@ class RtlDevice:
         L.fl_bursts.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64)]
         self.mem = np.zeros(int(mem_size), np.uint8)
         self.memmap = memmap
-        self._h = L.fl_new(self.mem.ctypes.data, self.mem.size, self.board.memory.latency_cycles, fst.encode())
+        self._h = L.fl_new(self.mem.ctypes.data, self.mem.size, self.board.memory.latency_cycles,
+                             self.board.beat_period, fst.encode())
 
     def __del__(self):
         try:

@@ -2,6 +2,10 @@
 // AXI4-Lite CSR access, run-until-irq. Built as a shared library and driven from sim/rtl_device.py (ctypes).
 // Fault injection (fl_faults, off by default): seeded random AXI backpressure (ARREADY/AWREADY/WREADY low, RVALID/
 // BVALID gaps), random extra latency per burst, and an SLVERR/DECERR response on the k-th read or write burst.
+// Rate: the memory serves at most one R beat and accepts at most one W beat every `period` cycles (fl_new; the
+// board's port_bytes / bytes per cycle, Board.beat_period: 2 on PYNQ-Z2's 16-byte port behind a 64-bit HP port),
+// each channel on its own as AXI's are; a read's first beat still comes after the latency, a write's B response
+// the latency after its last W beat.
 #include <cstdint>
 #include <cstring>
 #include <deque>
@@ -39,8 +43,9 @@ struct Faults {
 struct Harness {
   std::unique_ptr<VerilatedContext> ctx;
   std::unique_ptr<Vflightllm_top> top;
-  uint8_t* mem; uint64_t size; uint32_t latency;
+  uint8_t* mem; uint64_t size; uint32_t latency; uint32_t period = 1;
   uint64_t cyc = 0;
+  uint64_t r_next = 0, w_next = 0;           // the first cycle the next R beat may be valid / W beat accepted
   std::deque<Burst> rq;  uint32_t rbeat = 0;
   std::deque<Burst> wq;  uint32_t wbeat = 0;
   std::deque<std::pair<uint64_t, int>> bq;   // ready_at, resp
@@ -61,7 +66,7 @@ struct Harness {
     t->clk = 0;
     // R channel
     bool rv = false;
-    if (!rq.empty() && rq.front().ready_at <= cyc && !f.stall(f.p_r)) {
+    if (!rq.empty() && rq.front().ready_at <= cyc && cyc >= r_next && !f.stall(f.p_r)) {
       Burst& b = rq.front();
       uint64_t a = b.addr + (uint64_t)rbeat * PB;
       rv = true;
@@ -80,7 +85,7 @@ struct Harness {
     t->m_axi_rvalid = rv;
     t->m_axi_arready = !f.stall(f.p_ar);
     t->m_axi_awready = !f.stall(f.p_aw);
-    bool wrdy = !wq.empty() && !f.stall(f.p_w);
+    bool wrdy = !wq.empty() && cyc >= w_next && !f.stall(f.p_w);
     t->m_axi_wready = wrdy;
     bool bv = !bq.empty() && bq.front().first <= cyc && !f.stall(f.p_b);
     t->m_axi_bvalid = bv;
@@ -105,6 +110,8 @@ struct Harness {
       } else if (strb) werr = true;
     }
     t->clk = 1; t->eval(); dump();
+    if (r) r_next = cyc + period;
+    if (w) w_next = cyc + period;
     cyc++;
     if (ar) rq.push_back({araddr, arlen + 1, cyc + latency - 1 + f.extra(), (int64_t)f.n_rd++ == f.err_rd ? f.err_resp : 0});
     if (r) { if (++rbeat == rq.front().beats) { rq.pop_front(); rbeat = 0; } }
@@ -121,11 +128,12 @@ struct Harness {
 };
 
 extern "C" {
-void* fl_new(uint8_t* mem, uint64_t size, uint32_t latency, const char* fst) {
+void* fl_new(uint8_t* mem, uint64_t size, uint32_t latency, uint32_t period, const char* fst) {
   auto* h = new Harness();
   h->ctx = std::make_unique<VerilatedContext>();
   h->top = std::make_unique<Vflightllm_top>(h->ctx.get());
   h->mem = mem; h->size = size; h->latency = latency ? latency : 1;
+  h->period = period ? period : 1;
 #ifdef FL_TRACE
   if (fst && fst[0]) {
     h->ctx->traceEverOn(true);
@@ -179,6 +187,7 @@ uint64_t fl_run(void* p, uint64_t max_cycles) {
 void fl_drain(void* p) {
   auto* h = (Harness*)p;
   h->rq.clear(); h->rbeat = 0; h->wq.clear(); h->wbeat = 0; h->bq.clear(); h->werr = false;
+  h->r_next = h->w_next = 0;
 }
 // fault injection; seed 0 with every probability 0 and k < 0 turns it off. Counters restart at each call.
 void fl_faults(void* p, uint64_t seed, uint32_t p_ar, uint32_t p_aw, uint32_t p_w, uint32_t p_r, uint32_t p_b,
