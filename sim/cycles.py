@@ -31,17 +31,17 @@ LD_Q8_FIXED = 1              # RTL: LD Q8_0 dequantises sfu_width words a cycle
 
 
 @lru_cache(maxsize=4096)
-def _mm_mid(o: int, total: int, nb: int, bb: int, k: int, n: int, port: int) -> int:
+def _mm_mid(o: int, total: int, nb: int, bb: int, k: int, n: int, port: int, per: int = 1) -> int:
     """MM over merged weight rows at beat offset ``o``: a group whose last byte arrives in a late beat issues
     (``n`` token cycles) once that beat is in, the groups after it one after another: the max over groups of
     that beat's index + 1 + the later groups' issue cycles (hw/top.py MM_RUN's kp/lim, as params.groups), + n - 1
     for the group's own further token cycles (only a group of more bytes than n beats carry makes that term
-    decide: Q8_0 units on a 16-byte port)."""
+    decide: Q8_0 units on a 16-byte port). ``per``: cycles per beat (beat c is in at per * (c - 1) + 1)."""
     if nb >= k:                     # every group k blocks but the last: vectorised (any length; a group wider
         G = -(-total // k)          # than a beat, e.g. 5 Q8_0 4:16 blocks, makes the tail decide)
         g = np.arange(G, dtype=np.int64)
         ends = np.minimum((g + 1) * k, total)
-        return int(np.max(-(-(o + ends * bb) // port) + (G - 1 - g) * n)) + n - 1
+        return int(np.max(per * (-(-(o + ends * bb) // port) - 1) + 1 + (G - 1 - g) * n)) + n - 1
     if total > 1 << 14:             # rows shorter than a group, long streams: the first/last terms decide
         return 0
     ends, b0, left, e = [], 0, total, 0
@@ -53,7 +53,7 @@ def _mm_mid(o: int, total: int, nb: int, bb: int, k: int, n: int, port: int) -> 
         b0 -= nb if b0 >= nb else 0
         left -= kp
     G = len(ends)
-    return max(-(-(o + x * bb) // port) + (G - 1 - g) * n for g, x in enumerate(ends)) + n - 1
+    return max(per * (-(-(o + x * bb) // port) - 1) + 1 + (G - 1 - g) * n for g, x in enumerate(ends)) + n - 1
 
 
 class CycleModel:
@@ -65,26 +65,37 @@ class CycleModel:
         self.lanes = board.accel.sfu_lanes
         self.port = board.memory.port_bytes
         self.board = board
-        # the RTL's configuration: one port-wide beat a cycle. Only there are the effects of addresses and strides
-        # off the beat modelled (measured on the RTL); other boards keep the byte-rate model.
-        self.beat = self.bpc == self.port
+        # the RTL's configuration: one port-wide beat every ``per`` cycles (Board.beat_period: 1 where the memory
+        # keeps up with the port, 2 on PYNQ-Z2; the harness serves exactly that). Only there are the effects of
+        # addresses and strides off the beat modelled (measured on the RTL); other boards keep the byte-rate model.
+        self.per = board.beat_period or 1
+        self.beat = board.beat_period is not None and self.bpc <= self.port
 
     def _mem(self, nbytes: int) -> int:
         return -(-int(nbytes) // int(self.bpc)) if self.bpc >= 1 else int(nbytes / self.bpc + 0.999999)
 
+    def _beats(self, nbytes: int) -> int:
+        """Port-wide beats of ``nbytes`` (beat boards)."""
+        return -(-int(nbytes) // self.port)
+
+    def _arr(self, beats: int) -> int:
+        """Cycles from a stream's first beat to the end of its ``beats``-th: one beat every ``per`` cycles."""
+        return self.per * (beats - 1) + 1 if beats > 0 else 0
+
     def _lead(self, base: int, first_bytes: int = 0) -> int:
         """Cycles a read stream's first write waits past its first beat: the lead-byte drop (1 when ``base`` is
         not on a beat), or, when that write needs a whole block (LD Q8_0: 34 bytes, ``first_bytes``) and the block
-        spans further beats, those beats (2 on a 16-byte port; never more than the drop on a 64-byte one)."""
+        spans further beats, those beats (2 on a 16-byte port; never more than the drop on a 64-byte one), ``per``
+        cycles each."""
         o = int(base) % self.port
-        return max(1 if o else 0, -(-(o + first_bytes) // self.port) - 1)
+        return max(1 if o else 0, self.per * (-(-(o + first_bytes) // self.port) - 1))
 
     def fetch(self) -> int:
         """Instruction fetch (one read of params.fetch_beats beats at the memory latency), decode and bounds
         check, retire."""
         from flightllm.hw import params as P
 
-        return self.lat + FETCH_FIXED + P.fetch_beats(self.board)
+        return self.lat + FETCH_FIXED + (self._arr(P.fetch_beats(self.board)) if self.beat else P.fetch_beats(self.board))
 
     def mm(self, wbytes: int, rows: int, cols: int, tokens: int, fmt: int, sp_n: int, segments: int = 1,
            base: int = 0, stride: int = 0) -> int:
@@ -111,20 +122,27 @@ class CycleModel:
         # weights do not start on a beat, once the extractor has dropped the lead bytes (a cycle after the
         # first beat); the stream ends with its last beat, ceil((o + bytes) / PB) beats after the first
         k0 = min(P.units(self.board, fmt, sp_n), 2 * nb - 1 if merged else nb, rows * nb)
-        first = max(1 if o else 0, -(-(o + k0 * bb) // self.port) - 1)
-        mem = self._mem(o + wbytes) if merged else self._mem(wbytes)
-        seg_beats = 0
+        first = max(1 if o else 0, self.per * (-(-(o + k0 * bb) // self.port) - 1))
+        mem = self._arr(self._beats(o + wbytes))
+        seg_beats = seg_ends = 0
         if not merged:
             offs = (int(base) + np.arange(rows, dtype=np.int64) * int(stride)) % self.port
-            seg_beats = int(np.sum(-(-(offs + wbytes // rows) // self.port)))
+            rbeats = -(-(offs + wbytes // rows) // self.port)
+            seg_beats = self._arr(int(np.sum(rbeats)))
+            # each row's groups: the stream beat their last byte is in (the rows' beats one after another)
+            k = P.units(self.board, fmt, sp_n)
+            ends = np.minimum((np.arange(-(-nb // k)) + 1) * k, nb) * bb
+            seg_ends = (np.cumsum(rbeats) - rbeats)[:, None] + -(-(offs[:, None] + ends[None, :]) // self.port)
         total = 0
         for t0 in range(0, tokens, tt):
             n = min(tt, tokens - t0)
             if merged:
-                mid = _mm_mid(o, rows * nb, nb, bb, P.units(self.board, fmt, sp_n), n, self.port)
+                mid = _mm_mid(o, rows * nb, nb, bb, P.units(self.board, fmt, sp_n), n, self.port, self.per)
                 total += MM_FIXED + self.lat + max(mem, groups * n + first, mid)
             else:   # row segments: the extractor's per-segment gap overlaps the reads of the next rows' beats
-                total += MM_FIXED + self.lat + max(seg_beats, groups * n + first + SEG_GAP * (segments - 1))
+                e = seg_ends.ravel()
+                mid = int(np.max(self.per * (e - 1) + 1 + (e.size - 1 - np.arange(e.size)) * n)) + n - 1
+                total += MM_FIXED + self.lat + max(seg_beats, groups * n + first + SEG_GAP * (segments - 1), mid)
         return self.fetch() + total + self.chain + 10
 
     def mm_bytes(self, wbytes: int, tokens: int) -> int:
@@ -133,20 +151,36 @@ class CycleModel:
 
         return wbytes * -(-tokens // P.token_tile(self.board))
 
-    def transfer(self, nbytes: int, rows: int, contiguous: bool, elems: int, segments: int = 1, base: int = 0) -> int:
+    def transfer(self, nbytes: int, rows: int, contiguous: bool, elems: int, segments: int = 1, base: int = 0,
+                 stride: int = 0) -> int:
         """LD Q8_0/QACT (contiguous) or ST I16 (one beat per element). A store retires on its last write
         response, which the memory gives after its latency (sim/rtl/harness.cpp). ``base``: an LD's first byte;
         the read stream drops the lead bytes of a first beat that does not start there a cycle after it arrives
-        (later rows' leads are inside the SEG_GAP)."""
+        (later rows' leads are inside the SEG_GAP). ``stride``: an LD's source row stride (rows in segments)."""
         beats = self._mem(nbytes) if contiguous else elems
+        if self.beat:
+            beats = self._arr(self._beats(nbytes) if contiguous else elems)
         first = 0
-        if contiguous and elems and nbytes * 32 == elems * 36:     # LD QACT: the RTL writes one block a cycle
-            beats = max(beats, elems // 32) + LD_QACT_FIXED
+        qact = contiguous and elems and nbytes * 32 == elems * 36
+        if qact:                                                    # LD QACT: the RTL writes one block a cycle
+            beats = max(self._beats(nbytes) if self.beat else beats, elems // 32) + LD_QACT_FIXED
         elif contiguous and elems and nbytes * 32 == elems * 34:   # LD Q8_0: SFU-width words a cycle
             beats = max(beats, elems // sfu_width(self.board)) + LD_Q8_FIXED
             first = Q8_BLOCK_BYTES                                  # once the first block is in
         lead = self._lead(base, first) if self.beat and contiguous else 0
-        return self.fetch() + self.lat + beats + lead + XFER_FIXED + SEG_GAP * (segments - 1)
+        run = beats + lead + SEG_GAP * (segments - 1)
+        if qact and self.beat:
+            # or the stream's own beats, each row's lead bytes included, decide: a beat every ``per`` cycles leaves
+            # the lead drop and the segment gaps between beats (PYNQ-Z2; on a beat a cycle never more than ``run``)
+            run = max(run, self._arr(self._stream_beats(base, nbytes, rows, segments, stride)) + LD_QACT_FIXED)
+        return self.fetch() + self.lat + run + XFER_FIXED
+
+    def _stream_beats(self, base: int, nbytes: int, rows: int, segments: int, stride: int) -> int:
+        """Beats a read stream of ``nbytes`` from ``base`` takes: one run, or ``rows`` rows ``stride`` apart."""
+        if segments == 1:
+            return self._beats(int(base) % self.port + nbytes)
+        offs = (int(base) + np.arange(rows, dtype=np.int64) * int(stride)) % self.port
+        return int(np.sum(-(-(offs + nbytes // rows) // self.port)))
 
     def st_i32(self, base: int, rows: int, cols: int, dst_stride: int, src_stride: int, elem_stride: int = 4) -> int:
         """ST I32 (hw/dma.py WriteStream): one W beat per 64-byte beat a row touches, rows merged into one when
@@ -155,20 +189,21 @@ class CycleModel:
         if not self.beat:            # byte-rate boards: the bytes at the board's rate (one beat a word scattered)
             return self.transfer(rows * nb, rows, elem_stride == 4, rows * cols)
         if rows == 1 or (src_stride == cols and dst_stride == nb):
-            beats = self._mem(int(base) % self.port + rows * nb)
+            beats = self._beats(int(base) % self.port + rows * nb)
         else:
-            beats = sum(self._mem((int(base) + r * int(dst_stride)) % self.port + nb) for r in range(rows))
-        return self.fetch() + self.lat + beats + XFER_FIXED
+            beats = sum(self._beats((int(base) + r * int(dst_stride)) % self.port + nb) for r in range(rows))
+        return self.fetch() + self.lat + self._arr(beats) + XFER_FIXED
 
     def ld_i32(self, rows: int, cols: int, base: int = 0, segments: int = 1) -> int:
         """LD I32: the RTL writes up to sfu_width words a cycle into the ABUF, a chunk never straddling a row;
         a first beat not starting at ``base`` costs the lead drop (``transfer``), each further row segment
         SEG_GAP."""
         W = sfu_width(self.board)
-        beats = max(self._mem(rows * cols * 4), rows * -(-cols // W))
+        beats = max(self._arr(self._beats(rows * cols * 4)) if self.beat else self._mem(rows * cols * 4),
+                    rows * -(-cols // W))
         if not self.beat:
             return self.fetch() + self.lat + beats + XFER_FIXED + LD_I32_FIXED
-        lead = 1 if int(base) % self.port else 0
+        lead = self._lead(base, 4 * min(W, cols))     # the first write needs its chunk's words in
         return self.fetch() + self.lat + beats + lead + XFER_FIXED + LD_I32_FIXED + SEG_GAP * (segments - 1)
 
     def ld_gather(self, addrs, chunks_per_row: int, idx_addr: int = 0, first_bytes: int = 0) -> int:

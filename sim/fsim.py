@@ -212,13 +212,14 @@ class FunctionalSim:
         if f["idx"]:
             W = sfu_width(self.board)
             ch = {LdFmt.I32: -(-cols // W), LdFmt.Q8_0: cols // BLOCK * (BLOCK // W), LdFmt.QACT: cols // BLOCK}[fmt]
-            cyc = self.cm.ld_gather(addrs, ch, ia, Q8_BLOCK_BYTES if fmt == LdFmt.Q8_0 else 0)
+            first = {LdFmt.Q8_0: Q8_BLOCK_BYTES, LdFmt.I32: 4 * min(W, cols)}.get(fmt, 0)   # a row's first write
+            cyc = self.cm.ld_gather(addrs, ch, ia, first)
         else:
             segs = rows if rows > 1 and f["src_stride"] != nbytes else 1
             if fmt == LdFmt.I32:
                 cyc = self.cm.ld_i32(rows, cols, base, segs)
             else:
-                cyc = self.cm.transfer(rows * nbytes, rows, True, rows * cols, segs, base)
+                cyc = self.cm.transfer(rows * nbytes, rows, True, rows * cols, segs, base, f["src_stride"])
         raw = self.mem[addrs[:, None] + np.arange(nbytes)[None, :]]
         if fmt == LdFmt.QACT:
             blk = raw.reshape(rows, cols // BLOCK, QACT_BLOCK_BYTES)
