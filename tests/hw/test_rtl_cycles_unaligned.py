@@ -1,8 +1,8 @@
-"""Cycle parity at addresses and strides off the 64-byte beat: single-instruction programs (LD I32/Q8_0/QACT,
-LD with idx (rows and index words at offsets), ST I32 merged/per-row, ST I16 contiguous/scattered, MM/MV merged
-and in row segments) on the functional simulator and the RTL, sweeping the base's offset in the beat, compared
-cycle for cycle (sim/cycles.py: the lead-byte drop, per-row beats of ST I32, the MM weights' beats and groups at
-an offset, row segments, the index words' beats)."""
+"""Cycle parity at addresses and strides off the beat (sim's 64 bytes; PYNQ-Z2's 16, a beat every 2 cycles):
+single-instruction programs (LD I32/Q8_0/QACT, LD with idx (rows and index words at offsets), ST I32 merged/per-row,
+ST I16 contiguous/scattered, MM/MV merged and in row segments) on the functional simulator and the RTL, sweeping
+the base's offset in the beat, compared cycle for cycle (sim/cycles.py: the lead-byte drop, per-row beats of ST I32,
+the MM weights' beats and groups at an offset, row segments, the index words' beats)."""
 from __future__ import annotations
 
 import numpy as np
@@ -59,12 +59,28 @@ def _cases():
     return out
 
 
+def _slack(board: str, kind: str, ins) -> int | None:
+    """Cycles the RTL may take past the model (None: not compared). sim: none. PYNQ-Z2 (a 16-byte beat every 2
+    cycles): LD QACT with idx is not modelled per row on a 16-byte port (KV260 is +12..14 there too, PYNQ-Z2
+    +34..38); MM in row segments with several tokens mixes the beat rate with the per-row issue and gaps, and the
+    model's max of the two is up to a cycle short (10 of the 22 offsets of Q4_1 4:16, 10 rows, 3 tokens)."""
+    if board == "sim":
+        return 0
+    f = ins.f
+    if kind == "ld_qact_idx":
+        return None
+    if kind == "mm" and f.get("tokens", 1) > 1 and f["wstride"] != row_bytes(int(f["fmt"]), f["cols"], f["sp_n"]):
+        return 1
+    return 0
+
+
 @need
-def test_unaligned_cycles_exact():
+@pytest.mark.parametrize("board", ["sim", "pynq-z2"])
+def test_unaligned_cycles_exact(board):
     from flightllm.sim.fsim import FunctionalSim
     from flightllm.sim.rtl_device import RtlDevice
 
-    b = boards.load("sim")
+    b = boards.load(board)
     rng = np.random.default_rng(5)
     img = rng.integers(0, 256, MEM).astype(np.uint8)
     img[DATA + 1: DATA + 0x20000: 2] &= 0x3B                  # finite fp16 scales wherever a block starts
@@ -78,7 +94,8 @@ def test_unaligned_cycles_exact():
             dev.mem[:] = img
             dev.mem[PROG: PROG + w.size] = w
             got.append(dev.run(PROG))
-        if got[0].cycles != got[1].cycles:
-            bad.append((kind, got[1].cycles - got[0].cycles, ins.f))
+        slack, d = _slack(board, kind, ins), got[1].cycles - got[0].cycles
+        if slack is not None and not 0 <= d <= slack:
+            bad.append((kind, d, ins.f))
         assert np.array_equal(fs.mem, rd.mem), (kind, ins.f)
     assert not bad, f"{len(bad)} cycle mismatches (rtl - fsim), first {bad[:4]}"

@@ -93,10 +93,10 @@ def _program(rng):
 
 
 def _exact(b) -> bool:
-    """The cycle model describes the RTL exactly only where the board's bytes per cycle are one port-wide beat
-    (sim/cycles.py); elsewhere (PYNQ-Z2: 8 B/cycle from HP0, a 16-byte port) MM/LD/ST use the byte-rate model,
-    while fetch (SYS) and the SFU are exact on every board."""
-    return b.mem_bytes_per_cycle == b.memory.port_bytes
+    """The cycle model describes the RTL exactly where the memory serves a port-wide beat every whole number of
+    cycles (sim/cycles.py, Board.beat_period: 1 on sim and KV260, 2 on PYNQ-Z2, as the harness serves); elsewhere
+    MM/LD/ST use the byte-rate model, while fetch (SYS) and the SFU are exact on every board."""
+    return b.beat_period is not None
 
 
 @need
