@@ -26,6 +26,20 @@ def test_sim_board_is_one_64_byte_port():
     assert b.memory.channels == 1 and b.mem_bytes_per_cycle == 64
 
 
+def test_beat_period():
+    """Cycles per port-wide beat the memory delivers (the RTL harness's rate, the cycle model's beat model)."""
+    import dataclasses
+
+    assert [boards.load(n).beat_period for n in ("sim", "kv260", "zcu104", "pynq-z2", "u280")] == [1, 1, 1, 2, 1]
+    b = boards.load("pynq-z2")
+    odd = dataclasses.replace(b, memory=dataclasses.replace(b.memory, channel_gbps=0.6), path=None)   # 6 B/cycle
+    assert odd.beat_period is None
+    from flightllm.sim.rtl_device import RtlDevice, RtlError
+
+    with pytest.raises(RtlError, match="not a whole number"):
+        RtlDevice(odd, 1 << 12)
+
+
 def test_unknown_board_is_a_clear_error():
     with pytest.raises(boards.BoardError, match="unknown board 'nope'"):
         boards.load("nope")
