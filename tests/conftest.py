@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -109,9 +110,13 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 def pytest_unconfigure(config):
-    p = config.stash.get(_SIM_ESTIMATE, {}).get("proc")
+    st = config.stash.get(_SIM_ESTIMATE, {})
+    p = st.get("proc")
     if p is not None and p.poll() is None:         # interrupted, or the test deselected midway: stop yosys too
         os.killpg(p.pid, signal.SIGTERM)
+        p.wait(timeout=60)
+    if "dir" in st:
+        shutil.rmtree(st["dir"], ignore_errors=True)
 
 
 @pytest.fixture
