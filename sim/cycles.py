@@ -95,7 +95,8 @@ class CycleModel:
         check, retire."""
         from flightllm.hw import params as P
 
-        return self.lat + FETCH_FIXED + (self._arr(P.fetch_beats(self.board)) if self.beat else P.fetch_beats(self.board))
+        fb = P.fetch_beats(self.board)
+        return self.lat + FETCH_FIXED + (self._arr(fb) if self.beat else fb)
 
     def mm(self, wbytes: int, rows: int, cols: int, tokens: int, fmt: int, sp_n: int, segments: int = 1,
            base: int = 0, stride: int = 0) -> int:
@@ -126,8 +127,7 @@ class CycleModel:
         mem = self._arr(self._beats(o + wbytes))
         seg_beats = seg_ends = 0
         if not merged:
-            offs = (int(base) + np.arange(rows, dtype=np.int64) * int(stride)) % self.port
-            rbeats = -(-(offs + wbytes // rows) // self.port)
+            offs, rbeats = self._row_beats(base, rows, stride, wbytes // rows)
             seg_beats = self._arr(int(np.sum(rbeats)))
             # each row's groups: the stream beat their last byte is in (the rows' beats one after another)
             k = P.units(self.board, fmt, sp_n)
@@ -179,8 +179,12 @@ class CycleModel:
         """Beats a read stream of ``nbytes`` from ``base`` takes: one run, or ``rows`` rows ``stride`` apart."""
         if segments == 1:
             return self._beats(int(base) % self.port + nbytes)
+        return int(np.sum(self._row_beats(base, rows, stride, nbytes // rows)[1]))
+
+    def _row_beats(self, base: int, rows: int, stride: int, row_bytes: int):
+        """Rows ``stride`` apart from ``base``: each row's offset in its first beat and the beats it spans."""
         offs = (int(base) + np.arange(rows, dtype=np.int64) * int(stride)) % self.port
-        return int(np.sum(-(-(offs + nbytes // rows) // self.port)))
+        return offs, -(-(offs + row_bytes) // self.port)
 
     def st_i32(self, base: int, rows: int, cols: int, dst_stride: int, src_stride: int, elem_stride: int = 4) -> int:
         """ST I32 (hw/dma.py WriteStream): one W beat per 64-byte beat a row touches, rows merged into one when
