@@ -56,34 +56,21 @@ def test_kernel_bit_exact_and_cycles(op, rows, cols, wbits, sp, seed, tokens):
 PYNQ_CASES = [("mv", 192, 576, 4, 16, 0, 1), ("mv", 192, 576, 8, 2, 1, 1), ("mm", 96, 576, 4, 4, 2, 5),
               ("mv", 193, 576, 8, 16, 3, 1), ("mm", 35, 96, 8, 8, 4, 5), ("mm", 64, 576, 4, 16, 9, 20),
               ("mv", 1536, 576, 4, 2, 16, 1), ("mv", 1536, 576, 8, 4, 17, 1)]
-
-
-@need
-@pytest.mark.parametrize("op,rows,cols,wbits,sp,seed,tokens", PYNQ_CASES)
-def test_kernel_bit_exact_pynq_z2(op, rows, cols, wbits, sp, seed, tokens):
-    """PYNQ-Z2's engine: a 16-byte port (3-beat instruction fetch, 4 ABUF banks), 2 block slots, SFU width 2.
-    Its 8 B/cycle (64-bit HP0 at the engine clock) is a 16-byte beat every 2 cycles, as the harness serves and the
-    cycle model counts (Board.beat_period): cycles exact too."""
-    from flightllm.host.kernel import run
-
-    r = run(op, "rtl", "pynq-z2", rows, cols, wbits, sp, seed, tokens)
-    assert r["bit_exact"], r
-    assert r["cycles"] == r["fsim_cycles"], r
-    assert [r["bytes_read"], r["bytes_written"]] == r["fsim_bytes"], r
-
-
 KV260_CASES = [("mv", 192, 576, 4, 16, 1, 1), ("mv", 192, 576, 8, 2, 1, 1), ("mm", 96, 576, 4, 4, 2, 5),
                ("mv", 193, 576, 8, 16, 3, 1), ("mm", 35, 96, 8, 8, 4, 5), ("mm", 64, 576, 4, 16, 9, 20)]
 
 
 @need
-@pytest.mark.parametrize("op,rows,cols,wbits,sp,seed,tokens", KV260_CASES)
-def test_kernel_bit_exact_kv260(op, rows, cols, wbits, sp, seed, tokens):
-    """KV260's engine: a 16-byte port (3-beat fetch, 4 ABUF banks in UltraRAM), 2 block slots, SFU width 4. Its
-    16 B/cycle (128-bit HP0 at the engine clock) is one beat a cycle, as the harness serves: cycles exact too."""
+@pytest.mark.parametrize("board,op,rows,cols,wbits,sp,seed,tokens",
+                         [("pynq-z2", *c) for c in PYNQ_CASES] + [("kv260", *c) for c in KV260_CASES])
+def test_kernel_bit_exact_16_byte_port(board, op, rows, cols, wbits, sp, seed, tokens):
+    """The 16-byte engines: 3-beat instruction fetch, 4 ABUF banks, 2 block slots. PYNQ-Z2 (SFU width 2): its
+    8 B/cycle (64-bit HP0 at the engine clock) is a 16-byte beat every 2 cycles, as the harness serves and the cycle
+    model counts (Board.beat_period). KV260 (SFU width 4, ABUF banks in UltraRAM): its 16 B/cycle (128-bit HP0) is
+    one beat a cycle. Bit-exact, and cycles and bytes equal to fsim's, on both."""
     from flightllm.host.kernel import run
 
-    r = run(op, "rtl", "kv260", rows, cols, wbits, sp, seed, tokens)
+    r = run(op, "rtl", board, rows, cols, wbits, sp, seed, tokens)
     assert r["bit_exact"], r
     assert r["cycles"] == r["fsim_cycles"], r
     assert [r["bytes_read"], r["bytes_written"]] == r["fsim_bytes"], r
