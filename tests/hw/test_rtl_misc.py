@@ -92,13 +92,6 @@ def _program(rng):
     return mem, pos
 
 
-def _exact(b) -> bool:
-    """The cycle model describes the RTL exactly where the memory serves a port-wide beat every whole number of
-    cycles (sim/cycles.py, Board.beat_period: 1 on sim and KV260, 2 on PYNQ-Z2, as the harness serves); elsewhere
-    MM/LD/ST use the byte-rate model, while fetch (SYS) and the SFU are exact on every board."""
-    return b.beat_period is not None
-
-
 @need
 @pytest.mark.parametrize("board", ["sim", "pynq-z2", "kv260"])   # 16-byte ports, 3-beat fetch; SFU width 2 / 4
 def test_misc_program_bit_exact_and_cycles(board):
@@ -120,10 +113,11 @@ def test_misc_program_bit_exact_and_cycles(board):
     bad = np.flatnonzero(dev.mem != fs.mem)
     assert bad.size == 0, f"{bad.size} bytes differ, first at {bad[:8]}"
     assert got.instructions == ref.instructions
-    for k in ("SFU", "MM", "ST", "SYS", "LD") if _exact(b) else ("SFU", "SYS"):  # every instruction cycle-exact
-        assert got.by_class.get(k) == ref.by_class[k], (k, got.by_class, ref.by_class)   # unaligned LD Q8_0 too
-    if _exact(b):
-        assert got.cycles == ref.cycles
+    # every instruction cycle-exact (sim/cycles.py's beat model at Board.beat_period: 1 on sim and KV260, 2 on
+    # PYNQ-Z2, as the harness serves; RtlDevice refuses a board without one), unaligned LD Q8_0 too
+    for k in ("SFU", "MM", "ST", "SYS", "LD"):
+        assert got.by_class.get(k) == ref.by_class[k], (k, got.by_class, ref.by_class)
+    assert got.cycles == ref.cycles
 
 
 @need
@@ -199,9 +193,8 @@ def test_st_i16_and_ld_gather_bit_exact_and_cycles(board):
     bad = np.flatnonzero(dev.mem != fs.mem)
     assert bad.size == 0, f"{bad.size} bytes differ, first at {bad[:8]}"
     assert (got.instructions, got.bytes_written) == (ref.instructions, ref.bytes_written)
-    if _exact(b):
-        assert got.cycles == ref.cycles, (got.by_class, ref.by_class)
-        assert got.by_class["LD"] == ref.by_class["LD"] and got.by_class["ST"] == ref.by_class["ST"]
+    assert got.cycles == ref.cycles, (got.by_class, ref.by_class)
+    assert got.by_class["LD"] == ref.by_class["LD"] and got.by_class["ST"] == ref.by_class["ST"]
 
 
 @need
