@@ -43,6 +43,7 @@ class Accel:
     max_context: int
     prefill_buckets: tuple[int, ...]
     block_slots: int = 0      # cap on the engine's block slots (hw/params.py max_lanes); 0: what port and chains allow
+    weight_channels: int = 1  # memory channels an MV/MM with ``split`` streams in lockstep, one master and datapath each
 
     @property
     def dsps(self) -> int:
@@ -153,6 +154,12 @@ def _check(b: Board, where: str) -> None:
         raise BoardError(f"board file {where}: chains, chain_length and sfu_lanes must be positive")
     if a.block_slots == 1 or a.block_slots < 0:
         raise BoardError(f"board file {where}: block_slots must be 0 (no cap) or >= 2 (a paired unit is 2 blocks)")
+    if not 1 <= a.weight_channels <= b.memory.channels:
+        raise BoardError(f"board file {where}: weight_channels must be 1 .. memory.channels ({b.memory.channels})")
+    if a.weight_channels > 1 and 2 * a.weight_channels > b.memory.port_bytes // 4:
+        # every channel writes up to two output rows a cycle, each to its own ABUF bank (one bank per port word)
+        raise BoardError(f"board file {where}: weight_channels {a.weight_channels} needs {2 * a.weight_channels} ABUF "
+                         f"banks; a {b.memory.port_bytes}-byte port gives {b.memory.port_bytes // 4}")
     if not set(a.sparsity_n) <= {2, 4, 8, 16} or 16 not in a.sparsity_n:
         raise BoardError(f"board file {where}: sparsity_n must be a subset of 2,4,8,16 including 16 (dense)")
     if not set(a.weight_bits) <= {4, 8}:

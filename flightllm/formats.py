@@ -75,6 +75,26 @@ def weight_span(fmt: int, sp_n: int, rows: int, cols: int, stride: int) -> int:
     return (sr - 1) * sst + srb
 
 
+def split_rows(fmt: int, sp_n: int, rows: int, channels: int) -> int:
+    """Rows each weight channel holds of a ``rows``-row operand split over ``channels`` (an MV/MM with ``split``):
+    stream rows (row pairs for the paired formats) are dealt round-robin, so channel c holds stream rows c, c + C,
+    c + 2C, ..., padded with zero rows to the same count on every channel (the channels run in lockstep)."""
+    sr = (rows + 1) // 2 if paired(fmt, sp_n) else rows
+    per = -(-sr // channels)
+    return 2 * per if paired(fmt, sp_n) else per
+
+
+def split_row_map(fmt: int, sp_n: int, rows: int, channels: int) -> np.ndarray:
+    """(channels, split_rows) global row of each channel's local row; rows >= ``rows`` are padding (never
+    written). Channel c's section is the ordinary layout (``interleave_rows``) of the rows it lists."""
+    lr = split_rows(fmt, sp_n, rows, channels)
+    i = np.arange(lr)
+    c = np.arange(channels)[:, None]
+    if paired(fmt, sp_n):
+        return 2 * ((i // 2) * channels + c) + i % 2
+    return i * channels + c
+
+
 def row_tile(rows: int, room: int) -> int:
     """Rows of one output tile of a ``rows``-row matrix where ``room`` rows fit: all of them, else an even number,
     so that every tile starts on a stored row pair (``interleave_rows``)."""

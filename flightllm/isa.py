@@ -83,7 +83,7 @@ FIELDS: dict[Op, list[tuple[str, int]]] = {
     Op.MM: _HEAD + [
         ("fmt", 3), ("sp_n", 5), ("acc", 1), ("rows_pos", 1), ("cols_pos", 1), ("wfrac", 5),
         ("waddr", 40), ("wstride", 32), ("rows", 24), ("cols", 24), ("tokens", 16),
-        ("xaddr", 24), ("xstride", 24), ("yaddr", 24), ("ystride", 24)],
+        ("xaddr", 24), ("xstride", 24), ("yaddr", 24), ("ystride", 24), ("split", 1)],
     Op.MISC: _HEAD + [
         ("fn", 4), ("n_pos", 1), ("causal", 1), ("src", 24), ("src2", 24), ("dst", 24), ("n", 24), ("rows", 16),
         ("src_stride", 24), ("src2_stride", 24), ("dst_stride", 24), ("imm", 32)],
@@ -249,6 +249,8 @@ def validate(ins: Instr) -> None:
             raise ISAError(f"{op.name}: I16 wfrac must be <= 24 (got {f['wfrac']})")
         if (f["cols"] % 32 and not f["cols_pos"]) or f["xaddr"] % 32 or f["xstride"] % 32:
             raise ISAError(f"{op.name}: cols, xaddr and xstride must be multiples of 32")
+        if f["split"] and f["rows_pos"]:
+            raise ISAError(f"{op.name}: split rows cannot grow with POS (rows_pos)")
         if op == Op.MV and f["tokens"] != 1:
             raise ISAError("MV: tokens must be 1 (use MM)")
         if f["tokens"] < 1:

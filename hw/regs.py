@@ -28,6 +28,9 @@ REGS: dict[str, tuple[int, str, str]] = {
     "WR_BYTES":    (0x44, "r",  "payload bytes written by ST (bits 31:0)"),
     "ID":          (0x48, "r",  "0x464C4C31 ('FLL1')"),
     "CYC_SFU":     (0x4C, "r",  "cycles spent on MISC (SFU) instructions"),
+    "SPLIT_STRIDE_LO": (0x50, "rw", "bytes between the weight channels' sections: an MV/MM with split reads channel c "
+                                    "at waddr + c * SPLIT_STRIDE (bits 31:0; a multiple of 4096)"),
+    "SPLIT_STRIDE_HI": (0x54, "rw", "bits 47:32"),
 }
 
 # Memory-protection regions (0x80..0xFF): REGIONS x 4 registers. Every DMA access and instruction fetch must lie

@@ -22,6 +22,8 @@ def _valid_fields(op, draw):
         f["tokens"] = 1 if op == Op.MV else max(1, f["tokens"])
         if f["fmt"] == WFmt.I16:
             f["wfrac"] = min(f["wfrac"], 24)
+        if f["split"]:
+            f["rows_pos"] = 0
     elif op == Op.LD:
         f["fmt"] = draw(st.sampled_from(list(LdFmt)))
         f["cols"] -= f["cols"] % 32
@@ -62,6 +64,11 @@ def test_word_counts_fit_the_fields():
     for op, fields in FIELDS.items():
         assert sum(b for _, b in fields) <= 32 * NWORDS[op]
         assert fields[0] == ("op", 4)
+
+
+def test_split_rows_do_not_grow_with_pos():
+    with pytest.raises(ISAError, match="split rows cannot grow"):
+        isa.make(Op.MV, fmt=0, sp_n=16, rows=64, cols=32, tokens=1, split=1, rows_pos=1)
 
 
 def test_field_overflow_is_rejected():

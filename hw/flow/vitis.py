@@ -18,7 +18,7 @@ from flightllm.hw.regs import ADDR_BITS, REGS
 KERNEL = "flightllm"
 CU = "flightllm_1"
 WRAPPER = "flightllm_kernel"
-ARG_BASE = 0x50        # first free offset after the register map (hw/regs.py ends at ID, 0x48); 0x80+ is reserved
+ARG_BASE = 0x58        # first free offset after the register map (hw/regs.py ends at SPLIT_STRIDE_HI, 0x54); 0x80+ is reserved
 
 TOOLS = ["vivado", "v++"]
 
