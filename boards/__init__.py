@@ -156,6 +156,8 @@ def _check(b: Board, where: str) -> None:
         raise BoardError(f"board file {where}: block_slots must be 0 (no cap) or >= 2 (a paired unit is 2 blocks)")
     if not 1 <= a.weight_channels <= b.memory.channels:
         raise BoardError(f"board file {where}: weight_channels must be 1 .. memory.channels ({b.memory.channels})")
+    if a.weight_channels & (a.weight_channels - 1):
+        raise BoardError(f"board file {where}: weight_channels must be a power of two (the engine divides by it)")
     if a.weight_channels > 1 and 2 * a.weight_channels > b.memory.port_bytes // 4:
         # every channel writes up to two output rows a cycle, each to its own ABUF bank (one bank per port word)
         raise BoardError(f"board file {where}: weight_channels {a.weight_channels} needs {2 * a.weight_channels} ABUF "

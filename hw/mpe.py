@@ -307,8 +307,12 @@ def act_out(m, out, oacc, prev, sfx=""):
 
 
 class Mpe(Elaboratable):
-    def __init__(self, board, qbuf_ports, abuf_words: int, gate: bool = False):
+    def __init__(self, board, qbuf_ports, abuf_words: int, gate: bool = False, drive_q: bool = True):
         self.board = board
+        # drive_q: this engine issues the QBUF reads. The weight channels' engines (hw/top.py, split MV/MM) run in
+        # lockstep on the same activation blocks, so only channel 0's drives the shared read ports; the others
+        # take the same read data
+        self.drive_q = drive_q
         # gate: the S1 registers of the two decode paths (paired / general, see elaborate) on gated clocks
         # (hw/clock_gate.py, the Verilator model); else the same registers with clock enables
         self.gate = gate
@@ -333,6 +337,7 @@ class Mpe(Elaboratable):
         self.t = Signal(range(self.TT))
         self.row = Signal(24)           # stream row (row pair p for the paired formats: rows 2p, 2p+1)
         self.oddv = Signal()            # paired: row 2p+1 exists (else the pair's odd half is padding)
+        self.evv = Signal(init=1)       # the (even) row exists: 0 only for a weight channel's padding rows
         self.b0 = Signal(16)
         self.nb = Signal(16)
         self.xrow = Signal(24)          # QBUF block address of token t's activations
@@ -390,7 +395,8 @@ class Mpe(Elaboratable):
             bw = Mux(bk >= self.nb, bk - self.nb, bk)
             rp = self.qports[k]
             # ports past the paired units' (k >= KP) read for the general path only
-            m.d.comb += [rp.addr.eq(self.xrow + bw), rp.en.eq(self.go & (~pair0 if k >= KP else 1))]
+            if self.drive_q:
+                m.d.comb += [rp.addr.eq(self.xrow + bw), rp.en.eq(self.go & (~pair0 if k >= KP else 1))]
             u = Mux(pair0, k // 2, k)               # the slot's unit
             odd = pair0 & (k % 2)
             inu = self.go & (u < self.kp)
@@ -434,7 +440,7 @@ class Mpe(Elaboratable):
         with m.If(en_p):
             m.d[dp] += [win_p.eq(self.win), q4_p.eq(self._flag(m, self.mode, lambda f, n: f == WFmt.Q4_1, "q4_s0"))]
         meta_in = Cat(self.go, masks["cur_e"], masks["cur_o"], masks["nxt_e"], masks["nxt_o"], self.rowend, self.t,
-                      self.row, self.ybase, self.acc, pair0, self.oddv)
+                      self.row, self.ybase, self.acc, pair0, self.oddv, self.evv)
         qd = [self.qports[k].data for k in range(K)]
 
         # mode -> decode controls: the general path's (wk, nsp, sparse) of mode_g, the rest of mode
@@ -612,7 +618,7 @@ class Mpe(Elaboratable):
         # meta: S0 -> C+4 (V visible): 1 (S1) + 1 (A) + L + 1 (C) + 4
         metaV = delay(m, meta_in, L + 7, "metaV", reset_less=False)     # valid bits
         fields = [("go", 1), ("cur_e", K), ("cur_o", K), ("nxt_e", K), ("nxt_o", K), ("rowend", 1),
-                  ("t", len(self.t)), ("row", 24), ("ybase", 24), ("acc", 1), ("pair", 1), ("oddv", 1)]
+                  ("t", len(self.t)), ("row", 24), ("ybase", 24), ("acc", 1), ("pair", 1), ("oddv", 1), ("evv", 1)]
 
         def unpack(sig):
             d, o = {}, 0
@@ -657,7 +663,7 @@ class Mpe(Elaboratable):
                                 m.d.sync += ACC[t].eq(nxt)
                             with m.Else():
                                 m.d.sync += ACC[t].eq(rsum)
-                with m.If(ms["rowend"] & (ms["pair"] & ms["oddv"] if h == "o" else 1)):
+                with m.If(ms["rowend"] & (ms["pair"] & ms["oddv"] if h == "o" else ms["evv"])):
                     m.d.sync += [out.eq(rsum), outv.eq(1)]
             outs.append((out, outv))
         orow = Mux(ms["pair"], Cat(Const(0, 1), ms["row"]), ms["row"])
@@ -669,7 +675,7 @@ class Mpe(Elaboratable):
         oacc = Signal(name="oacc", **DP)
         m.d.sync += [oaddr.eq(wa), oaddr1.eq(wa1), oacc.eq(ms["acc"])]
         rd = ms["go"] & ms["rowend"] & ms["acc"]
-        m.d.comb += [self.ab_raddr.eq(wa), self.ab_ren.eq(rd),
+        m.d.comb += [self.ab_raddr.eq(wa), self.ab_ren.eq(rd & ms["evv"]),
                      self.ab_raddr1.eq(wa1), self.ab_ren1.eq(rd & ms["pair"] & ms["oddv"])]
         # ---- round, saturate, optional saturating accumulate, write -----------------------------------
         yfin = act_out(m, outs[0][0], oacc, self.ab_rdata, "e")

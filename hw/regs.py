@@ -51,7 +51,7 @@ for _i in range(REGIONS):
             "ATTR": f"region {_i}: bits 15:0 size bits 47:32; bit 16 R, bit 17 W, bit 18 X"}[_n])
 del _i, _k, _n
 ID_VALUE = 0x464C4C31
-ADDR_BITS = 8
+ADDR_BITS = 9            # 0x000..0x0FF the registers above; 0x100..0x1FF a Vitis kernel's pointer arguments
 
 STATUS_BUSY, STATUS_DONE, STATUS_ERROR = 1, 2, 4
 CTRL_START, CTRL_RESET = 1, 2

@@ -52,8 +52,15 @@ class Top(Elaboratable):
         self.qdepth = a.qbuf_bytes // BLOCK
         self.adepth = a.abuf_words // self.NL
         self.csr = Csr()
-        # AXI4 master
+        # AXI4 masters: m_axi (channel 0: fetch, LD, ST, MM/MV) and, on a board with weight channels, m{c}_axi for
+        # c = 1 .. C-1, which only a split MV/MM reads (their write channels are tied off: full AXI4 masters keep
+        # the vendor flows' one interface kind)
+        self.C = a.weight_channels
         D = 8 * self.PB
+        self.mx = []
+        for c in range(1, self.C):
+            sig = {n: Signal(w, name=f"m{c}_axi_{n}") for n, w in self._axi(D)}
+            self.mx.append(sig)
         for n, w in [("arvalid", 1), ("arready", 1), ("araddr", 64), ("arlen", 8), ("arsize", 3), ("arburst", 2),
                      ("rvalid", 1), ("rready", 1), ("rdata", D), ("rresp", 2), ("rlast", 1),
                      ("awvalid", 1), ("awready", 1), ("awaddr", 64), ("awlen", 8), ("awsize", 3), ("awburst", 2),
@@ -62,6 +69,13 @@ class Top(Elaboratable):
             setattr(self, f"m_{n}", Signal(w, name=f"m_axi_{n}"))
         self.irq = Signal()
 
+    def _axi(self, D):
+        return [("arvalid", 1), ("arready", 1), ("araddr", 64), ("arlen", 8), ("arsize", 3), ("arburst", 2),
+                ("rvalid", 1), ("rready", 1), ("rdata", D), ("rresp", 2), ("rlast", 1),
+                ("awvalid", 1), ("awready", 1), ("awaddr", 64), ("awlen", 8), ("awsize", 3), ("awburst", 2),
+                ("wvalid", 1), ("wready", 1), ("wdata", D), ("wstrb", self.PB), ("wlast", 1),
+                ("bvalid", 1), ("bready", 1), ("bresp", 2)]
+
     def ports(self):
         c = self.csr
         clk = [self.cd_sync.clk] if self.cd_sync is not None else []      # else Amaranth adds clk and rst
@@ -69,7 +83,8 @@ class Top(Elaboratable):
                 self.m_rvalid, self.m_rready, self.m_rdata, self.m_rresp, self.m_rlast,
                 self.m_awvalid, self.m_awready, self.m_awaddr, self.m_awlen, self.m_awsize, self.m_awburst,
                 self.m_wvalid, self.m_wready, self.m_wdata, self.m_wstrb, self.m_wlast,
-                self.m_bvalid, self.m_bready, self.m_bresp, self.irq,
+                self.m_bvalid, self.m_bready, self.m_bresp] + [
+                x[n] for x in self.mx for n, _ in self._axi(8 * self.PB)] + [self.irq,
                 c.awvalid, c.awready, c.awaddr, c.wvalid, c.wready, c.wdata, c.wstrb, c.bvalid, c.bready, c.bresp,
                 c.arvalid, c.arready, c.araddr, c.rvalid, c.rready, c.rdata, c.rresp]
 
@@ -97,6 +112,18 @@ class Top(Elaboratable):
         qw = qbuf.write_port()
         mpe = Mpe(b, qports, a.abuf_words, gate=self.cd_sync is not None)     # gated decode paths: sim target
         m.submodules.mpe = ResetInserter(srst)(mpe)
+        # weight channels 1 .. C-1 (split MV/MM): a read stream and an engine each, in lockstep with channel 0's;
+        # their engines take channel 0's QBUF read data (the same activation blocks)
+        C = self.C
+        rsx, mpex = [], []
+        for c in range(1, C):
+            r_ = ReadStream(PB, P.stream_buffer_bytes(b), P.window_bytes(b))
+            m.submodules[f"rs{c}"] = ResetInserter(srst)(r_)
+            e_ = Mpe(b, qports, a.abuf_words, gate=self.cd_sync is not None, drive_q=False)
+            m.submodules[f"mpe{c}"] = ResetInserter(srst)(e_)
+            rsx.append(r_)
+            mpex.append(e_)
+        engs = [mpe] + mpex
         banks = []
         ultra = b.resources.get("uram", 0) > 0        # the ABUF banks in UltraRAM where the device has it (hw/ram.py)
         for i in range(NL):
@@ -142,7 +169,7 @@ class Top(Elaboratable):
         m.submodules.gaw = gaw = RegionCheck(rregs, memsize)
         m.d.comb += [csr.ro["STATUS"].eq(Cat(busy, done, err)), csr.ro["ERROR"].eq(code), csr.ro["PC"].eq(pc),
                      csr.ro["CYCLES_LO"].eq(cycles[:32]), csr.ro["CYCLES_HI"].eq(cycles[32:]),
-                     csr.ro["INSTRET"].eq(instret), csr.ro["RD_BYTES"].eq(rs.bytes_taken),
+                     csr.ro["INSTRET"].eq(instret), csr.ro["RD_BYTES"].eq(sum([rs.bytes_taken] + [r_.bytes_taken for r_ in rsx])),
                      csr.ro["WR_BYTES"].eq(wr_bytes), csr.ro["ID"].eq(0)]
         for k, s in cyc.items():
             m.d.comb += csr.ro[f"CYC_{k}"].eq(s)
@@ -193,6 +220,13 @@ class Top(Elaboratable):
                                  pair_c.eq(int(paired(fmt, sp)))]
         rows_c = Signal(25)
         cols_c = Signal(25)
+        srows_g = Signal(25)
+        srows_c = Signal(25)        # stream rows a channel streams: split, each of C channels ceil(srows / C)
+        spl_c = Signal()
+        lgC = (self.C - 1).bit_length()      # boards: weight_channels is a power of two
+        m.d.comb += [srows_g.eq(Mux(pair_c, (rows_c + 1) >> 1, rows_c)),
+                     spl_c.eq(f_mm["split"] if self.C > 1 else 0),
+                     srows_c.eq(Mux(spl_c, (srows_g + (self.C - 1)) >> lgC, srows_g))]
         m.d.comb += [rows_c.eq(f_mm["rows"] + Mux(f_mm["rows_pos"], pos, 0)),
                      cols_c.eq(Mux(f_mm["cols_pos"], ((f_mm["cols"] + pos + 31) >> 5) << 5, f_mm["cols"]))]
         # check operands
@@ -290,33 +324,38 @@ class Top(Elaboratable):
         ld_wen = Signal()
         ld_waddr = Signal(26)
         ld_wdata = Signal(32)
-        assert NL >= 2, "the MPE writes the two rows of a pair to neighbouring banks in one cycle"
+        assert NL >= 2 * C, "each engine writes the two rows of a pair to neighbouring banks in one cycle"
+        # the engines' ABUF ports: in lockstep (split) their rows are 2C consecutive words (formats.split_row_map),
+        # so no two of them ever meet in a bank; a bank takes the port that addresses it
+        e_rd = [(e.ab_ren, e.ab_raddr) for e in engs] + [(e.ab_ren1, e.ab_raddr1) for e in engs]
+        e_wr = [(e.ab_wen, e.ab_waddr, e.ab_wdata) for e in engs] + [(e.ab_wen1, e.ab_waddr1, e.ab_wdata1)
+                                                                      for e in engs]
         for i, (rp, wp) in enumerate(banks):
-            sel_mpe = mpe.ab_raddr[:bb_bits] == i
-            sel_mpe1 = mpe.ab_ren1 & (mpe.ab_raddr1[:bb_bits] == i)
-            mpe_ra = Mux(sel_mpe1, mpe.ab_raddr1, mpe.ab_raddr) >> bb_bits
+            hit_r = [en & (ad[:bb_bits] == i) for en, ad in e_rd]
+            mpe_ra = mpe.ab_raddr >> bb_bits
+            for h, (_, ad) in reversed(list(zip(hit_r, e_rd))):
+                mpe_ra = Mux(h, ad >> bb_bits, mpe_ra)
+            hit_w = [en & (ad[:bb_bits] == i) for en, ad, _ in e_wr]
+            mpe_wa, mpe_wd = mpe.ab_waddr >> bb_bits, mpe.ab_wdata
+            for h, (_, ad, d) in reversed(list(zip(hit_w, e_wr))):
+                mpe_wa, mpe_wd = Mux(h, ad >> bb_bits, mpe_wa), Mux(h, d, mpe_wd)
             m.d.comb += [rp.addr.eq(Mux(sfu_mode, sab.raddr[i],
                                         Mux(st16_mode, e_sa >> bb_bits,
                                             Mux(st_mode, ws.rd_addr[i], mpe_ra)))),
                          rp.en.eq(Mux(sfu_mode, sab.ren[i],
                                       Mux(st16_mode, st16_ren & (e_sa[:bb_bits] == i),
-                                          Mux(st_mode, ws.rd_en, (mpe.ab_ren & sel_mpe) | sel_mpe1)))),
+                                          Mux(st_mode, ws.rd_en, _any(hit_r))))),
                          ws.rd_data[i].eq(rp.data)]
             sw_mode = sfu_mode | ldq_mode
-            wsel1 = mpe.ab_wen1 & (mpe.ab_waddr1[:bb_bits] == i)
-            m.d.comb += [wp.addr.eq(Mux(sw_mode, sab.waddr[i],
-                                        Mux(ld_wen, ld_waddr >> bb_bits,
-                                            Mux(wsel1, mpe.ab_waddr1, mpe.ab_waddr) >> bb_bits))),
-                         wp.data.eq(Mux(sw_mode, sab.wdata[i], Mux(ld_wen, ld_wdata,
-                                                                    Mux(wsel1, mpe.ab_wdata1, mpe.ab_wdata)))),
-                         wp.en.eq(Mux(sw_mode, sab.wen[i],
-                                      Mux(ld_wen, ld_waddr[:bb_bits] == i,
-                                          (mpe.ab_wen & (mpe.ab_waddr[:bb_bits] == i)) | wsel1)))]
-        rsel = Signal(bb_bits)
-        rsel1 = Signal(bb_bits)
-        m.d.sync += [rsel.eq(mpe.ab_raddr[:bb_bits]), rsel1.eq(mpe.ab_raddr1[:bb_bits])]
-        m.d.comb += [mpe.ab_rdata.eq(Array([banks[i][0].data for i in range(NL)])[rsel]),
-                     mpe.ab_rdata1.eq(Array([banks[i][0].data for i in range(NL)])[rsel1])]
+            m.d.comb += [wp.addr.eq(Mux(sw_mode, sab.waddr[i], Mux(ld_wen, ld_waddr >> bb_bits, mpe_wa))),
+                         wp.data.eq(Mux(sw_mode, sab.wdata[i], Mux(ld_wen, ld_wdata, mpe_wd))),
+                         wp.en.eq(Mux(sw_mode, sab.wen[i], Mux(ld_wen, ld_waddr[:bb_bits] == i, _any(hit_w))))]
+        for j, e in enumerate(engs):
+            rsel = Signal(bb_bits, name=f"rsel_e{j}")
+            rsel1 = Signal(bb_bits, name=f"rsel_o{j}")
+            m.d.sync += [rsel.eq(e.ab_raddr[:bb_bits]), rsel1.eq(e.ab_raddr1[:bb_bits])]
+            m.d.comb += [e.ab_rdata.eq(Array([banks[i][0].data for i in range(NL)])[rsel]),
+                         e.ab_rdata1.eq(Array([banks[i][0].data for i in range(NL)])[rsel1])]
 
         # MPE operand wiring
         xstride, ystride = Signal(24), Signal(24)
@@ -336,11 +375,32 @@ class Top(Elaboratable):
         # shared multipliers: one instruction is checked or run at a time, so the CHECK state's bounds products, the
         # MM / LD run products and the MM stream length share four multipliers, their operands chosen by the
         # registered op (and CHECK against the run states). Each product is the one it replaces, bit for bit.
-        in_check = Signal()
         ma = [Signal(signed(27), name=f"mul_a{i}") for i in range(4)]
         mb = [Signal(34, name=f"mul_b{i}") for i in range(4)]
         mp = [Signal(signed(61), name=f"mul_p{i}") for i in range(4)]
         m.d.comb += [mp[i].eq(ma[i] * mb[i]) for i in range(4)]
+        # the weight channels' masters: read-only; each burst checked by its own guard (in CHECK, the guard checks
+        # the channel's whole range instead: no stream runs then)
+        in_check = Signal()
+        spl = Signal()               # the MM/MV in flight streams split over the weight channels
+        sstride = Signal(48)
+        m.d.comb += sstride.eq(Cat(csr.rw["SPLIT_STRIDE_LO"], csr.rw["SPLIT_STRIDE_HI"][:16]))
+        cbase = [Signal(66, name=f"cbase{c}") for c in range(1, C)]
+        garx = []
+        for c, (x, r_, cb) in enumerate(zip(self.mx, rsx, cbase), start=1):
+            g_ = RegionCheck(rregs, memsize)
+            m.submodules[f"gar{c}"] = g_
+            garx.append(g_)
+            m.d.comb += [cb.eq(base + c * sstride),
+                         g_.lo.eq(Mux(in_check, cb, x["araddr"])),
+                         g_.hi.eq(Mux(in_check, cb + mp[0] + rb, x["araddr"] + ((x["arlen"] + 1) << lg))),
+                         g_.need.eq(READ),
+                         x["arvalid"].eq(r_.arvalid & (g_.code == 0)), x["araddr"].eq(r_.araddr),
+                         x["arlen"].eq(r_.arlen), x["arsize"].eq(lg), x["arburst"].eq(1),
+                         r_.arready.eq(x["arready"] & (g_.code == 0)),
+                         r_.rvalid.eq(x["rvalid"]), r_.rdata.eq(x["rdata"]), x["rready"].eq(r_.rready),
+                         x["bready"].eq(1), r_.clear_stats.eq(rs.clear_stats), r_.flush.eq(rs.flush),
+                         r_.take.eq(Mux(spl, rs.take, 0))]
 
         def mul_ops(*pairs):
             return [x for i, (u, v) in enumerate(pairs) for x in (ma[i].eq(u), mb[i].eq(v))]
@@ -365,10 +425,21 @@ class Top(Elaboratable):
                 m.d.comb += mul_ops((r1m, f_misc["src_stride"]), (r1m, f_misc["dst_stride"]),
                                     (r1m, f_misc["src2_stride"]))
         m.d.comb += [mpe.win.eq(rs.win), mpe.mode.eq(mode), mpe.kp.eq(kp), mpe.rem.eq(rem),
-                     mpe.rowend.eq(kp >= rem), mpe.t.eq(t), mpe.row.eq(row), mpe.b0.eq(b0), mpe.nb.eq(nb),
-                     mpe.oddv.eq(Cat(Const(1, 1), row) < rows),
+                     mpe.rowend.eq(kp >= rem), mpe.t.eq(t), mpe.b0.eq(b0), mpe.nb.eq(nb),
                      mpe.xrow.eq((xaddr + mp[1]) >> 5), mpe.ybase.eq(yaddr + mp[2]),
                      mpe.wfrac.eq(wfrac), mpe.acc.eq(accf)]
+        # each engine's stream row as a global one: split, channel c's local row r is row r * C + c
+        # (formats.split_row_map); the rows past the operand's end are a channel's zero padding, never written
+        for c, e in enumerate(engs):
+            grow = Signal(25, name=f"grow{c}")
+            m.d.comb += [grow.eq(Mux(spl, (row << lgC) | c, row) if C > 1 else row), e.row.eq(grow),
+                         e.oddv.eq(Cat(Const(1, 1), grow) < rows),
+                         e.evv.eq(Mux(pair_c, Cat(Const(0, 1), grow), grow) < rows)]
+            if c:
+                m.d.comb += [e.win.eq(rsx[c - 1].win), e.go.eq(mpe.go & spl), e.clear.eq(mpe.clear),
+                             e.mode.eq(mpe.mode), e.kp.eq(mpe.kp), e.rem.eq(mpe.rem), e.rowend.eq(mpe.rowend),
+                             e.t.eq(mpe.t), e.b0.eq(mpe.b0), e.nb.eq(mpe.nb), e.xrow.eq(mpe.xrow),
+                             e.ybase.eq(mpe.ybase), e.wfrac.eq(mpe.wfrac), e.acc.eq(mpe.acc)]
         m.d.comb += [qw.en.eq(0)]
 
         def fail(c):
@@ -421,7 +492,7 @@ class Top(Elaboratable):
             with m.State("DECODE"):
                 pos_off = Signal(64)
                 m.d.comb += pos_off.eq(pos * Mux(dec.op == Op.ST, f_st["pos_stride"], f_ld["pos_stride"]))
-                m.d.sync += op.eq(dec.op)
+                m.d.sync += [op.eq(dec.op), spl.eq(0)]     # an MM/MV below sets spl
                 with m.If(dec.illegal | (faddr + (dec.nwords << 2) > fend)):     # or truncated at its region's end
                     m.d.sync += fail(ErrCode.ILLEGAL_INSTR)
                     m.next = "STOP"
@@ -432,7 +503,7 @@ class Top(Elaboratable):
                             m.d.sync += [cls.eq(2), rows.eq(rows_c), cols.eq(cols_c), nb.eq(cols_c >> 5),
                                          mode.eq(mode_c), bbytes.eq(bb_c), klanes.eq(k_c), tokens.eq(f_mm["tokens"]),
                                          rb.eq((cols_c >> 5) * bb_c), base.eq(f_mm["waddr"]),
-                                         srows.eq(Mux(pair_c, (rows_c + 1) >> 1, rows_c)),
+                                         srows.eq(srows_c), spl.eq(spl_c),
                                          wst.eq(Mux(pair_c, f_mm["wstride"] << 1, f_mm["wstride"])),
                                          xaddr.eq(f_mm["xaddr"]), xstride.eq(f_mm["xstride"]),
                                          yaddr.eq(f_mm["yaddr"]), ystride.eq(f_mm["ystride"]),
@@ -469,6 +540,10 @@ class Top(Elaboratable):
                         with m.Elif(chk.code != 0):
                             m.d.sync += [err.eq(1), busy.eq(0), code.eq(chk.code)]
                             m.next = "STOP"
+                        for g_ in garx:             # the other weight channels' ranges, in channel order
+                            with m.Elif(spl & (g_.code != 0)):
+                                m.d.sync += [err.eq(1), busy.eq(0), code.eq(g_.code)]
+                                m.next = "STOP"
                         with m.Elif((c_hi_buf > a.qbuf_bytes) | (c_hi_buf2 > a.abuf_words)):
                             m.d.sync += fail(ErrCode.BUF_OVERFLOW)
                             m.next = "STOP"
@@ -595,13 +670,17 @@ class Top(Elaboratable):
             with m.State("MM_START"):
                 m.d.comb += [rs.start.eq(1), rs.base.eq(base), rs.seg_len.eq(Mux(merged, mp[3], rb)),
                              rs.stride.eq(wst), rs.nseg.eq(Mux(merged, 1, srows))]
+                for r_, cb in zip(rsx, cbase):
+                    m.d.comb += [r_.start.eq(spl), r_.base.eq(cb), r_.seg_len.eq(rs.seg_len), r_.stride.eq(wst),
+                                 r_.nseg.eq(rs.nseg)]
                 tl = tokens - tok0
                 m.d.sync += [b0.eq(0), row.eq(0), left.eq(srows * nb), t.eq(0),
                              ttile.eq(Mux(tl > TT, TT, tl))]
                 m.next = "MM_RUN"
             with m.State("MM_RUN"):
                 fire = Signal()
-                m.d.comb += fire.eq((left != 0) & rs.data_phase & (rs.cnt >= need))
+                m.d.comb += fire.eq((left != 0) & rs.data_phase & (rs.cnt >= need)
+                                    & _all(~spl | (r_.data_phase & (r_.cnt >= need)) for r_ in rsx))
                 with m.If(fire):
                     m.d.comb += mpe.go.eq(1)
                     with m.If(t + 1 == ttile):
@@ -611,14 +690,15 @@ class Top(Elaboratable):
                                      row.eq(row + (kp >= rem))]
                     with m.Else():
                         m.d.sync += t.eq(t + 1)
-                with m.If((left == 0) & ~rs.busy):
+                with m.If((left == 0) & ~rs.busy & ~_any(r_.busy for r_ in rsx)):
                     with m.If(tok0 + TT < tokens):
                         m.d.sync += tok0.eq(tok0 + TT)
                         m.next = "MM_START"
                     with m.Else():
                         m.d.sync += drain.eq(mpe.depth)
                         m.next = "DRAIN"
-                with m.If(self.m_rvalid & self.m_rready & (self.m_rresp != 0)):
+                with m.If(_any([self.m_rvalid & self.m_rready & (self.m_rresp != 0)]
+                               + [x["rvalid"] & x["rready"] & (x["rresp"] != 0) for x in self.mx])):
                     m.d.comb += rs.flush.eq(1)
                     m.d.sync += fail(ErrCode.AXI_ERROR)
                     m.next = "STOP"
@@ -778,6 +858,20 @@ class Top(Elaboratable):
             m.d.sync += [busy.eq(0), done.eq(0), err.eq(0), code.eq(0), e_v.eq(0), e_left.eq(0),
                          state.eq(fsm.encoding["IDLE"])]
         return m
+
+
+def _all(bits):
+    out = Const(1, 1)
+    for x in bits:
+        out = out & x
+    return out
+
+
+def _any(bits):
+    out = Const(0, 1)
+    for x in bits:
+        out = out | x
+    return out
 
 
 def build_top(board: Board, reset_less: bool = False):

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from flightllm import boards
-from flightllm.hw.flow import split_channels, vitis, vivado, write_project
+from flightllm.hw.flow import master_channels, vitis, vivado, write_project
 from flightllm.hw.flow.ports import FlowError, interfaces, interfaces_of_top, parse_ports
 from flightllm.hw.regs import REGS
 
@@ -43,7 +43,7 @@ def test_u280_vitis_kernel_is_consistent(projects):
     used = {off for off, _, _ in REGS.values()}
     args = {a.get("name"): a for a in k.find("args")}
     for a in args.values():
-        assert a.get("port") in ports and int(a.get("offset"), 16) not in used and int(a.get("offset"), 16) < 0x80
+        assert a.get("port") in ports and int(a.get("offset"), 16) not in used and 0x100 <= int(a.get("offset"), 16) < 0x200
     # wrapper: exactly the kernel.xml interfaces, ap_clk/ap_rst_n, widths from the top
     w = _wrapper_ports(d / "rtl" / "flightllm_kernel.v", "flightllm_kernel")
     assert {"ap_clk", "ap_rst_n", "interrupt"} <= set(w)
@@ -57,15 +57,16 @@ def test_u280_vitis_kernel_is_consistent(projects):
     assert f"set part {b.part}" in tcl
     assert set(re.findall(r"-busif (\S+) -clock ap_clk", tcl)) == set(ports)
     assert "package_xo -force -xo_path flightllm.xo -kernel_name flightllm" in tcl
-    # link.cfg: platform, clock, every HBM pseudo-channel bound exactly once, to a real argument
+    # link.cfg: platform, clock, every master bound to every HBM pseudo-channel (one address space), by argument
     cfg = (d / "link.cfg").read_text()
     assert f"platform={b.platform}" in cfg and b.platform == "xilinx_u280_gen3x16_xdma_1_202211_1"
     assert re.search(r"^freqHz=(\d+):flightllm_1\.ap_clk$", cfg, re.M).group(1) == str(int(b.clock_mhz * 1e6))
-    covered = []
+    bound = {}
     for arg, lo, hi in re.findall(r"^sp=flightllm_1\.(\w+):HBM\[(\d+)(?::(\d+))?\]$", cfg, re.M):
         assert arg in args
-        covered += range(int(lo), int(hi or lo) + 1)
-    assert sorted(covered) == list(range(b.memory.channels)) and b.memory.channels == 32
+        bound[arg] = list(range(int(lo), int(hi or lo) + 1))
+    assert set(bound) == set(args) and b.memory.channels == 32
+    assert all(v == list(range(b.memory.channels)) for v in bound.values())
     assert prj.commands[-1][:2] == ["v++", "-l"] and "flightllm.xclbin" in prj.commands[-1]
 
 
@@ -109,10 +110,12 @@ def test_vhk158_versal_routes_every_hbm_channel(projects):
     tcl = (prj.out / "create_project.tcl").read_text()
     assert "xilinx.com:ip:versal_cips" in tcl and "xilinx.com:ip:axi_noc hbm_noc" in tcl
     assert f"PMC_CRP_PL0_REF_CTRL_FREQMHZ {b.clock_mhz:g}" in tcl
-    pcs = re.findall(r"(HBM\d+_PC[01]) \{read_bw", tcl)
-    assert sorted(pcs) == sorted(vivado.hbm_pc(i) for i in range(b.memory.channels)) and len(pcs) == 32
-    for i, m in enumerate(tp.masters):
+    every = sorted(vivado.hbm_pc(i) for i in range(b.memory.channels))
+    assert len(every) == 32
+    for i, m in enumerate(tp.masters):      # every master reaches every pseudo-channel (one address space)
         assert f"[get_bd_intf_pins accel/{m.prefix}] [get_bd_intf_pins hbm_noc/S{i:02d}_AXI]" in tcl
+        conns = re.search(rf"CONFIG.CONNECTIONS \{{(.*)\}}\] \[get_bd_intf_pins hbm_noc/S{i:02d}_AXI\]", tcl).group(1)
+        assert sorted(re.findall(r"(HBM\d+_PC[01]) \{read_bw", conns)) == every
     assert "flightllm.pdi" in prj.outputs and "write_hw_platform" in tcl
 
 
@@ -126,11 +129,11 @@ def test_manifest_matches_board(projects):
                 assert (prj.out / f).is_file()
 
 
-def test_split_channels_covers_every_channel():
-    assert split_channels(32, 1) == [(0, 31)]
-    assert split_channels(32, 3) == [(0, 10), (11, 21), (22, 31)]
+def test_master_channels_covers_every_channel():
+    assert master_channels(32, 1) == [(0, 31)]
+    assert master_channels(32, 3) == [(0, 31)] * 3          # one address space: every master reaches every channel
     with pytest.raises(FlowError):
-        split_channels(4, 5)
+        master_channels(4, 5)
 
 
 def test_port_parser_rejects_an_incomplete_master():

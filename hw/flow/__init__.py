@@ -135,17 +135,14 @@ def wrapper(tp: TopPorts, module: str, clk: str, rstn: str, master_names: list[s
             f"    {tp.module} u_top (\n" + ",\n".join(conns) + "\n    );\nendmodule\n`default_nettype wire\n")
 
 
-def split_channels(n_channels: int, n_masters: int) -> list[tuple[int, int]]:
-    """Contiguous channel ranges (first, last) per master, covering every channel."""
+def master_channels(n_channels: int, n_masters: int) -> list[tuple[int, int]]:
+    """Channel range (first, last) each master is bound to: all of them, for every master. The engine's masters
+    share one address space: a split MV/MM reads channel c's section at waddr + c * SPLIT_STRIDE (docs/isa.md),
+    wherever the compiler placed it, so every master must reach all of memory (through the HBM switch / NoC).
+    Binding master c to its own pseudo-channels would need the sections placed on channel boundaries: not done."""
     if n_masters > n_channels:
         raise FlowError(f"the top has {n_masters} memory masters but the board has {n_channels} channels")
-    base, extra = divmod(n_channels, n_masters)
-    out, c = [], 0
-    for i in range(n_masters):
-        k = base + (1 if i < extra else 0)
-        out.append((c, c + k - 1))
-        c += k
-    return out
+    return [(0, n_channels - 1)] * n_masters
 
 
 # ---- entry points -------------------------------------------------------------------------------------------

@@ -11,14 +11,15 @@ from __future__ import annotations
 from xml.sax.saxutils import quoteattr
 
 from flightllm.boards import Board
-from flightllm.hw.flow import TOP, FlowError, Project, split_channels, wrapper
+from flightllm.hw.flow import TOP, FlowError, Project, master_channels, wrapper
 from flightllm.hw.flow.ports import TopPorts
 from flightllm.hw.regs import ADDR_BITS, REGS
 
 KERNEL = "flightllm"
 CU = "flightllm_1"
 WRAPPER = "flightllm_kernel"
-ARG_BASE = 0x58        # first free offset after the register map (hw/regs.py ends at SPLIT_STRIDE_HI, 0x54); 0x80+ is reserved
+ARG_BASE = 0x100       # the kernel's pointer arguments: past the engine's registers (hw/regs.py, below 0x100), which
+                       # ignores writes there (XRT writes the buffer addresses; the engine's addresses are absolute)
 
 TOOLS = ["vivado", "v++"]
 
@@ -30,8 +31,9 @@ def master_name(i: int) -> str:
 def arg_offsets(n: int) -> list[int]:
     used = {off for off, _, _ in REGS.values()}
     offs = [ARG_BASE + 8 * i for i in range(n)]
-    if any(o in used or o + 4 in used for o in offs) or (offs and offs[-1] + 8 > 0x80):
-        raise FlowError(f"no room for {n} pointer arguments between 0x{ARG_BASE:x} and 0x80 in the register map")
+    end = 1 << ADDR_BITS
+    if any(o in used or o + 4 in used for o in offs) or (offs and offs[-1] + 8 > end):
+        raise FlowError(f"no room for {n} pointer arguments between 0x{ARG_BASE:x} and 0x{end:x} in the register map")
     return offs
 
 
@@ -87,7 +89,7 @@ package_xo -force -xo_path {KERNEL}.xo -kernel_name {KERNEL} -ip_directory ./ker
 
 
 def link_cfg(board: Board, tp: TopPorts) -> tuple[str, dict]:
-    ranges = split_channels(board.memory.channels, len(tp.masters))
+    ranges = master_channels(board.memory.channels, len(tp.masters))
     sp = [f"sp={CU}.mem{i}:{bank(board, a, b)}" for i, (a, b) in enumerate(ranges)]
     conn = {f"mem{i}": list(range(a, b + 1)) for i, (a, b) in enumerate(ranges)}
     hz = int(round(board.clock_mhz * 1e6))

@@ -12,7 +12,7 @@ clock at the board's clock drives the engine, the interconnect and the PS ports;
 from __future__ import annotations
 
 from flightllm.boards import Board
-from flightllm.hw.flow import TOP, FlowError, Project, split_channels, wrapper
+from flightllm.hw.flow import TOP, FlowError, Project, master_channels, wrapper
 from flightllm.hw.flow.ports import TopPorts
 
 BD = "flightllm"
@@ -137,7 +137,7 @@ def hbm_pc(i: int) -> str:
 
 def _versal(board: Board, tp: TopPorts, prj: Project) -> list[str]:
     n = len(tp.masters)
-    ranges = split_channels(board.memory.channels, n)
+    ranges = master_channels(board.memory.channels, n)
     mhz = f"{board.clock_mhz:g}"
     t = _header(board)
     t += ["create_bd_cell -type ip -vlnv xilinx.com:ip:versal_cips cips",
@@ -152,11 +152,13 @@ def _versal(board: Board, tp: TopPorts, prj: Project) -> list[str]:
           "[get_bd_cells hbm_noc]",
           "connect_bd_intf_net [get_bd_intf_pins cips/M_AXI_FPD] [get_bd_intf_pins ctrl_ic/S00_AXI]",
           f"connect_bd_intf_net [get_bd_intf_pins ctrl_ic/M00_AXI] [get_bd_intf_pins accel/{tp.control.prefix}]"]
-    bw = int(board.memory.channel_gbps * 1000 / 2)
+    # each master reaches every pseudo-channel (hw/flow master_channels): its bandwidth request, MB/s, is its
+    # port's rate spread over the channels it reaches, so the NoC is asked for what the masters can draw
+    bw = [max(1, int(board.memory.port_bytes * board.clock_mhz / (b - a + 1))) for a, b in ranges]
     busifs = []
     for i, (m, (a, b)) in enumerate(zip(tp.masters, ranges)):
         si = f"S{i:02d}_AXI"
-        conns = " ".join(f"{hbm_pc(c)} {{read_bw {{{bw}}} write_bw {{{bw}}}}}" for c in range(a, b + 1))
+        conns = " ".join(f"{hbm_pc(c)} {{read_bw {{{bw[i]}}} write_bw {{{bw[i]}}}}}" for c in range(a, b + 1))
         t += [f"connect_bd_intf_net [get_bd_intf_pins accel/{m.prefix}] [get_bd_intf_pins hbm_noc/{si}]",
               f"set_property -dict [list CONFIG.CONNECTIONS {{{conns}}}] [get_bd_intf_pins hbm_noc/{si}]"]
         busifs.append(si)

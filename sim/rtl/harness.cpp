@@ -6,10 +6,14 @@
 // board's port_bytes / bytes per cycle, Board.beat_period: 2 on PYNQ-Z2's 16-byte port behind a 64-bit HP port),
 // each channel on its own as AXI's are; a read's first beat still comes after the latency, a write's B response
 // the latency after its last W beat.
+// Weight channels (boards: accel.weight_channels = C > 1): the masters m1_axi .. m{C-1}_axi are read-only ports on
+// the same memory, each with its own queue, latency and rate (no fault injection on them); fl_ports.h, written
+// by sim/rtl_device.py for the board, lists them.
 #include <cstdint>
 #include <cstring>
 #include <deque>
 #include <memory>
+#include <vector>
 #include "Vflightllm_top.h"
 #include "verilated.h"
 #ifdef FL_TRACE
@@ -23,6 +27,17 @@ static const int PB = FL_PORT_BYTES;
 static const int PW = PB / 4;
 
 struct Burst { uint64_t addr; uint32_t beats; uint64_t ready_at; int resp = 0; };
+
+// a read-only AXI4 master of a weight channel: pointers into the model's port variables
+struct RdPort {
+  CData* arvalid; CData* arready; QData* araddr; CData* arlen; CData* rvalid; CData* rready; EData* rdata;
+  CData* rresp; CData* rlast;
+  std::deque<Burst> rq; uint32_t rbeat = 0; uint64_t r_next = 0; bool rv = false, ar = false, r = false;
+  uint64_t a_addr = 0; uint32_t a_len = 0;
+};
+#define FL_RDPORT(t, p) RdPort{&t->p##_arvalid, &t->p##_arready, &t->p##_araddr, &t->p##_arlen, &t->p##_rvalid, \
+                               &t->p##_rready, &t->p##_rdata[0], &t->p##_rresp, &t->p##_rlast}
+#include "fl_ports.h"
 
 struct Faults {
   uint64_t rng = 0;                     // splitmix64 state; the random draws are made only when seeded
@@ -50,6 +65,7 @@ struct Harness {
   std::deque<Burst> wq;  uint32_t wbeat = 0;
   std::deque<std::pair<uint64_t, int>> bq;   // ready_at, resp
   bool werr = false;
+  std::vector<RdPort> xp;                    // weight channels 1 .. C-1
   Faults f;
 #ifdef FL_TRACE
   std::unique_ptr<VerilatedFstC> tfp;
@@ -83,6 +99,18 @@ struct Harness {
       t->m_axi_rlast = (rbeat + 1 == b.beats);
     }
     t->m_axi_rvalid = rv;
+    for (auto& x : xp) {
+      x.rv = !x.rq.empty() && x.rq.front().ready_at <= cyc && cyc >= x.r_next;
+      if (x.rv) {
+        uint64_t a = x.rq.front().addr + (uint64_t)x.rbeat * PB;
+        bool ok = a + PB <= size;
+        for (int i = 0; i < PW; i++) { uint32_t w = 0; if (ok) memcpy(&w, mem + a + 4 * i, 4); x.rdata[i] = w; }
+        *x.rresp = ok ? 0 : 3;
+        *x.rlast = (x.rbeat + 1 == x.rq.front().beats);
+      }
+      *x.rvalid = x.rv;
+      *x.arready = 1;
+    }
     t->m_axi_arready = !f.stall(f.p_ar);
     t->m_axi_awready = !f.stall(f.p_aw);
     bool wrdy = !wq.empty() && cyc >= w_next && !f.stall(f.p_w);
@@ -96,6 +124,9 @@ struct Harness {
     bool w = t->m_axi_wvalid && wrdy, bb = bv && t->m_axi_bready;
     uint64_t araddr = t->m_axi_araddr, awaddr = t->m_axi_awaddr;
     uint32_t arlen = t->m_axi_arlen, awlen = t->m_axi_awlen;
+    for (auto& x : xp) {
+      x.ar = *x.arvalid && *x.arready; x.r = x.rv && *x.rready; x.a_addr = *x.araddr; x.a_len = *x.arlen;
+    }
     if (w) {
       Burst& b = wq.front();
       uint64_t a = b.addr + (uint64_t)wbeat * PB;
@@ -124,6 +155,11 @@ struct Harness {
       }
     }
     if (bb) bq.pop_front();
+    for (auto& x : xp) {
+      if (x.r) x.r_next = cyc - 1 + period;
+      if (x.ar) x.rq.push_back({x.a_addr, x.a_len + 1, cyc + latency - 1, 0});
+      if (x.r) { if (++x.rbeat == x.rq.front().beats) { x.rq.pop_front(); x.rbeat = 0; } }
+    }
   }
 };
 
@@ -133,6 +169,7 @@ void* fl_new(uint8_t* mem, uint64_t size, uint32_t latency, uint32_t period, con
   h->ctx = std::make_unique<VerilatedContext>();
   h->top = std::make_unique<Vflightllm_top>(h->ctx.get());
   h->mem = mem; h->size = size; h->latency = latency ? latency : 1;
+  fl_extra_ports(h->top.get(), h->xp);
   h->period = period ? period : 1;
 #ifdef FL_TRACE
   if (fst && fst[0]) {
@@ -188,6 +225,7 @@ void fl_drain(void* p) {
   auto* h = (Harness*)p;
   h->rq.clear(); h->rbeat = 0; h->wq.clear(); h->wbeat = 0; h->bq.clear(); h->werr = false;
   h->r_next = h->w_next = 0;
+  for (auto& x : h->xp) { x.rq.clear(); x.rbeat = 0; x.r_next = 0; }
 }
 // fault injection; seed 0 with every probability 0 and k < 0 turns it off. Counters restart at each call.
 void fl_faults(void* p, uint64_t seed, uint32_t p_ar, uint32_t p_aw, uint32_t p_w, uint32_t p_r, uint32_t p_b,
