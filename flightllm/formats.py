@@ -95,6 +95,36 @@ def split_row_map(fmt: int, sp_n: int, rows: int, channels: int) -> np.ndarray:
     return i * channels + c
 
 
+def split_span(fmt: int, sp_n: int, rows: int, cols: int, stride: int, channels: int) -> int:
+    """Bytes one channel's section of a split ``rows``-row operand spans from its start (``weight_span`` of its
+    ``split_rows`` local rows): the range each channel reads at waddr + c * SPLIT_STRIDE."""
+    return weight_span(fmt, sp_n, split_rows(fmt, sp_n, rows, channels), cols, stride)
+
+
+def split_sections(raw: np.ndarray, fmt: int, sp_n: int, channels: int) -> np.ndarray:
+    """Row-major device rows (uint8, R x row_bytes) -> (channels, section bytes): channel c's section, the stored
+    layout (``interleave_rows``) of its local rows (``split_row_map``) with ``wstride`` = row_bytes, padding rows
+    zero. Inverse: :func:`merge_sections`."""
+    R, rb = raw.shape
+    rmap = split_row_map(fmt, sp_n, R, channels)
+    local = np.zeros(rmap.shape + (rb,), np.uint8)
+    ok = rmap < R
+    local[ok] = raw[rmap[ok]]
+    return np.stack([interleave_rows(local[c], fmt, sp_n).reshape(-1) for c in range(channels)])
+
+
+def merge_sections(sraw: np.ndarray, fmt: int, sp_n: int, rows: int) -> np.ndarray:
+    """(channels, stream rows, stream row bytes) as read from each channel's section -> the ``rows`` row-major
+    device rows of the logical operand (padding dropped)."""
+    C = sraw.shape[0]
+    rmap = split_row_map(fmt, sp_n, rows, C)
+    local = np.stack([deinterleave_rows(sraw[c], fmt, sp_n, rmap.shape[1]) for c in range(C)])
+    out = np.empty((rows, local.shape[-1]), np.uint8)
+    ok = rmap < rows
+    out[rmap[ok]] = local[ok]
+    return out
+
+
 def row_tile(rows: int, room: int) -> int:
     """Rows of one output tile of a ``rows``-row matrix where ``room`` rows fit: all of them, else an even number,
     so that every tile starts on a stored row pair (``interleave_rows``)."""

@@ -1,7 +1,8 @@
 """Functional simulator: executes instruction streams exactly as the hardware does, and counts cycles.
 
 State mirrors the device: flat device memory (``mem``), the on-chip ABUF (int32 words), the QBUF (int8 plus a
-scale m*2^e per 32 bytes) and the POS register. Arithmetic lives in mpe_model/sfu_model; this module decodes,
+scale m*2^e per 32 bytes), the POS register and SPLIT_STRIDE (``split_stride``: bytes between the weight channels'
+sections of an MV/MM with ``split``). Arithmetic lives in mpe_model/sfu_model; this module decodes,
 resolves run-time fields, checks every access against the region map, moves data, and charges cycles.
 Faults stop the run with a DeviceError carrying the status register's error code, as the RTL does.
 """
@@ -14,7 +15,7 @@ import numpy as np
 from flightllm.boards import Board
 from flightllm.errors import DeviceError, ISAError
 from flightllm.formats import (ACT_FRAC, BLOCK, QACT_BLOCK_BYTES, SCALE_FIX, deinterleave_rows, fp16_to_fixed,
-                               row_bytes, sat32, unpack_weights, weight_stream)
+                               merge_sections, row_bytes, sat32, split_rows, unpack_weights, weight_stream)
 from flightllm.isa import (ErrCode, Instr, LdFmt, MiscOp, Op, StFmt, SysOp, decode_at, extents, misc_overlap,
                            mm_outputs_overlap)
 from flightllm.compiler.memmap import MemoryMap
@@ -76,7 +77,7 @@ class RunStats:
 
 
 class FunctionalSim:
-    def __init__(self, board: Board, mem_size: int, regions: MemoryMap | None = None):
+    def __init__(self, board: Board, mem_size: int, regions: MemoryMap | None = None, split_stride: int = 0):
         a = board.accel
         self.board = board
         self.mem = np.zeros(mem_size, np.uint8)
@@ -86,6 +87,7 @@ class FunctionalSim:
         self.qe = np.zeros(a.qbuf_bytes // BLOCK, np.int8)
         self.regions = prot_regions(regions)
         self.pos = 0
+        self.split_stride = int(split_stride)
         self.cm = CycleModel(board)
         self._wcache: dict = {}
         self._pcache: dict = {}
@@ -317,35 +319,44 @@ class FunctionalSim:
 
     # -- matrix engine --------------------------------------------------------------------------------
     def _weights(self, f, rows, cols, pc):
-        """The operand's rows decoded, and its stream geometry (formats.weight_stream: row pairs for the paired
-        formats) as (stream rows, bytes per stream row, stream stride)."""
+        """The operand's rows decoded, the channels it streams from (C: the board's weight channels with
+        ``split``, else 1) and one channel's stream geometry (formats.weight_stream of its rows, row pairs for the
+        paired formats) as (stream rows, bytes per stream row, stream stride). Split: channel c reads the ordinary
+        layout of its ``split_rows`` local rows at waddr + c * SPLIT_STRIDE (formats.split_row_map)."""
         fmt, sp = f["fmt"], f["sp_n"]
         rb = row_bytes(fmt, cols, sp)
         addr, stride = f["waddr"], f["wstride"]
-        sr, srb, sst = weight_stream(fmt, sp, rows, cols, stride)
-        lo, hi = addr, addr + (sr - 1) * sst + srb
+        C = self.board.accel.weight_channels if f["split"] else 1
+        S = self.split_stride if C > 1 else 0
+        sr, srb, sst = weight_stream(fmt, sp, split_rows(fmt, sp, rows, C) if C > 1 else rows, cols, stride)
+        span = (sr - 1) * sst + srb
         if stride < rb and rows > 1:
             raise DeviceError(f"pc {pc}: weight rows overlap (stride {stride} < {rb})", ErrCode.ILLEGAL_INSTR, pc)
-        reg = self._region(lo, hi, False, pc)
-        key = (lo, hi, fmt, sp, rows, cols, stride, f["wfrac"])
+        bases = [addr + c * S for c in range(C)]
+        regs_ = [self._region(a, a + span, False, pc) for a in bases]      # channel by channel, as the RTL
+        # the key's range covers every section (what a write there must invalidate); C and S tell split reads apart
+        key = (addr, bases[-1] + span, fmt, sp, rows, cols, stride, f["wfrac"], C, S)
         w = self._wcache.get(key)
         if w is None:
-            if sst == srb:
-                raw = self.mem[lo:hi].reshape(sr, srb)
+            def stream(a):
+                if sst == srb:
+                    return self.mem[a: a + span].reshape(sr, srb)
+                return self.mem[(a + sst * np.arange(sr, dtype=np.int64))[:, None] + np.arange(srb)[None, :]]
+            if C == 1:
+                raw = deinterleave_rows(stream(addr), fmt, sp, rows)
             else:
-                raw = self.mem[(addr + sst * np.arange(sr, dtype=np.int64))[:, None] + np.arange(srb)[None, :]]
-            raw = deinterleave_rows(raw, fmt, sp, rows)
+                raw = merge_sections(np.stack([stream(a) for a in bases]), fmt, sp, rows)
             w = mpe_model.Weights(*unpack_weights(raw, fmt, sp, rows, cols, f["wfrac"]), fmt)
-            if reg is None or not reg.writable:
+            if all(r is None or not r.writable for r in regs_):
                 self._wcache[key] = w
-        return w, (sr, srb, sst)
+        return w, C, (sr, srb, sst)
 
     def _x_MM(self, f, pc, st):
         rows, cols = extents(Op.MM, f, self.pos).values()
         T = f["tokens"]
         if rows < 1 or cols < BLOCK:
             raise DeviceError(f"pc {pc}: empty matrix ({rows} x {cols})", ErrCode.ILLEGAL_INSTR, pc)
-        w, (sr, srb, sst) = self._weights(f, rows, cols, pc)
+        w, C, (sr, srb, sst) = self._weights(f, rows, cols, pc)
         xq = self._buf(self.qbuf, "QBUF", f["xaddr"], f["xstride"], T, cols, pc)
         xs = (f["xaddr"] // BLOCK, f["xstride"] // BLOCK, T, cols // BLOCK, pc)
         yv = self._buf(self.abuf, "ABUF", f["yaddr"], f["ystride"], T, rows, pc)
@@ -354,10 +365,14 @@ class FunctionalSim:
                               ErrCode.ILLEGAL_INSTR, pc)
         y = mpe_model.mm(w, xq, self._buf(self.qm, "QBUF", *xs), self._buf(self.qe, "QBUF", *xs))
         yv[...] = sfu_model.add(yv, y) if f["acc"] else y
-        wbytes = sr * srb
+        wbytes = sr * srb               # one channel's stream
         segs = sr if sr > 1 and sst != srb else 1
-        st.charge("MM", self.cm.mm(wbytes, sr, cols, T, f["fmt"], f["sp_n"], segs, f["waddr"], sst),
-                  rd=self.cm.mm_bytes(wbytes, T))
+        args = (wbytes, sr, cols, T, f["fmt"], f["sp_n"], segs, f["waddr"], sst)
+        if C > 1:
+            cyc, rd = self.cm.mm_split(*args)
+        else:
+            cyc, rd = self.cm.mm(*args), self.cm.mm_bytes(wbytes, T)
+        st.charge("MM", cyc, rd=rd)
 
     _x_MV = _x_MM
 
