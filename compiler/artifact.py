@@ -35,6 +35,15 @@ class Artifact:
     def mem_size(self) -> int:
         return int(self.header["mem_size"])
 
+    @property
+    def split_stride(self) -> int:
+        """SPLIT_STRIDE for every run: bytes between the weight channels' sections (0: no split matrices; what
+        artifacts from before weight channels hold)."""
+        v = self.header.get("split_stride", 0)
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise CompileError(f"artifact: split stride {v!r} is not an integer")
+        return v
+
     def program(self, name: str) -> dict:
         return self.header["programs"][name]
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from flightllm.errors import CompileError, DeviceError, ISAError
 from flightllm.hw.regs import region_writes
-from flightllm.formats import BLOCK, QACT_BLOCK_BYTES, row_bytes, weight_span
+from flightllm.formats import BLOCK, QACT_BLOCK_BYTES, row_bytes, split_span, weight_span
 from flightllm.isa import LdFmt, MiscOp, Op, StFmt, disassemble, extents, misc_overlap, mm_outputs_overlap
-from flightllm.compiler.memmap import MemoryMap
+from flightllm.compiler.memmap import PAGE, MemoryMap
 
 
-def _mem_ranges(ins, pos: int, tokens_max: int):
-    """(lo, hi, write) memory byte ranges of one instruction at POS = pos."""
+def _mem_ranges(ins, pos: int, tokens_max: int, channels: int = 1, split_stride: int = 0):
+    """(lo, hi, write) memory byte ranges of one instruction at POS = pos; a split MV/MM on ``channels`` weight
+    channels reads one range per channel, ``split_stride`` apart."""
     f = ins.f
     if ins.op == Op.LD:
         nb = {LdFmt.I32: f["cols"] * 4, LdFmt.Q8_0: row_bytes(1, f["cols"]),
@@ -31,6 +32,9 @@ def _mem_ranges(ins, pos: int, tokens_max: int):
         return [(lo, lo + (f["rows"] - 1) * f["dst_stride"] + (f["cols"] - 1) * f["elem_stride"] + es, True)]
     if ins.op in (Op.MM, Op.MV):
         rows, cols = extents(ins.op, f, pos).values()
+        if f["split"] and channels > 1:
+            n = split_span(f["fmt"], f["sp_n"], rows, cols, f["wstride"], channels)
+            return [(f["waddr"] + c * split_stride, f["waddr"] + c * split_stride + n, False) for c in range(channels)]
         return [(f["waddr"], f["waddr"] + weight_span(f["fmt"], f["sp_n"], rows, cols, f["wstride"]), False)]
     return []
 
@@ -64,7 +68,8 @@ def _buf_ranges(ins, pos: int):
     return []
 
 
-def check_program(words, memmap: MemoryMap, pos_max: int, abuf_words: int, qbuf_bytes: int, name: str = "program"):
+def check_program(words, memmap: MemoryMap, pos_max: int, abuf_words: int, qbuf_bytes: int, name: str = "program",
+                  channels: int = 1, split_stride: int = 0):
     try:
         prog = disassemble(words)
     except ISAError as e:
@@ -78,7 +83,7 @@ def check_program(words, memmap: MemoryMap, pos_max: int, abuf_words: int, qbuf_
         if ins.op == Op.MISC and f["fn"] == MiscOp.ROPE and f["n_pos"]:
             raise CompileError(f"{name} pc {pc}: ROPE with n_pos (n + POS must be whole heads at every POS)")
         for pos in {0, pos_max}:
-            for lo, hi, write in _mem_ranges(ins, pos, 0):
+            for lo, hi, write in _mem_ranges(ins, pos, 0, channels, split_stride):
                 r = next((r for r in regions if r.base <= lo and hi <= r.end), None)
                 if r is None:
                     raise CompileError(f"{name} pc {pc}: {ins.op.name} touches [{lo:#x}, {hi:#x}) outside every "
@@ -108,6 +113,8 @@ def check_artifact(art, board) -> None:
         region_writes([(r.base, r.size, r.perm) for r in mm.regions.values()])
     except DeviceError as e:
         raise CompileError(f"artifact: memory map does not fit the region registers: {e}") from None
+    if art.split_stride < 0 or art.split_stride % PAGE:
+        raise CompileError(f"artifact: split stride {art.split_stride} is not a multiple of {PAGE}")
     if not mm["program"].executable or mm["program"].writable:
         raise CompileError("artifact: the program region must be executable and read-only")
     for name, p in h["programs"].items():
@@ -115,4 +122,4 @@ def check_artifact(art, board) -> None:
         if not (r.base <= p["addr"] and p["addr"] + 4 * p["words"] <= r.end):
             raise CompileError(f"artifact: program {name} lies outside the program region")
         check_program(art.program_words(name), mm, int(h["ctx"]) - int(p["tokens"]), board.accel.abuf_words,
-                      board.accel.qbuf_bytes, name)
+                      board.accel.qbuf_bytes, name, board.accel.weight_channels, art.split_stride)

@@ -7,6 +7,7 @@ from typing import Iterator
 
 import numpy as np
 
+from flightllm import boards
 from flightllm.errors import FlightLLMError
 from flightllm.compiler import compile_cached
 from flightllm.host.runtime import Runtime
@@ -57,7 +58,7 @@ class LLM:
         self.art = compile_cached(model, board, ctx)
         h = self.art.header
         self.codec = TextCodec(h["tokenizer_json"], h["chat_template"], h["eos"], h["bos"], h["add_bos"])
-        self.rt = Runtime(self.art, backend)
+        self.rt = Runtime(self.art, backend, board=boards.load(board))     # a board file's path too
         self.stop_ids = set(h["stop_ids"])
         self.last: Result | None = None
 

@@ -2,7 +2,8 @@
 ``pynq.allocate`` for device memory. It drives a board, or (no board) sim/pynq_device.py's simulated device,
 with the same code.
 
-Start: write the region registers (from the artifact's memory map), INSTR_BASE, POS, MEM_SIZE, then CTRL.START;
+Start: write the region registers (from the artifact's memory map), INSTR_BASE, POS, MEM_SIZE, SPLIT_STRIDE, then
+CTRL.START;
 poll STATUS until DONE or ERROR. A watchdog reports the device's state when no instruction retires for too long;
 device error codes become one-line DeviceErrors. An engine found busy (an interrupted run) or stopped by an
 interrupt (Ctrl-C) is soft-reset through CTRL.RESET, so the next run starts clean.
@@ -59,6 +60,7 @@ class Accelerator:
         self.mmio = pynq.MMIO(csr_base, 0x100, device=device)
         self.buf = None
         self.mem_size = 0
+        self.split_stride = 0
         self.regions: list[tuple[int, int, int]] = []
         if self.read("ID") != regs.ID_VALUE:
             self.lock.release()
@@ -72,10 +74,14 @@ class Accelerator:
         self.mmio.write(regs.offset(name), int(val) & 0xFFFFFFFF)
 
     # -- memory -------------------------------------------------------------------------------------
-    def load(self, image: np.ndarray, mem_size: int, memmap=None) -> None:
+    def load(self, image: np.ndarray, mem_size: int, memmap=None, split_stride: int = 0) -> None:
         """Allocate device memory for the artifact and copy its image in; ``memmap`` (the artifact's
-        compiler.memmap.MemoryMap) gives the protection regions programmed before every run (none: MEM_SIZE only)."""
+        compiler.memmap.MemoryMap) gives the protection regions programmed before every run (none: MEM_SIZE only),
+        ``split_stride`` the SPLIT_STRIDE register (the artifact's: where split MV/MMs find channels 1..C-1)."""
         import pynq
+
+        if split_stride < 0 or split_stride % regs.REGION_ALIGN or split_stride >> 48:
+            raise DeviceError(f"SPLIT_STRIDE {split_stride:#x} must be a multiple of {regs.REGION_ALIGN} below 2^48")
 
         self.buf = pynq.allocate((mem_size,), np.uint8, target=self.device)
         if self.buf.device_address != 0:
@@ -84,6 +90,7 @@ class Accelerator:
         self.buf[: image.size] = image
         self.buf.sync_to_device()
         self.mem_size = mem_size
+        self.split_stride = int(split_stride)
         self.regions = [(r.base, r.size, r.perm) for r in memmap.regions.values()] if memmap is not None else []
         regs.region_writes(self.regions)            # refuse what the registers cannot hold before any run
 
@@ -121,6 +128,8 @@ class Accelerator:
         self.write("MEM_SIZE_LO", self.mem_size & 0xFFFFFFFF)
         self.write("MEM_SIZE_HI", self.mem_size >> 32)
         self.write("POS", pos)
+        self.write("SPLIT_STRIDE_LO", self.split_stride & 0xFFFFFFFF)
+        self.write("SPLIT_STRIDE_HI", self.split_stride >> 32)
         self.write("CTRL", regs.CTRL_START)
         advance = getattr(self.device, "advance", None)
         idle, last = 0, -1

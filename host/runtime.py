@@ -41,7 +41,7 @@ class DirectSim:
     def __init__(self, board: boards.Board, art: Artifact):
         from flightllm.sim.fsim import FunctionalSim
 
-        self.sim = FunctionalSim(board, art.mem_size, art.memmap)
+        self.sim = FunctionalSim(board, art.mem_size, art.memmap, art.split_stride)
         self.sim.write(0, art.image)
 
     def write_mem(self, addr: int, data: np.ndarray) -> None:
@@ -73,7 +73,7 @@ def open_device(backend: str, board: boards.Board, art: Artifact):
     else:
         dev = find_board()
     acc = Accelerator(dev)
-    acc.load(art.image, art.mem_size, art.memmap)
+    acc.load(art.image, art.mem_size, art.memmap, art.split_stride)
     return acc
 
 
@@ -95,9 +95,13 @@ def find_board():
 
 
 class Runtime:
-    def __init__(self, art: Artifact, backend: str = "fsim", device=None):
+    def __init__(self, art: Artifact, backend: str = "fsim", device=None, board: boards.Board | None = None):
+        """``board``: the one the artifact was compiled for, when it is not a named board (a board file's path,
+        e.g. tests/boards); by default the board its header names."""
         self.art = art
-        self.board = boards.load(art.header["board"])
+        if board is not None and board.name != art.header["board"]:
+            raise FlightLLMError(f"artifact compiled for board {art.header['board']}, not {board.name}")
+        self.board = board if board is not None else boards.load(art.header["board"])
         self.backend = backend
         self.ctx = int(art.header["ctx"])
         self.vocab = int(art.header["model"]["vocab"])

@@ -64,6 +64,7 @@ class FsimEngine:
             self.r[k] = 0
         self._regions()
         try:
+            self.sim.split_stride = self.r["SPLIT_STRIDE_LO"] | (self.r["SPLIT_STRIDE_HI"] << 32)
             st = self.sim.run(base, self.r["POS"])
         except DeviceError as e:
             self.r.update(STATUS=regs.STATUS_ERROR, ERROR=int(e.code), PC=max(e.pc, 0))

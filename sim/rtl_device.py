@@ -1,9 +1,9 @@
 """The RTL as a device: Verilator build (cached) of hw/top.py for a board + the C++ AXI memory harness.
 
-``RtlDevice(board, mem_size, memmap)`` has ``.mem`` (device memory, a numpy uint8 array the C++ memory model
-reads and writes in place) and ``.run(prog_addr, pos) -> RunStats`` whose ``cycles`` is the RTL's CYCLES
-register; before each run the region registers are programmed from ``memmap`` (None: no region, MEM_SIZE only)
-with the driver's code (hw/regs.py::region_writes). A fault raises DeviceError with the code read from the ERROR
+``RtlDevice(board, mem_size, memmap, split_stride)`` has ``.mem`` (device memory, a numpy uint8 array the C++
+memory model reads and writes in place) and ``.run(prog_addr, pos) -> RunStats`` whose ``cycles`` is the RTL's
+CYCLES register; before each run the region registers are programmed from ``memmap`` (None: no region, MEM_SIZE
+only) with the driver's code (hw/regs.py::region_writes), and SPLIT_STRIDE from ``split_stride``. A fault raises DeviceError with the code read from the ERROR
 register. ``faults(...)`` turns on the harness's fault injection; ``reset()`` is CTRL.RESET.
 
 Builds are cached under ``$FLIGHTLLM_CACHE`` (default ``~/.cache/flightllm/rtl/<key>``), keyed by the hw/
@@ -140,7 +140,7 @@ _LIBS: dict = {}         # (board file, trace) -> built library, once per proces
 
 
 class RtlDevice:
-    def __init__(self, board: boards.Board | str, mem_size: int, memmap=None):
+    def __init__(self, board: boards.Board | str, mem_size: int, memmap=None, split_stride: int = 0):
         self.board = boards.load(board) if isinstance(board, str) else board
         if self.board.beat_period is None:
             raise RtlError(f"board {self.board.name}: port_bytes / bytes per cycle "
@@ -165,6 +165,7 @@ class RtlDevice:
         L.fl_bursts.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64)]
         self.mem = np.zeros(int(mem_size), np.uint8)
         self.memmap = memmap
+        self.split_stride = int(split_stride)      # as FunctionalSim's: written before every run
         self._h = L.fl_new(self.mem.ctypes.data, self.mem.size, self.board.memory.latency_cycles,
                              self.board.beat_period, fst.encode())
 
@@ -217,6 +218,8 @@ class RtlDevice:
         self.csr_write("MEM_SIZE_LO", self.mem.size & 0xFFFFFFFF)
         self.csr_write("MEM_SIZE_HI", self.mem.size >> 32)
         self.csr_write("POS", pos)
+        self.csr_write("SPLIT_STRIDE_LO", self.split_stride & 0xFFFFFFFF)
+        self.csr_write("SPLIT_STRIDE_HI", self.split_stride >> 32)
         self.csr_write("CTRL", regs.CTRL_START)
         self._lib.fl_run(self._h, max_cycles)
         status = self.csr_read("STATUS")
