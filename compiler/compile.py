@@ -9,13 +9,13 @@ import numpy as np
 
 from flightllm import boards
 from flightllm.errors import CompileError
-from flightllm.formats import BLOCK, interleave_rows
+from flightllm.formats import BLOCK, interleave_rows, split_sections
 from flightllm.isa import assemble
 from flightllm.compiler import gguf_model, image
 from flightllm.compiler.artifact import Artifact
 from flightllm.compiler.gguf_model import Model
 from flightllm.compiler.lower import KV_BYTES, Lowering, Mat, Placement, plan_onchip
-from flightllm.compiler.memmap import MemoryMap
+from flightllm.compiler.memmap import PAGE, MemoryMap
 
 COMPILER_VERSION = "2"
 ALIGN = 64          # one memory beat
@@ -63,13 +63,22 @@ def compile_model(model: Model, board: boards.Board, ctx: int | None = None) -> 
     # matrices the engine multiplies are stored in its weight stream layout (formats.interleave_rows: row pairs for
     # dense Q4_1/Q8_0); the embedding table, gathered row by row by LD, stays row-major, so a tied output head
     # gets its own stored copy
-    for n in names:
-        t = model.tensors[n + ".weight"]
+    C = acc.weight_channels
+    if C == 1:
+        for n in names:
+            t = model.tensors[n + ".weight"]
+            fmt, rows = image.device_matrix(t)
+            stored = rows if n == "token_embd" else interleave_rows(rows, fmt)
+            pl.mats[n] = Mat(put(stored), int(fmt), t.rows, t.cols, rows.shape[1])
+            if n == "token_embd" and model.tied_output:
+                pl.mats["output"] = Mat(put(interleave_rows(rows, fmt)), int(fmt), t.rows, t.cols, rows.shape[1])
+        split_stride = 0
+    else:
+        split_stride = _place_split(model, names, pl, chunks, wbase, C, abuf.slots["logits"][1])
+        off = wbase + C * split_stride
+        t = model.tensors["token_embd.weight"]
         fmt, rows = image.device_matrix(t)
-        stored = rows if n == "token_embd" else interleave_rows(rows, fmt)
-        pl.mats[n] = Mat(put(stored), int(fmt), t.rows, t.cols, rows.shape[1])
-        if n == "token_embd" and model.tied_output:
-            pl.mats["output"] = Mat(put(interleave_rows(rows, fmt)), int(fmt), t.rows, t.cols, rows.shape[1])
+        pl.mats["token_embd"] = Mat(put(rows), int(fmt), t.rows, t.cols, rows.shape[1])
     for n in [f"blk.{l}.{k}" for l in range(cfg.n_layers) for k in ("attn_norm", "ffn_norm")] + ["output_norm"]:
         pl.gammas[n] = put(image.gamma_words(model.tensors[n + ".weight"]))
     pl.rope = put(image.rope_table(ctx, cfg.head_dim, cfg.rope_base))
@@ -121,7 +130,7 @@ def compile_model(model: Model, board: boards.Board, ctx: int | None = None) -> 
         "board": board.name, "board_config": board.to_dict(),
         "model": cfg.to_dict(), "source": str(model.path), "tied_output": model.tied_output,
         "ctx": ctx, "tmax": tmax, "buckets": sorted(acc.prefill_buckets),
-        "memmap": mm.to_dict(), "mem_size": mm.top, "programs": progs,
+        "memmap": mm.to_dict(), "mem_size": mm.top, "split_stride": split_stride, "programs": progs,
         "io": {"tokens": pl.tokens, "logits": pl.logits},
         "onchip": {"abuf": {k: list(v) for k, v in abuf.slots.items()}, "qbuf": {k: list(v) for k, v in qbuf.slots.items()}},
         "weight_bytes": int(bytes_w),
@@ -129,6 +138,32 @@ def compile_model(model: Model, board: boards.Board, ctx: int | None = None) -> 
         "eos": eos, "bos": int(tok.get("bos", -1)), "add_bos": bool(tok.get("add_bos")), "stop_ids": sorted(set(stop)),
     }
     return Artifact(header, img)
+
+
+def _place_split(model: Model, names: list[str], pl: Placement, chunks: list, wbase: int, C: int,
+                 logit_tile: int) -> int:
+    """Weight channels (docs/isa.md): every matrix the engine streams (the projections and the output head, the
+    tied embedding's copy included) split over the C channels. Section c of the weights region, at wbase + c * S,
+    holds every matrix's channel-c part (formats.split_sections) at the same offset; the head is split per logit
+    row tile, as each tile is an MV of its own. Returns S (page-aligned; the artifact's SPLIT_STRIDE)."""
+    parts, soff = [], 0
+    split_names = names[1:] + ["output"] if model.tied_output else names[1:]      # not the gathered embedding
+    for n in split_names:
+        t = model.tensors[("token_embd" if n == "output" else n) + ".weight"]
+        fmt, rows = image.device_matrix(t)
+        tile = logit_tile if n == "output" else t.rows
+        m = Mat(wbase + soff, int(fmt), t.rows, t.cols, rows.shape[1], split=1)
+        for r0 in range(0, t.rows, tile):
+            sec = split_sections(rows[r0: r0 + tile], fmt, 16, C)
+            m.tiles[r0] = wbase + soff
+            parts.append((soff, sec))
+            soff = _align(soff + sec.shape[1])
+        pl.mats[n] = m
+    S = _align(max(soff, 1), PAGE)
+    for o, sec in parts:
+        for c in range(C):
+            chunks.append((wbase + c * S + o, sec[c]))
+    return S
 
 
 def cache_dir() -> Path:

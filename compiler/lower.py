@@ -27,6 +27,13 @@ class Mat:
     rows: int
     cols: int
     stride: int      # bytes per row
+    split: int = 0   # laid out over the weight channels: its MV/MMs have split = 1 (docs/isa.md "Weight channels")
+    tiles: dict[int, int] = field(default_factory=dict)   # split: first row of each row tile -> the tile's waddr
+                                                          # (each tile an operand of its own, dealt on its own)
+
+    def waddr(self, r0: int = 0) -> int:
+        """Where an MV/MM over rows r0.. of this matrix reads (channel 0's section when split)."""
+        return self.tiles[r0] if self.split else self.addr + r0 * self.stride
 
 
 @dataclass
@@ -82,11 +89,11 @@ class Lowering:
         self.misc(MiscOp.QUANT, src=src, dst=dst, n=n, rows=rows, src_stride=src_stride, dst_stride=dst_stride,
                   imm=frac, **kw)
 
-    def mm(self, m: Mat, x: int, xstride: int, y: int, ystride: int, T: int, acc=0, rows=None, waddr=None):
+    def mm(self, m: Mat, x: int, xstride: int, y: int, ystride: int, T: int, acc=0, rows=None, r0=0):
         op = Op.MV if T == 1 else Op.MM
-        self._e(op, fmt=m.fmt, sp_n=16, acc=acc, waddr=m.addr if waddr is None else waddr, wstride=m.stride,
+        self._e(op, fmt=m.fmt, sp_n=16, acc=acc, waddr=m.waddr(r0), wstride=m.stride,
                 rows=m.rows if rows is None else rows, cols=m.cols, tokens=T, xaddr=x, xstride=xstride, yaddr=y,
-                ystride=ystride)
+                ystride=ystride, split=m.split)
 
     def norm(self, gamma: str, T: int):
         H, A = self.cfg.hidden, self.A
@@ -161,7 +168,7 @@ class Lowering:
         for t in toks:
             for r0 in range(0, cfg.vocab, self.logit_tile):
                 rows = min(self.logit_tile, cfg.vocab - r0)
-                self.mm(head, Q["x"] + t * H, H, A["logits"], rows, 1, rows=rows, waddr=head.addr + r0 * head.stride)
+                self.mm(head, Q["x"] + t * H, H, A["logits"], rows, 1, rows=rows, r0=r0)
                 row = t if all_logits else 0
                 self._e(Op.ST, fmt=StFmt.I32, src=A["logits"], addr=pl.logits + (row * cfg.vocab + r0) * 4, rows=1,
                         cols=rows, src_stride=rows, dst_stride=rows * 4, elem_stride=4)

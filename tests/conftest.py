@@ -44,6 +44,21 @@ def artifact(smollm2, sim_board):
 
 
 @pytest.fixture(scope="session")
+def sim2_board():
+    """tests/boards/sim-2ch.toml: the sim board with two weight channels (split MV/MM)."""
+    from flightllm import boards
+
+    return boards.load(str(ROOT / "tests" / "boards" / "sim-2ch.toml"))
+
+
+@pytest.fixture(scope="session")
+def artifact_2ch(smollm2, sim2_board):
+    from flightllm.compiler import compile_model
+
+    return compile_model(smollm2, sim2_board)
+
+
+@pytest.fixture(scope="session")
 def reference(smollm2):
     from flightllm.sim.reference import Reference
 

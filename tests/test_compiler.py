@@ -101,3 +101,48 @@ def test_board_too_small_is_a_clear_error(smollm2, tmp_path):
     p.write_text(src.replace('name = "sim"', 'name = "tiny"'))
     with pytest.raises(CompileError, match="ABUF too small"):
         compile_model(smollm2, boards.load(str(p)), ctx=512)
+
+
+def test_weight_channels_split_every_streamed_matrix(artifact_2ch, artifact, sim2_board, smollm2):
+    """sim-2ch: the projections and the head are laid out over both channels (section c at weights + c * S holds
+    every matrix's channel-c part) and streamed with split = 1; the KV-cache MVs are not; the embedding gather reads
+    a row-major copy; the regions are the one-channel artifact's."""
+    from flightllm.compiler import image
+    from flightllm.compiler.memmap import PAGE
+    from flightllm.formats import split_sections
+
+    S, C = artifact_2ch.split_stride, sim2_board.accel.weight_channels
+    w = artifact_2ch.memmap["weights"]
+    assert artifact.split_stride == 0 and S > 0 and S % PAGE == 0 and w.base + C * S <= w.end
+    assert list(artifact_2ch.memmap.regions) == list(artifact.memmap.regions)
+    check_artifact(artifact_2ch, sim2_board)
+    prog = [ins for _, ins in isa.disassemble(artifact_2ch.program_words("fwd1"))]
+    mvs = [ins.f for ins in prog if ins.op in (Op.MM, Op.MV)]
+    assert {f["split"] for f in mvs if f["fmt"] == WFmt.I16} == {0}               # the KV cache
+    weights = [f for f in mvs if f["fmt"] != WFmt.I16]
+    assert len(weights) == 7 * smollm2.config.n_layers + 1 and {f["split"] for f in weights} == {1}
+    img = artifact_2ch.image
+    for f, name in ((weights[0], "blk.0.attn_q"), (weights[-1], "token_embd")):      # the tied head: its own copy
+        fmt, rows = image.device_matrix(smollm2.tensors[name + ".weight"])
+        assert f["rows"] == rows.shape[0]             # one logits tile: the whole vocabulary fits the ABUF
+        sec = split_sections(rows, fmt, 16, C)
+        for c in range(C):
+            a = f["waddr"] + c * S
+            assert w.base <= a and a + sec.shape[1] <= w.end
+            assert np.array_equal(img[a: a + sec.shape[1]], sec[c])
+    ld = next(ins.f for ins in prog if ins.op == Op.LD and ins.f["idx"])
+    _, emb = image.device_matrix(smollm2.tensors["token_embd.weight"])
+    assert ld["addr"] >= w.base + C * S
+    assert np.array_equal(img[ld["addr"]: ld["addr"] + emb.size], emb.reshape(-1))
+
+
+def test_validator_checks_every_channel_and_old_artifacts_have_no_split_stride(artifact_2ch, artifact, sim2_board,
+                                                                                tmp_path):
+    past = -(-artifact_2ch.memmap.top // 4096) * 4096          # channel 1 beyond every region
+    for bad, msg in ((past, "outside every region"), (100, "multiple of 4096")):
+        hdr = dict(artifact_2ch.header, split_stride=bad)
+        with pytest.raises(CompileError, match=msg):
+            check_artifact(Artifact(hdr, artifact_2ch.image), sim2_board)
+    old = Artifact({k: v for k, v in artifact.header.items() if k != "split_stride"}, artifact.image)
+    old.save(tmp_path / "old.flm")
+    assert Artifact.load(tmp_path / "old.flm").split_stride == 0

@@ -73,3 +73,22 @@ def test_second_opener_gets_a_clear_message(fsim_device):
     finally:
         a.close()
     Accelerator(fsim_device).close()                          # released: usable again
+
+
+def test_driver_writes_split_stride(artifact_2ch, sim2_board, tmp_path, monkeypatch):
+    """The driver writes the artifact's SPLIT_STRIDE before every run: the split matrices' channel 1 is found
+    (results equal the direct path); a stride the register cannot hold is refused before any run."""
+    monkeypatch.setenv("FLIGHTLLM_LOCK_DIR", str(tmp_path))
+    acc = Accelerator(SimulatedDevice.configure(sim2_board, "fsim", artifact_2ch.mem_size))
+    try:
+        with pytest.raises(DeviceError, match="SPLIT_STRIDE 0x800 must be a multiple of 4096"):
+            acc.load(artifact_2ch.image, artifact_2ch.mem_size, artifact_2ch.memmap, 2048)
+        acc.load(artifact_2ch.image, artifact_2ch.mem_size, artifact_2ch.memmap, artifact_2ch.split_stride)
+        via = Runtime(artifact_2ch, device=acc, board=sim2_board)
+        direct = Runtime(artifact_2ch, board=sim2_board)
+        a, sa = via.forward([1, 9690, 198], 0)
+        b, sb = direct.forward([1, 9690, 198], 0)
+        assert np.array_equal(a, b) and sa.cycles == sb.cycles and sa.bytes_read == sb.bytes_read
+        assert acc.read("SPLIT_STRIDE_LO") | acc.read("SPLIT_STRIDE_HI") << 32 == artifact_2ch.split_stride
+    finally:
+        acc.close()

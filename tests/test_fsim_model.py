@@ -106,3 +106,23 @@ def test_greedy_matches_fp32_without_near_ties(artifact, reference, codec):
         lg, _ = reference.forward(ids)
         assert int(lg[-1].argmax()) == t
         ids.append(t)
+
+
+@pytest.mark.slow
+def test_weight_channels_generate_the_same_tokens_in_fewer_cycles(rt, artifact_2ch, sim2_board):
+    """sim-2ch streams every weight matrix over two channels (split MV/MM): each row's arithmetic is unchanged, so
+    the logits and the greedy tokens equal the sim board's bit for bit, and decode takes fewer cycles."""
+    rt2 = Runtime(artifact_2ch, board=sim2_board)
+    ids = [1, 9690, 198, 2683, 359, 253]
+    toks = {}
+    for r in (rt, rt2):
+        lg, _ = r.forward(ids, 0)
+        out, cyc = [], []
+        for i in range(3):
+            out.append(int(np.argmax(lg[-1])))
+            lg, st = r.forward([out[-1]], len(ids) + i)
+            cyc.append(st.cycles)
+        toks[r is rt2] = out, lg, cyc
+    (a, la, ca), (b, lb, cb) = toks[False], toks[True]
+    assert a == b and np.array_equal(la, lb)
+    assert all(y < 0.6 * x for x, y in zip(ca, cb)), (ca, cb)
