@@ -1,8 +1,10 @@
 """`flightllm kernel`: one MV/MM on random device-format weights, through the runtime, on fsim or the RTL.
 
 The instruction stream is LD QACT (activations into the QBUF), then row tiles of MV/MM each followed by an ST
-of its outputs, then END. Results are checked against the reference model (fsim) and, on ``--backend rtl``,
-the RTL's outputs and cycle count are compared with the functional simulator's, bit for bit.
+of its outputs, then END. On a board with C > 1 weight channels the weights are laid out split (each row tile over
+the C channels' sections, SPLIT_STRIDE apart) and the MV/MMs have split = 1, so every channel is exercised.
+Results are checked against the reference model (fsim) and, on ``--backend rtl``, the RTL's outputs and cycle
+count are compared with the functional simulator's, bit for bit.
 """
 from __future__ import annotations
 
@@ -13,9 +15,9 @@ import numpy as np
 from flightllm import boards
 from flightllm.errors import FlightLLMError
 from flightllm.formats import (ACT_FRAC, BLOCK, GROUP, interleave_rows, pack_qact, pack_sparse, pack_weights,
-                               row_bytes, row_tile, unpack_weights)
+                               row_bytes, row_tile, split_sections, unpack_weights)
 from flightllm.isa import LdFmt, Op, StFmt, SysOp, WFmt, assemble, make
-from flightllm.compiler.memmap import MemoryMap
+from flightllm.compiler.memmap import PAGE, MemoryMap
 from flightllm.sim import mpe_model, sfu_model
 
 ALIGN = 64
@@ -65,31 +67,48 @@ def build(board: boards.Board, op: str, rows: int, cols: int, wbits: int, sp_n: 
     xq, xm, xe = sfu_model.quant(x, ACT_FRAC)
     qact = pack_qact(xq, xm, xe)
     tile = row_tile(rows, board.accel.abuf_words // tokens)
-    stored = interleave_rows(raw, fmt, sp_n)        # the engine's weight layout
+    rb = raw.shape[1]
+    C = board.accel.weight_channels
+    # the engine's weight layout as (address, bytes) pieces and each row tile's waddr: one stored matrix, or with
+    # C > 1 channels each tile split on its own (an operand per MV/MM), C page-aligned sections S apart
+    if C == 1:
+        stored = interleave_rows(raw, fmt, sp_n).reshape(-1)
+        pieces, waddr, S = [(0, stored)], {r0: r0 * rb for r0 in range(0, rows, tile)}, 0
+        wbytes = stored.nbytes
+    else:
+        secs, waddr, soff = [], {}, 0
+        for r0 in range(0, rows, tile):
+            secs.append((soff, split_sections(raw[r0: r0 + tile], fmt, sp_n, C)))
+            waddr[r0] = soff
+            soff = -(-(soff + secs[-1][1].shape[1]) // ALIGN) * ALIGN
+        S = -(-soff // PAGE) * PAGE
+        pieces = [(c * S + o, sec[c]) for o, sec in secs for c in range(C)]
+        wbytes = (C - 1) * S + soff
 
     mm = MemoryMap()
-    rin = mm.add("weights", stored.nbytes + qact.nbytes + ALIGN, writable=False)
-    w_addr, x_addr = rin.base, rin.base + -(-stored.nbytes // ALIGN) * ALIGN
+    rin = mm.add("weights", wbytes + qact.nbytes + ALIGN, writable=False)
+    x_addr = rin.base + -(-wbytes // ALIGN) * ALIGN
     out = mm.add("out", rows * tokens * 4, writable=True)
     prog = [make(Op.LD, fmt=LdFmt.QACT, dst=0, addr=x_addr, rows=tokens, cols=cols, src_stride=qact.shape[1],
                  dst_stride=cols)]
-    rb = raw.shape[1]
     for r0 in range(0, rows, tile):
         n = min(tile, rows - r0)
-        prog.append(make(Op.MV if op == "mv" else Op.MM, fmt=fmt, sp_n=sp_n, waddr=w_addr + r0 * rb, wstride=rb,
-                         rows=n, cols=cols, tokens=tokens, xaddr=0, xstride=cols, yaddr=0, ystride=n))
+        prog.append(make(Op.MV if op == "mv" else Op.MM, fmt=fmt, sp_n=sp_n, waddr=rin.base + waddr[r0], wstride=rb,
+                         rows=n, cols=cols, tokens=tokens, xaddr=0, xstride=cols, yaddr=0, ystride=n, split=int(C > 1)))
         prog.append(make(Op.ST, fmt=StFmt.I32, src=0, addr=out.base + r0 * 4, rows=tokens, cols=n, src_stride=n,
                          dst_stride=rows * 4, elem_stride=4))
     prog.append(make(Op.SYS, fn=SysOp.END))
     words = assemble(prog)
     pr = mm.add("program", words.nbytes, writable=False, executable=True)
     img = np.zeros(mm.top, np.uint8)
-    img[w_addr: w_addr + stored.nbytes] = stored.reshape(-1)
+    for a, b in pieces:
+        img[rin.base + a: rin.base + a + b.size] = b
     img[x_addr: x_addr + qact.nbytes] = qact.reshape(-1)
     img[pr.base: pr.base + words.nbytes] = words.view(np.uint8)
     ref = mpe_model.mm(mpe_model.Weights(*unpack_weights(raw, fmt, sp_n, rows, cols), fmt), xq, xm, xe)
-    return dict(image=img, memmap=mm, prog_addr=pr.base, out=out.base, ref=ref, x=x, wfloat=wfloat,
-                bytes_read=stored.nbytes + qact.nbytes)
+    # bytes read: every channel's payload (padding rows included) and the activations
+    return dict(image=img, memmap=mm, prog_addr=pr.base, out=out.base, ref=ref, x=x, wfloat=wfloat, split_stride=S,
+                bytes_read=sum(b.size for _, b in pieces) + qact.nbytes)
 
 
 def _execute(backend: str, board: boards.Board, k: dict, rows: int, tokens: int):
@@ -99,7 +118,7 @@ def _execute(backend: str, board: boards.Board, k: dict, rows: int, tokens: int)
     if backend == "fsim":
         from flightllm.sim.fsim import FunctionalSim
 
-        dev = FunctionalSim(board, img.size, k["memmap"])
+        dev = FunctionalSim(board, img.size, k["memmap"], k["split_stride"])
         dev.mem[:] = img
         t0 = time.perf_counter()
         st = dev.run(k["prog_addr"], 0)
@@ -111,7 +130,7 @@ def _execute(backend: str, board: boards.Board, k: dict, rows: int, tokens: int)
 
         acc = Accelerator(SimulatedDevice.configure(board, "rtl", img.size))
         try:
-            acc.load(img, img.size, k["memmap"])
+            acc.load(img, img.size, k["memmap"], k["split_stride"])
             t0 = time.perf_counter()
             st = acc.run(k["prog_addr"], 0)
             wall = time.perf_counter() - t0

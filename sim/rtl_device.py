@@ -3,8 +3,9 @@
 ``RtlDevice(board, mem_size, memmap, split_stride)`` has ``.mem`` (device memory, a numpy uint8 array the C++
 memory model reads and writes in place) and ``.run(prog_addr, pos) -> RunStats`` whose ``cycles`` is the RTL's
 CYCLES register; before each run the region registers are programmed from ``memmap`` (None: no region, MEM_SIZE
-only) with the driver's code (hw/regs.py::region_writes), and SPLIT_STRIDE from ``split_stride``. A fault raises DeviceError with the code read from the ERROR
-register. ``faults(...)`` turns on the harness's fault injection; ``reset()`` is CTRL.RESET.
+only) with the driver's code (hw/regs.py::region_writes), and SPLIT_STRIDE from ``split_stride``. A fault raises
+DeviceError with the code read from the ERROR register. ``faults(...)`` turns on the harness's fault injection;
+``reset()`` is CTRL.RESET.
 
 Builds are cached under ``$FLIGHTLLM_CACHE`` (default ``~/.cache/flightllm/rtl/<key>``), keyed by the hw/
 sources, the board file, the harness and the flags. Waveforms: set ``FLIGHTLLM_FST=/path/wave.fst`` (builds a

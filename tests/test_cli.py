@@ -62,6 +62,29 @@ def test_compile_and_disasm(env, tmp_path):
     assert any("MV.Q4_1" in l for l in lines) and any("SOFTMAX" in l for l in lines)
 
 
+@pytest.mark.parametrize("op,wbits,sparsity", [("mv", 4, "16:16"), ("mm", 8, "4:16")])
+def test_kernel_on_two_weight_channels(env, op, wbits, sparsity):
+    """On sim-2ch the kernel's weights are split over both channels (split = 1): still bit-exact, and RD_BYTES is
+    every channel's payload (padding rows included) plus the activations, what the roofline counts."""
+    from flightllm.formats import row_bytes, split_rows
+    from flightllm.isa import WFmt
+    from conftest import ROOT
+
+    rows, cols, sp_n = 193, 96, int(sparsity.split(":")[0])
+    out = {}
+    for board in ("sim", str(ROOT / "tests" / "boards" / "sim-2ch.toml")):
+        r = run_cli("kernel", op, "--board", board, "--rows", rows, "--cols", cols, "--wbits", wbits, "--sparsity",
+                    sparsity, "--tokens", 1 if op == "mv" else 3, "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        out[board] = json.loads(r.stdout)
+    one, two = out.values()
+    assert one["bit_exact"] and two["bit_exact"] and two["board"] == "sim-2ch"
+    fmt = WFmt.Q4_1 if wbits == 4 else WFmt.Q8_0
+    qact = (1 if op == "mv" else 3) * cols // 32 * 36
+    assert two["bytes_read"] == 2 * split_rows(fmt, sp_n, rows, 2) * row_bytes(fmt, cols, sp_n) + qact
+    assert two["cycles"] < one["cycles"]
+
+
 @pytest.mark.parametrize("args,msg", [
     (("generate", "-m", "{txt}", "-p", "hi"), "not a GGUF file"),
     (("generate", "-m", "{missing}", "-p", "hi"), "model file not found"),
