@@ -81,10 +81,10 @@ class Board:
 
     @property
     def beat_period(self) -> int | None:
-        """Cycles per port-wide beat the memory delivers to the engine's one master: 1 where it keeps up with the
-        port, port_bytes / mem_bytes_per_cycle where it is slower (PYNQ-Z2: 2), None where that is not a whole
+        """Cycles per port-wide beat a memory channel delivers to its master: 1 where it keeps up with the
+        port, port_bytes / channel_bytes_per_cycle where it is slower (PYNQ-Z2: 2), None where that is not a whole
         number (no beat model: sim/cycles.py keeps the byte rate, the RTL harness refuses the board)."""
-        r = self.memory.port_bytes / self.mem_bytes_per_cycle
+        r = self.memory.port_bytes / self.channel_bytes_per_cycle
         if r <= 1:
             return 1
         return round(r) if abs(r - round(r)) < 1e-9 else None

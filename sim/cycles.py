@@ -58,7 +58,8 @@ def _mm_mid(o: int, total: int, nb: int, bb: int, k: int, n: int, port: int, per
 
 class CycleModel:
     def __init__(self, board: Board):
-        self.bpc = board.mem_bytes_per_cycle
+        # every stream runs through one master on one memory channel (a split MV/MM: one per channel, in lockstep)
+        self.bpc = board.channel_bytes_per_cycle
         self.lat = board.memory.latency_cycles
         self.macs = board.accel.macs_per_cycle
         self.chain = STAGES          # the MPE's drain: its chains are STAGES deep whatever chain_length says
@@ -71,9 +72,8 @@ class CycleModel:
         self.per = board.beat_period or 1
         self.beat = board.beat_period is not None and self.bpc <= self.port
         # a split MV/MM's channels stream in lockstep, each its own section on its own port: each costs what the
-        # one-channel board's unsplit instruction over the channel's rows costs (mm_split)
+        # unsplit instruction over the channel's rows costs on one (mm_split)
         self.channels = board.accel.weight_channels
-        self._chan = CycleModel(board.one_channel()) if self.channels > 1 else self
 
     def _mem(self, nbytes: int) -> int:
         return -(-int(nbytes) // int(self.bpc)) if self.bpc >= 1 else int(nbytes / self.bpc + 0.999999)
@@ -154,9 +154,8 @@ class CycleModel:
         """A split MV/MM (cycles, bytes read): ``wbytes``, ``rows``, ``segments``: one channel's stream (its
         ``split_rows`` local rows); SPLIT_STRIDE is a multiple of 4096, so every channel has channel 0's beat
         offset (``base``). Every channel's payload is read: C x one channel's bytes."""
-        ch = self._chan
-        return (ch.mm(wbytes, rows, cols, tokens, fmt, sp_n, segments, base, stride),
-                self.channels * ch.mm_bytes(wbytes, tokens))
+        return (self.mm(wbytes, rows, cols, tokens, fmt, sp_n, segments, base, stride),
+                self.channels * self.mm_bytes(wbytes, tokens))
 
     def mm_bytes(self, wbytes: int, tokens: int) -> int:
         """Bytes an MM reads: the weights once per token tile."""

@@ -145,7 +145,7 @@ class RtlDevice:
         self.board = boards.load(board) if isinstance(board, str) else board
         if self.board.beat_period is None:
             raise RtlError(f"board {self.board.name}: port_bytes / bytes per cycle "
-                           f"({self.board.memory.port_bytes} / {self.board.mem_bytes_per_cycle:g}) is not a whole number")
+                           f"({self.board.memory.port_bytes} / {self.board.channel_bytes_per_cycle:g}) is not a whole number")
         fst = os.environ.get("FLIGHTLLM_FST", "")
         key = (str(self.board.path or repr(self.board)), bool(fst))
         if key not in _LIBS:

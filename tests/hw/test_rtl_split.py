@@ -1,0 +1,101 @@
+"""Weight channels on the RTL (hw/top.py with tests/boards/sim-2ch.toml: two masters, two engines in lockstep):
+split MV/MM bit-exact with fsim, cycles equal to the cycle model, a channel's range fault stopping the engine as on
+fsim, lint clean, and the whole SmolLM2 model (docs/rtl.md "Weight channels")."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flightllm import boards
+from flightllm.errors import DeviceError
+from flightllm.isa import ErrCode, Op, SysOp, assemble, make
+
+pytestmark = pytest.mark.rtl
+
+from rtl_available import HAVE, need  # noqa: E402,F401
+
+SIM2 = str(Path(__file__).resolve().parents[1] / "boards" / "sim-2ch.toml")
+
+CASES = [
+    ("mv", 1536, 576, 4, 16, 0, 1),
+    ("mv", 193, 576, 8, 16, 1, 1),                   # odd rows: channel 1's last pair is padding, not written
+    ("mv", 192, 576, 4, 2, 2, 1),
+    ("mv", 576, 1536, 8, 4, 3, 1),
+    ("mv", 37, 96, 4, 8, 4, 1),                      # short rows: each channel's stream merges rows
+    ("mv", 1, 32, 8, 16, 5, 1),                      # one row: channel 1 streams only padding
+    ("mm", 192, 576, 4, 16, 6, 5),
+    ("mm", 35, 96, 8, 2, 7, 3),
+    ("mv", 1536, 576, 8, 2, 8, 1),
+]
+
+
+@need
+@pytest.mark.parametrize("op,rows,cols,wbits,sp,seed,tokens", CASES)
+def test_split_kernel_bit_exact_and_cycles(op, rows, cols, wbits, sp, seed, tokens):
+    from flightllm.host.kernel import run
+
+    r = run(op, "rtl", SIM2, rows, cols, wbits, sp, seed, tokens)
+    assert r["bit_exact"], r
+    assert r["cycles"] == r["fsim_cycles"], r
+    assert [r["bytes_read"], r["bytes_written"]] == r["fsim_bytes"], r
+    if op == "mv" and rows * cols >= 1536 * 576:      # both channels memory-bound: the board's 128 B/cycle
+        assert r["efficiency"] >= 0.90, r
+
+
+@need
+@pytest.mark.parametrize("over", [0, 1])
+def test_channel_range_fault_stops_as_on_fsim(over):
+    """A split MV whose channel-1 section runs past device memory (over = 1) stops with MEM_BOUNDS at its PC on
+    both the RTL and fsim, before it writes anything; inside memory (over = 0) it runs."""
+    from flightllm.sim.fsim import FunctionalSim
+    from flightllm.sim.rtl_device import RtlDevice
+
+    b = boards.load(SIM2)
+    size, stride = 1 << 16, 4096
+    # 8 rows of Q4_1 x 64: two row pairs (2 x 80 bytes) a channel; channel 1's section at waddr + 4096
+    prog = [make(Op.MV, fmt=0, sp_n=16, rows=8, cols=64, waddr=size - stride - (100 if over else 200), wstride=40,
+                 xaddr=0, xstride=64, yaddr=0, ystride=8, tokens=1, split=1),
+            make(Op.SYS, fn=SysOp.END)]
+    w = assemble(prog).view(np.uint8)
+    out = []
+    for dev in (RtlDevice(b, size, split_stride=stride), FunctionalSim(b, size, split_stride=stride)):
+        dev.mem[4096: 4096 + w.size] = w
+        try:
+            dev.run(4096, 0)
+            out.append(None)
+        except DeviceError as e:
+            out.append((e.code, e.pc))
+    assert out[0] == out[1] == ((ErrCode.MEM_BOUNDS, 0) if over else None), out
+
+
+@need
+def test_verilator_lint_clean_two_channels(tmp_path):
+    from flightllm.sim.rtl_device import lint
+
+    r = lint(boards.load(SIM2), tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "%Warning" not in r.stderr and "%Error" not in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.skipif(not HAVE, reason="Verilator not installed")
+def test_smollm2_on_two_weight_channels_rtl(artifact_2ch, sim2_board):
+    """SmolLM2 compiled for sim-2ch (every projection and the head split over both channels): a 4-token prefill
+    and a decode step on the RTL give fsim's logits bit for bit, its cycles and its RD/WR bytes."""
+    from flightllm.host.runtime import Runtime
+
+    prompt = [504, 3575, 282, 4521]                  # "The capital of Germany"
+    runs = {}
+    for backend in ("fsim", "rtl"):
+        rt = Runtime(artifact_2ch, backend, board=sim2_board)
+        try:
+            lg, st = rt.forward(prompt, 0)
+            nxt = int(np.argmax(lg[-1] if lg.ndim == 2 else lg))
+            lg2, st2 = rt.forward([nxt], len(prompt))
+            runs[backend] = (nxt, lg, lg2, [(s.cycles, s.bytes_read, s.bytes_written) for s in (st, st2)])
+        finally:
+            rt.close()
+    (fn, fl, fl2, fc), (rn, rl, rl2, rc) = runs["fsim"], runs["rtl"]
+    assert rn == fn and np.array_equal(fl, rl) and np.array_equal(fl2, rl2)
+    assert rc == fc, (rc, fc)
