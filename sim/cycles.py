@@ -71,9 +71,6 @@ class CycleModel:
         # addresses and strides off the beat modelled (measured on the RTL); other boards keep the byte-rate model.
         self.per = board.beat_period or 1
         self.beat = board.beat_period is not None and self.bpc <= self.port
-        # a split MV/MM's channels stream in lockstep, each its own section on its own port: each costs what the
-        # unsplit instruction over the channel's rows costs on one (mm_split)
-        self.channels = board.accel.weight_channels
 
     def _mem(self, nbytes: int) -> int:
         return -(-int(nbytes) // int(self.bpc)) if self.bpc >= 1 else int(nbytes / self.bpc + 0.999999)
@@ -148,14 +145,6 @@ class CycleModel:
                 mid = int(np.max(self.per * (e - 1) + 1 + (e.size - 1 - np.arange(e.size)) * n)) + n - 1
                 total += MM_FIXED + self.lat + max(seg_beats, groups * n + first + SEG_GAP * (segments - 1), mid)
         return self.fetch() + total + self.chain + 10
-
-    def mm_split(self, wbytes: int, rows: int, cols: int, tokens: int, fmt: int, sp_n: int, segments: int = 1,
-                 base: int = 0, stride: int = 0) -> tuple[int, int]:
-        """A split MV/MM (cycles, bytes read): ``wbytes``, ``rows``, ``segments``: one channel's stream (its
-        ``split_rows`` local rows); SPLIT_STRIDE is a multiple of 4096, so every channel has channel 0's beat
-        offset (``base``). Every channel's payload is read: C x one channel's bytes."""
-        return (self.mm(wbytes, rows, cols, tokens, fmt, sp_n, segments, base, stride),
-                self.channels * self.mm_bytes(wbytes, tokens))
 
     def mm_bytes(self, wbytes: int, tokens: int) -> int:
         """Bytes an MM reads: the weights once per token tile."""

@@ -367,12 +367,11 @@ class FunctionalSim:
         yv[...] = sfu_model.add(yv, y) if f["acc"] else y
         wbytes = sr * srb               # one channel's stream
         segs = sr if sr > 1 and sst != srb else 1
-        args = (wbytes, sr, cols, T, f["fmt"], f["sp_n"], segs, f["waddr"], sst)
-        if C > 1:
-            cyc, rd = self.cm.mm_split(*args)
-        else:
-            cyc, rd = self.cm.mm(*args), self.cm.mm_bytes(wbytes, T)
-        st.charge("MM", cyc, rd=rd)
+        # split: the C channels stream in lockstep, each its own section on its own master (SPLIT_STRIDE is a
+        # multiple of 4096: every channel has channel 0's beat offset), so the instruction costs one channel's
+        # stream; every channel's payload is read
+        st.charge("MM", self.cm.mm(wbytes, sr, cols, T, f["fmt"], f["sp_n"], segs, f["waddr"], sst),
+                  rd=C * self.cm.mm_bytes(wbytes, T))
 
     _x_MV = _x_MM
 
