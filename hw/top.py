@@ -61,11 +61,7 @@ class Top(Elaboratable):
         for c in range(1, self.C):
             sig = {n: Signal(w, name=f"m{c}_axi_{n}") for n, w in self._axi(D)}
             self.mx.append(sig)
-        for n, w in [("arvalid", 1), ("arready", 1), ("araddr", 64), ("arlen", 8), ("arsize", 3), ("arburst", 2),
-                     ("rvalid", 1), ("rready", 1), ("rdata", D), ("rresp", 2), ("rlast", 1),
-                     ("awvalid", 1), ("awready", 1), ("awaddr", 64), ("awlen", 8), ("awsize", 3), ("awburst", 2),
-                     ("wvalid", 1), ("wready", 1), ("wdata", D), ("wstrb", self.PB), ("wlast", 1),
-                     ("bvalid", 1), ("bready", 1), ("bresp", 2)]:
+        for n, w in self._axi(D):
             setattr(self, f"m_{n}", Signal(w, name=f"m_axi_{n}"))
         self.irq = Signal()
 
@@ -79,11 +75,7 @@ class Top(Elaboratable):
     def ports(self):
         c = self.csr
         clk = [self.cd_sync.clk] if self.cd_sync is not None else []      # else Amaranth adds clk and rst
-        return clk + [self.m_arvalid, self.m_arready, self.m_araddr, self.m_arlen, self.m_arsize, self.m_arburst,
-                self.m_rvalid, self.m_rready, self.m_rdata, self.m_rresp, self.m_rlast,
-                self.m_awvalid, self.m_awready, self.m_awaddr, self.m_awlen, self.m_awsize, self.m_awburst,
-                self.m_wvalid, self.m_wready, self.m_wdata, self.m_wstrb, self.m_wlast,
-                self.m_bvalid, self.m_bready, self.m_bresp] + [
+        return clk + [getattr(self, f"m_{n}") for n, _ in self._axi(8 * self.PB)] + [
                 x[n] for x in self.mx for n, _ in self._axi(8 * self.PB)] + [self.irq,
                 c.awvalid, c.awready, c.awaddr, c.wvalid, c.wready, c.wdata, c.wstrb, c.bvalid, c.bready, c.bresp,
                 c.arvalid, c.arready, c.araddr, c.rvalid, c.rready, c.rdata, c.rresp]
@@ -169,7 +161,8 @@ class Top(Elaboratable):
         m.submodules.gaw = gaw = RegionCheck(rregs, memsize)
         m.d.comb += [csr.ro["STATUS"].eq(Cat(busy, done, err)), csr.ro["ERROR"].eq(code), csr.ro["PC"].eq(pc),
                      csr.ro["CYCLES_LO"].eq(cycles[:32]), csr.ro["CYCLES_HI"].eq(cycles[32:]),
-                     csr.ro["INSTRET"].eq(instret), csr.ro["RD_BYTES"].eq(sum([rs.bytes_taken] + [r_.bytes_taken for r_ in rsx])),
+                     csr.ro["INSTRET"].eq(instret),
+                     csr.ro["RD_BYTES"].eq(sum([rs.bytes_taken] + [r_.bytes_taken for r_ in rsx])),    # every channel
                      csr.ro["WR_BYTES"].eq(wr_bytes), csr.ro["ID"].eq(0)]
         for k, s in cyc.items():
             m.d.comb += csr.ro[f"CYC_{k}"].eq(s)
@@ -849,9 +842,13 @@ class Top(Elaboratable):
         # the burst guards: a burst outside its region is never issued; the engine stops (a second line behind
         # CHECK, which refuses the same accesses first, so it only fires if CHECK and the DMA disagree)
         g_ar, g_aw = ar_cand & ~ar_ok, aw_cand & ~aw_ok
-        with m.If(busy & (g_ar | g_aw)):
+        g_code = gaw.code
+        g_x = [r_.arvalid & (g_.code != 0) for r_, g_ in zip(rsx, garx)]     # the weight channels' guards
+        for gx, g_ in reversed(list(zip(g_x, garx))):
+            g_code = Mux(gx, g_.code, g_code)
+        with m.If(busy & (g_ar | g_aw | _any(g_x))):
             m.d.comb += [rs.flush.eq(1), ws.flush.eq(1)]
-            m.d.sync += [err.eq(1), busy.eq(0), code.eq(Mux(g_ar, gar.code, gaw.code)),
+            m.d.sync += [err.eq(1), busy.eq(0), code.eq(Mux(g_ar, gar.code, g_code)),
                          state.eq(fsm.encoding["STOP"])]
         # soft reset (CTRL.RESET): back to IDLE; the submodules are reset by their ResetInserter
         with m.If(srst):
