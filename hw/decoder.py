@@ -70,7 +70,8 @@ class Decoder(Elaboratable):
                         | ((f["cols"][:5] != 0) & ~f["cols_pos"]) | (f["xaddr"][:5] != 0) | (f["xstride"][:5] != 0)
                         | (f["tokens"] == 0)
                         | ((f["tokens"] != 1) if op == Op.MV else Const(0))
-                        | ((f["fmt"] == WFmt.I16) & (f["wfrac"] > 24)))
+                        | ((f["fmt"] == WFmt.I16) & (f["wfrac"] > 24))
+                        | (f["split"] & f["rows_pos"]))
             with m.Case(int(Op.LD)):
                 f = self.f[Op.LD]
                 m.d.comb += self.known.eq(1)

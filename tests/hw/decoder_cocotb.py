@@ -57,6 +57,8 @@ def valid_fields(rng, op):
         f["tokens"] = 1 if op == Op.MV else max(1, f["tokens"])
         if f["fmt"] == WFmt.I16:
             f["wfrac"] = int(rng.integers(0, 25))
+        if f["split"]:
+            f["rows_pos"] = 0
     elif op == Op.LD:
         f["fmt"] = int(rng.choice(list(LdFmt)))
         if f["fmt"] != LdFmt.I32:
@@ -92,6 +94,7 @@ BREAKERS = [
     ((Op.MM, Op.MV), lambda f, r: f.update(tokens=0)),
     ((Op.MV,), lambda f, r: f.update(tokens=int(r.integers(2, 1 << 16)))),
     ((Op.MM, Op.MV), lambda f, r: f.update(fmt=int(WFmt.I16), sp_n=16, wfrac=int(r.integers(25, 32)))),
+    ((Op.MM, Op.MV), lambda f, r: f.update(split=1, rows_pos=1)),
     ((Op.LD,), lambda f, r: f.update(fmt=int(r.integers(len(LdFmt), 16)))),
     ((Op.LD,), lambda f, r: f.update(fmt=int(r.choice([LdFmt.Q8_0, LdFmt.QACT])),
                                      cols=f["cols"] | int(r.integers(1, 32)))),
