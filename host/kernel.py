@@ -93,8 +93,9 @@ def build(board: boards.Board, op: str, rows: int, cols: int, wbits: int, sp_n: 
                  dst_stride=cols)]
     for r0 in range(0, rows, tile):
         n = min(tile, rows - r0)
-        prog.append(make(Op.MV if op == "mv" else Op.MM, fmt=fmt, sp_n=sp_n, waddr=rin.base + waddr[r0], wstride=rb,
-                         rows=n, cols=cols, tokens=tokens, xaddr=0, xstride=cols, yaddr=0, ystride=n, split=int(C > 1)))
+        prog.append(make(Op.MV if op == "mv" else Op.MM, fmt=fmt, sp_n=sp_n, waddr=rin.base + waddr[r0],
+                         wstride=rb, rows=n, cols=cols, tokens=tokens, xaddr=0, xstride=cols, yaddr=0, ystride=n,
+                         split=int(C > 1)))
         prog.append(make(Op.ST, fmt=StFmt.I32, src=0, addr=out.base + r0 * 4, rows=tokens, cols=n, src_stride=n,
                          dst_stride=rows * 4, elem_stride=4))
     prog.append(make(Op.SYS, fn=SysOp.END))
