@@ -9,7 +9,7 @@ import numpy as np
 
 from flightllm import boards
 from flightllm.errors import CompileError
-from flightllm.formats import BLOCK, interleave_rows, split_sections
+from flightllm.formats import BLOCK, interleave_rows, split_layout
 from flightllm.isa import assemble
 from flightllm.compiler import gguf_model, image
 from flightllm.compiler.artifact import Artifact
@@ -146,23 +146,22 @@ def _place_split(model: Model, names: list[str], pl: Placement, chunks: list, wb
     tied embedding's copy included) split over the C channels. Section c of the weights region, at wbase + c * S,
     holds every matrix's channel-c part (formats.split_sections) at the same offset; the head is split per logit
     row tile, as each tile is an MV of its own. Returns S (page-aligned; the artifact's SPLIT_STRIDE)."""
-    parts, soff = [], 0
     split_names = names[1:] + ["output"] if model.tied_output else names[1:]      # not the gathered embedding
+    tiles, where = [], []
     for n in split_names:
         t = model.tensors[("token_embd" if n == "output" else n) + ".weight"]
         fmt, rows = image.device_matrix(t)
         tile = logit_tile if n == "output" else t.rows
-        m = Mat(wbase + soff, int(fmt), t.rows, t.cols, rows.shape[1], split=1)
+        pl.mats[n] = Mat(0, int(fmt), t.rows, t.cols, rows.shape[1], split=1)
         for r0 in range(0, t.rows, tile):
-            sec = split_sections(rows[r0: r0 + tile], fmt, 16, C)
-            m.tiles[r0] = wbase + soff
-            parts.append((soff, sec))
-            soff = _align(soff + sec.shape[1])
-        pl.mats[n] = m
-    S = _align(max(soff, 1), PAGE)
-    for o, sec in parts:
-        for c in range(C):
-            chunks.append((wbase + c * S + o, sec[c]))
+            tiles.append((rows[r0: r0 + tile], fmt, 16))
+            where.append((n, r0))
+    offs, S, pieces = split_layout(tiles, C, ALIGN, PAGE)
+    for (n, r0), o in zip(where, offs):
+        pl.mats[n].tiles[r0] = wbase + o
+        if r0 == 0:
+            pl.mats[n].addr = wbase + o
+    chunks += [(wbase + a, b) for a, b in pieces]
     return S
 
 

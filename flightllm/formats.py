@@ -113,6 +113,21 @@ def split_sections(raw: np.ndarray, fmt: int, sp_n: int, channels: int) -> np.nd
     return np.stack([interleave_rows(local[c], fmt, sp_n).reshape(-1) for c in range(channels)])
 
 
+def split_layout(tiles: list, channels: int, align: int, page: int):
+    """Several split operands ((row-major device rows, fmt, sp_n) each, e.g. row tiles) packed into ``channels``
+    sections: operand i's channel-c part (``split_sections``) at offset offs[i] of every section, offsets aligned
+    to ``align``, sections ``stride`` apart (page-aligned: SPLIT_STRIDE). Returns (offs, stride, pieces), pieces
+    being (c * stride + offset, bytes) to store."""
+    offs, secs, o = [], [], 0
+    for raw, fmt, sp_n in tiles:
+        sec = split_sections(raw, fmt, sp_n, channels)
+        offs.append(o)
+        secs.append(sec)
+        o = -(-(o + sec.shape[1]) // align) * align
+    stride = -(-max(o, 1) // page) * page
+    return offs, stride, [(c * stride + off, sec[c]) for off, sec in zip(offs, secs) for c in range(channels)]
+
+
 def merge_sections(sraw: np.ndarray, fmt: int, sp_n: int, rows: int) -> np.ndarray:
     """(channels, stream rows, stream row bytes) as read from each channel's section -> the ``rows`` row-major
     device rows of the logical operand (padding dropped)."""

@@ -15,7 +15,7 @@ import numpy as np
 from flightllm import boards
 from flightllm.errors import FlightLLMError
 from flightllm.formats import (ACT_FRAC, BLOCK, GROUP, interleave_rows, pack_qact, pack_sparse, pack_weights,
-                               row_bytes, row_tile, split_sections, unpack_weights)
+                               row_bytes, row_tile, split_layout, unpack_weights)
 from flightllm.isa import LdFmt, Op, StFmt, SysOp, WFmt, assemble, make
 from flightllm.compiler.memmap import PAGE, MemoryMap
 from flightllm.sim import mpe_model, sfu_model
@@ -76,14 +76,10 @@ def build(board: boards.Board, op: str, rows: int, cols: int, wbits: int, sp_n: 
         pieces, waddr, S = [(0, stored)], {r0: r0 * rb for r0 in range(0, rows, tile)}, 0
         wbytes = stored.nbytes
     else:
-        secs, waddr, soff = [], {}, 0
-        for r0 in range(0, rows, tile):
-            secs.append((soff, split_sections(raw[r0: r0 + tile], fmt, sp_n, C)))
-            waddr[r0] = soff
-            soff = -(-(soff + secs[-1][1].shape[1]) // ALIGN) * ALIGN
-        S = -(-soff // PAGE) * PAGE
-        pieces = [(c * S + o, sec[c]) for o, sec in secs for c in range(C)]
-        wbytes = (C - 1) * S + soff
+        r0s = list(range(0, rows, tile))
+        offs, S, pieces = split_layout([(raw[r0: r0 + tile], fmt, sp_n) for r0 in r0s], C, ALIGN, PAGE)
+        waddr = dict(zip(r0s, offs))
+        wbytes = -(-max(a + b.size for a, b in pieces) // ALIGN) * ALIGN
 
     mm = MemoryMap()
     rin = mm.add("weights", wbytes + qact.nbytes + ALIGN, writable=False)
