@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     fz.add_argument("target", choices=["gguf", "isa", "parity", "parity-carry", "faults"])
     fz.add_argument("-n", "--cases", type=int, default=10000)
     fz.add_argument("--seed", type=int, default=0)
+    fz.add_argument("--board", default="sim", help="board name or file (isa, parity, parity-carry); one with weight "
+                                                   "channels also fuzzes split MV/MM")
     fz.add_argument("--json", action="store_true")
 
     bl = sub.add_parser("boards", help="list board definitions")
@@ -242,7 +244,9 @@ def cmd_fuzz(a) -> int:
 
     if a.cases < 1:
         raise FlightLLMError("fuzz: --cases must be at least 1")
-    r = fuzz.run(a.target, a.cases, a.seed)
+    if a.board != "sim" and a.target in ("gguf", "faults"):
+        raise FlightLLMError(f"fuzz: --board applies to isa, parity and parity-carry ({a.target} runs on sim)")
+    r = fuzz.run(a.target, a.cases, a.seed, board=a.board)
     if a.json:
         print(json.dumps(r.to_dict()))
     else:

@@ -12,6 +12,10 @@ parity: the same kind of streams (with small shapes) on the functional simulator
 region registers programmed from the same map): each case must end with the same error code and PC on both, or
 with the same memory and the same cycle count; mismatches are counted besides crashes, hangs and out-of-region
 writes (on either engine).
+
+isa and parity take a board (``sim`` by default). On a board with weight channels (``accel.weight_channels`` > 1,
+e.g. tests/boards/sim-2ch.toml) the weights region holds one section per channel, SPLIT_STRIDE apart, and half the
+well-formed MV/MM are split over them (docs/isa.md "Weight channels").
 """
 from __future__ import annotations
 
@@ -193,15 +197,16 @@ def _note(rep: Report, i: int, what: str):
         rep.examples.append(f"case {i}: {what}")
 
 
-def _layout(seed: int):
-    """The fuzzed device: a read-only region, a writable one, the program, and an unmapped tail; a random
-    initial image and the mask of bytes no run may change (all but the writable region)."""
+def _layout(seed: int, board="sim"):
+    """The fuzzed device: a read-only region (the weights: one SPLIT_STRIDE-wide section per weight channel), a
+    writable one, the program, and an unmapped tail; a random initial image and the mask of bytes no run may
+    change (all but the writable region)."""
     from flightllm import boards
     from flightllm.compiler.memmap import MemoryMap
 
-    board = boards.load("sim")
+    board = boards.load(board) if isinstance(board, str) else board
     mm = MemoryMap()
-    mm.add("weights", 64 << 10, writable=False)
+    mm.add("weights", (64 << 10) * board.accel.weight_channels, writable=False)
     data = mm.add("data", 64 << 10, writable=True)
     prog = mm.add("program", 4 << 10, writable=False, executable=True)
     mem_size = mm.top + (16 << 10)                 # an unmapped tail: nothing may land there either
@@ -212,20 +217,25 @@ def _layout(seed: int):
     return board, mm, data, prog, mem_size, rng, base_img, protect
 
 
-def fuzz_isa(cases: int, seed: int = 0) -> Report:
+def split_stride(board) -> int:
+    """SPLIT_STRIDE of the fuzz layout: the weights region cut into one 64 KiB section per channel (0: one)."""
+    return (64 << 10) if board.accel.weight_channels > 1 else 0
+
+
+def fuzz_isa(cases: int, seed: int = 0, board="sim") -> Report:
     """Decode and run random/mutated streams on fsim; read-only and unmapped bytes must never change."""
     from flightllm import isa
     from flightllm.sim.fsim import FunctionalSim
 
     rep = Report("isa")
-    board, mm, data, prog, mem_size, rng, base_img, protect = _layout(seed)
+    board, mm, data, prog, mem_size, rng, base_img, protect = _layout(seed, board)
     # seeds: valid instructions with fields drawn near the real buffer/region sizes
     t0 = time.time()
     old = signal.signal(signal.SIGALRM, _alarm)
     try:
         for i in range(cases):
             words = _stream(rng, isa, mm, board)
-            sim = FunctionalSim(board, mem_size, mm)
+            sim = FunctionalSim(board, mem_size, mm, split_stride(board))
             sim.mem[:] = base_img
             nb = min(words.nbytes, prog.size)
             sim.mem[prog.base: prog.base + nb] = words.view(np.uint8)[:nb]
@@ -248,7 +258,7 @@ SMALL = 256
 def _sane(rng, isa, mm, board):
     """A well-formed instruction with small shapes inside the fuzz layout's regions (it may still fault: data
     lies where the previous instructions left it, e.g. gather indices are random)."""
-    from flightllm.formats import QACT_BLOCK_BYTES, row_bytes, weight_span
+    from flightllm.formats import QACT_BLOCK_BYTES, row_bytes, split_span, weight_span
 
     I = lambda lo, hi: int(rng.integers(lo, hi))  # noqa: E731
     w, d = mm["weights"], mm["data"]
@@ -278,9 +288,14 @@ def _sane(rng, isa, mm, board):
         sp = 16 if fmt == isa.WFmt.I16 else (2, 4, 8, 16)[I(0, 4)]
         rows, cols = I(1, 65), 32 * I(1, 5)
         rb = row_bytes(int(fmt), cols, sp)
-        span = weight_span(int(fmt), sp, rows, cols, rb)
+        C = board.accel.weight_channels
+        split = int(C > 1 and rng.random() < 0.5)
+        # a split operand: channel c's section at waddr + c * SPLIT_STRIDE, each inside its part of the region
+        span = split_span(int(fmt), sp, rows, cols, rb, C) if split else weight_span(int(fmt), sp, rows, cols, rb)
+        room = split_stride(board) if split else w.size
         tokens = 1 if op == isa.Op.MV else I(1, 5)
-        return isa.make(op, fmt=fmt, sp_n=sp, rows=rows, cols=cols, waddr=w.base + I(0, max(1, w.size - span)),
+        return isa.make(op, fmt=fmt, sp_n=sp, rows=rows, cols=cols, waddr=w.base + I(0, max(1, room - span)),
+                        split=split,
                         wstride=rb, tokens=tokens, xaddr=buf(), xstride=-(-cols // 32) * 32, yaddr=I(0, 4096),
                         ystride=rows + I(0, 4) if rng.random() < 0.8 else I(0, rows + 1),     # tokens' rows may overlap
                         wfrac=I(0, 25), acc=I(0, 2))
@@ -520,7 +535,7 @@ def _outcome(fn):
     return ("ok", st.cycles)
 
 
-def fuzz_parity(cases: int, seed: int = 0, carry: bool = False) -> Report:
+def fuzz_parity(cases: int, seed: int = 0, carry: bool = False, board="sim") -> Report:
     """The same streams on fsim and on the RTL: identical code and PC, or identical memory and cycles. ``carry``
     keeps one pair of devices for the whole run (on-chip buffers carried from case to case, as on a board between
     runs, and device memory rewritten by the host before each case); otherwise every case starts fresh."""
@@ -529,7 +544,8 @@ def fuzz_parity(cases: int, seed: int = 0, carry: bool = False) -> Report:
     from flightllm.sim.rtl_device import RtlDevice
 
     rep = Report("parity-carry" if carry else "parity")
-    board, mm, data, prog, mem_size, rng, base_img, protect = _layout(seed)
+    board, mm, data, prog, mem_size, rng, base_img, protect = _layout(seed, board)
+    S = split_stride(board)
     t0, valid = time.time(), 0
     fs = rd = None
     old = signal.signal(signal.SIGALRM, _alarm)
@@ -542,7 +558,7 @@ def fuzz_parity(cases: int, seed: int = 0, carry: bool = False) -> Report:
             img[prog.base: prog.base + nb] = words.view(np.uint8)[:nb]
             # fresh devices (on-chip buffers zero) per case: ~10 ms for the RTL model; cases are independent
             if fs is None or not carry:
-                fs, rd = FunctionalSim(board, mem_size, mm), RtlDevice(board, mem_size, mm)
+                fs, rd = FunctionalSim(board, mem_size, mm, S), RtlDevice(board, mem_size, mm, split_stride=S)
             fs.write(0, img)
             rd.mem[:] = img
             res = {}
@@ -578,7 +594,8 @@ def fuzz_parity(cases: int, seed: int = 0, carry: bool = False) -> Report:
     return rep
 
 
-def run(target: str, cases: int, seed: int = 0, mem_limit_gb: float = 8.0) -> Report:
+def run(target: str, cases: int, seed: int = 0, mem_limit_gb: float = 8.0, board="sim") -> Report:
+    """``board``: a board name or file (isa and parity targets; gguf compiles for sim, faults runs on sim)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     lim = int(mem_limit_gb * (1 << 30))
     resource.setrlimit(resource.RLIMIT_AS, (lim if hard == resource.RLIM_INFINITY else min(lim, hard), hard))
@@ -586,9 +603,9 @@ def run(target: str, cases: int, seed: int = 0, mem_limit_gb: float = 8.0) -> Re
         if target == "gguf":
             return fuzz_gguf(cases, seed)
         if target == "isa":
-            return fuzz_isa(cases, seed)
+            return fuzz_isa(cases, seed, board)
         if target in ("parity", "parity-carry"):
-            return fuzz_parity(cases, seed, carry=target == "parity-carry")
+            return fuzz_parity(cases, seed, carry=target == "parity-carry", board=board)
         if target == "faults":
             return fuzz_faults(cases, seed)
         raise FlightLLMError(f"fuzz: unknown target '{target}' (gguf, isa, parity, parity-carry or faults)")

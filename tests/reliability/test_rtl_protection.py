@@ -368,6 +368,24 @@ def test_parity_sweep():
     assert r.accepted > 50 and r.rejected > 100              # both outcomes well covered
 
 
+def test_parity_sweep_split_over_weight_channels(monkeypatch, sim2_board):
+    """The same sweep on the two-channel board: half the well-formed MV/MM are split (each channel's section at
+    waddr + c * SPLIT_STRIDE), and random streams set the split bit too; fsim and the RTL agree on every case."""
+    from flightllm import fuzz
+
+    ran = []                       # split MV/MM fsim completed (the RTL then matched it: memory and cycles)
+    orig = FunctionalSim._x_MM
+
+    def counted(self, f, pc, st):
+        orig(self, f, pc, st)
+        ran.append(f["split"])
+    monkeypatch.setattr(FunctionalSim, "_x_MM", counted)
+    monkeypatch.setattr(FunctionalSim, "_x_MV", counted)
+    r = fuzz.run("parity", 150, seed=5, board=sim2_board)
+    assert r.cases == 150 and r.clean and r.cycle_mismatches == 0, r.examples
+    assert sum(ran) >= 20 and len(ran) > sum(ran), (sum(ran), len(ran))      # split and unsplit both ran
+
+
 def test_parity_with_state_carried_between_cases():
     """One fsim and one RTL device for 600 cases: what earlier streams left in the on-chip buffers (faults mid-
     instruction, overlapping operands, random sparse blocks and scales) must not make them differ."""
