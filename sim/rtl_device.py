@@ -162,7 +162,7 @@ class RtlDevice:
         L.fl_run.restype = ctypes.c_uint64
         L.fl_drain.argtypes = [ctypes.c_void_p]
         L.fl_faults.argtypes = [ctypes.c_void_p, ctypes.c_uint64] + [ctypes.c_uint32] * 6 + \
-            [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+            [ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_int]
         L.fl_bursts.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64)]
         self.mem = np.zeros(int(mem_size), np.uint8)
         self.memmap = memmap
@@ -185,22 +185,36 @@ class RtlDevice:
         return int(self._lib.fl_csr_read(self._h, regs.offset(name)))
 
     def faults(self, seed: int = 0, ar: float = 0.0, aw: float = 0.0, w: float = 0.0, r: float = 0.0,
-               b: float = 0.0, latency: int = 0, err_read: int = -1, err_write: int = -1, resp: str = "SLVERR"):
+               b: float = 0.0, latency: int = 0, err_read: int = -1, err_write: int = -1, resp: str = "SLVERR",
+               err_port: int = 0):
         """Fault injection in the AXI memory model (sim/rtl/harness.cpp): per-cycle probabilities of ARREADY/
         AWREADY/WREADY low and of RVALID/BVALID gaps, up to ``latency`` extra cycles per burst (seeded), and an
         SLVERR/DECERR response on the ``err_read``-th read / ``err_write``-th write burst (0-based, counted from
-        this call; -1: none). All zero: a clean memory."""
+        this call; -1: none). The read stalls and latency apply to every master (the weight channels' too);
+        ``err_read`` counts the read bursts of master ``err_port`` (0: m_axi, c: m{c}_axi). All zero: a clean
+        memory."""
         p = [int(round(x * 65536)) for x in (ar, aw, w, r, b)]
-        if any(not 0 <= v < 65536 for v in p) or latency < 0 or resp not in ("SLVERR", "DECERR"):
-            raise FlightLLMError("faults: probabilities in [0, 1), latency >= 0, resp SLVERR or DECERR")
+        if any(not 0 <= v < 65536 for v in p) or latency < 0 or resp not in ("SLVERR", "DECERR") or \
+                not 0 <= err_port < self.board.accel.weight_channels:
+            raise FlightLLMError("faults: probabilities in [0, 1), latency >= 0, resp SLVERR or DECERR, "
+                                 f"err_port in [0, {self.board.accel.weight_channels})")
         self._lib.fl_faults(self._h, seed & (2**64 - 1), *p, latency, err_read, err_write,
-                            2 if resp == "SLVERR" else 3)
+                            2 if resp == "SLVERR" else 3, err_port)
+
+    def _counts(self) -> list[int]:
+        out = (ctypes.c_uint64 * (1 + self.board.accel.weight_channels))()
+        self._lib.fl_bursts(self._h, out)
+        return [int(v) for v in out]
 
     def bursts(self) -> tuple[int, int]:
-        """(read, write) AXI bursts the memory accepted since the last faults() call."""
-        out = (ctypes.c_uint64 * 2)()
-        self._lib.fl_bursts(self._h, out)
-        return int(out[0]), int(out[1])
+        """(read, write) AXI bursts m_axi accepted since the last faults() call."""
+        c = self._counts()
+        return c[0], c[1]
+
+    def read_bursts(self) -> list[int]:
+        """Read bursts each master accepted since the last faults() call: m_axi, m1_axi, .., m{C-1}_axi."""
+        c = self._counts()
+        return [c[0]] + c[2:]
 
     def reset(self):
         """CTRL.RESET: the engine stops whatever it runs; the simulated interconnect drops outstanding bursts."""

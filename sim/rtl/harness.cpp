@@ -7,8 +7,10 @@
 // each channel on its own as AXI's are; a read's first beat still comes after the latency, a write's B response
 // the latency after its last W beat.
 // Weight channels (boards: accel.weight_channels = C > 1): the masters m1_axi .. m{C-1}_axi are read-only ports on
-// the same memory, each with its own queue, latency and rate (no fault injection on them); fl_ports.h, written
-// by sim/rtl_device.py for the board, lists them.
+// the same memory, each with its own queue, latency and rate; fl_ports.h, written by sim/rtl_device.py for the
+// board, lists them. Fault injection covers them too (ARREADY low, RVALID gaps and extra latency at the same
+// rates, drawn after m_axi's in each cycle, so a one-master board draws as before); the injected read error goes
+// to one master's k-th read burst (err_port: 0 m_axi, c m{c}_axi).
 #include <cstdint>
 #include <cstring>
 #include <deque>
@@ -34,6 +36,7 @@ struct RdPort {
   CData* rresp; CData* rlast;
   std::deque<Burst> rq; uint32_t rbeat = 0; uint64_t r_next = 0; bool rv = false, ar = false, r = false;
   uint64_t a_addr = 0; uint32_t a_len = 0;
+  uint64_t n_rd = 0;                    // read bursts accepted since fl_faults
 };
 #define FL_RDPORT(t, p) RdPort{&t->p##_arvalid, &t->p##_arready, &t->p##_araddr, &t->p##_arlen, &t->p##_rvalid, \
                                &t->p##_rready, &t->p##_rdata[0], &t->p##_rresp, &t->p##_rlast}
@@ -44,6 +47,7 @@ struct Faults {
   uint32_t p_ar = 0, p_aw = 0, p_w = 0, p_r = 0, p_b = 0;   // per-cycle probability of a stall, in 1/65536
   uint32_t max_lat = 0;                 // extra latency per burst, uniform in [0, max_lat]
   int64_t err_rd = -1, err_wr = -1;     // 0-based index of the read / write burst answered with err_resp
+  int err_port = 0;                     // the master whose read burst err_rd counts (0: m_axi)
   int err_resp = 2;                     // 2 SLVERR, 3 DECERR
   uint64_t n_rd = 0, n_wr = 0;          // bursts accepted since fl_faults
   uint64_t next() {
@@ -99,18 +103,6 @@ struct Harness {
       t->m_axi_rlast = (rbeat + 1 == b.beats);
     }
     t->m_axi_rvalid = rv;
-    for (auto& x : xp) {
-      x.rv = !x.rq.empty() && x.rq.front().ready_at <= cyc && cyc >= x.r_next;
-      if (x.rv) {
-        uint64_t a = x.rq.front().addr + (uint64_t)x.rbeat * PB;
-        bool ok = a + PB <= size;
-        for (int i = 0; i < PW; i++) { uint32_t w = 0; if (ok) memcpy(&w, mem + a + 4 * i, 4); x.rdata[i] = w; }
-        *x.rresp = ok ? 0 : 3;
-        *x.rlast = (x.rbeat + 1 == x.rq.front().beats);
-      }
-      *x.rvalid = x.rv;
-      *x.arready = 1;
-    }
     t->m_axi_arready = !f.stall(f.p_ar);
     t->m_axi_awready = !f.stall(f.p_aw);
     bool wrdy = !wq.empty() && cyc >= w_next && !f.stall(f.p_w);
@@ -118,6 +110,19 @@ struct Harness {
     bool bv = !bq.empty() && bq.front().first <= cyc && !f.stall(f.p_b);
     t->m_axi_bvalid = bv;
     t->m_axi_bresp = bv ? bq.front().second : 0;
+    for (auto& x : xp) {
+      x.rv = !x.rq.empty() && x.rq.front().ready_at <= cyc && cyc >= x.r_next && !f.stall(f.p_r);
+      if (x.rv) {
+        const Burst& b = x.rq.front();
+        uint64_t a = b.addr + (uint64_t)x.rbeat * PB;
+        bool ok = !b.resp && a + PB <= size;
+        for (int i = 0; i < PW; i++) { uint32_t w = 0; if (ok) memcpy(&w, mem + a + 4 * i, 4); x.rdata[i] = w; }
+        *x.rresp = b.resp ? b.resp : ok ? 0 : 3;
+        *x.rlast = (x.rbeat + 1 == b.beats);
+      }
+      *x.rvalid = x.rv;
+      *x.arready = !f.stall(f.p_ar);
+    }
     t->eval(); dump();
     bool ar = t->m_axi_arvalid && t->m_axi_arready, r = rv && t->m_axi_rready;
     bool aw = t->m_axi_awvalid && t->m_axi_awready;
@@ -144,7 +149,8 @@ struct Harness {
     if (r) r_next = cyc + period;
     if (w) w_next = cyc + period;
     cyc++;
-    if (ar) rq.push_back({araddr, arlen + 1, cyc + latency - 1 + f.extra(), (int64_t)f.n_rd++ == f.err_rd ? f.err_resp : 0});
+    if (ar) rq.push_back({araddr, arlen + 1, cyc + latency - 1 + f.extra(),
+                          (int64_t)f.n_rd++ == f.err_rd && f.err_port == 0 ? f.err_resp : 0});
     if (r) { if (++rbeat == rq.front().beats) { rq.pop_front(); rbeat = 0; } }
     if (aw) wq.push_back({awaddr, awlen + 1, 0, (int64_t)f.n_wr++ == f.err_wr ? f.err_resp : 0});
     // the write response comes after the memory latency, as a read's first beat does
@@ -155,9 +161,11 @@ struct Harness {
       }
     }
     if (bb) bq.pop_front();
-    for (auto& x : xp) {
+    for (size_t c = 0; c < xp.size(); c++) {
+      auto& x = xp[c];
       if (x.r) x.r_next = cyc - 1 + period;
-      if (x.ar) x.rq.push_back({x.a_addr, x.a_len + 1, cyc + latency - 1, 0});
+      if (x.ar) x.rq.push_back({x.a_addr, x.a_len + 1, cyc + latency - 1 + f.extra(),
+                                (int64_t)x.n_rd++ == f.err_rd && f.err_port == (int)c + 1 ? f.err_resp : 0});
       if (x.r) { if (++x.rbeat == x.rq.front().beats) { x.rq.pop_front(); x.rbeat = 0; } }
     }
   }
@@ -229,13 +237,17 @@ void fl_drain(void* p) {
 }
 // fault injection; seed 0 with every probability 0 and k < 0 turns it off. Counters restart at each call.
 void fl_faults(void* p, uint64_t seed, uint32_t p_ar, uint32_t p_aw, uint32_t p_w, uint32_t p_r, uint32_t p_b,
-               uint32_t max_lat, int64_t err_rd, int64_t err_wr, int err_resp) {
+               uint32_t max_lat, int64_t err_rd, int64_t err_wr, int err_resp, int err_port) {
   auto* h = (Harness*)p;
   Faults f;
   f.rng = seed; f.p_ar = p_ar; f.p_aw = p_aw; f.p_w = p_w; f.p_r = p_r; f.p_b = p_b; f.max_lat = max_lat;
-  f.err_rd = err_rd; f.err_wr = err_wr; f.err_resp = err_resp;
+  f.err_rd = err_rd; f.err_wr = err_wr; f.err_resp = err_resp; f.err_port = err_port;
   h->f = f;
+  for (auto& x : h->xp) x.n_rd = 0;
 }
-// read and write bursts accepted since the last fl_faults
-void fl_bursts(void* p, uint64_t* out) { auto* h = (Harness*)p; out[0] = h->f.n_rd; out[1] = h->f.n_wr; }
+// read and write bursts accepted since the last fl_faults: m_axi's, then each weight channel's reads
+void fl_bursts(void* p, uint64_t* out) {
+  auto* h = (Harness*)p; out[0] = h->f.n_rd; out[1] = h->f.n_wr;
+  for (size_t c = 0; c < h->xp.size(); c++) out[2 + c] = h->xp[c].n_rd;
+}
 }

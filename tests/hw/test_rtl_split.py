@@ -102,3 +102,68 @@ def test_smollm2_on_two_weight_channels_rtl(artifact_2ch, sim2_board):
     (fn, fl, fl2, fc), (rn, rl, rl2, rc) = runs["fsim"], runs["rtl"]
     assert rn == fn and np.array_equal(fl, rl) and np.array_equal(fl2, rl2)
     assert rc == fc, (rc, fc)
+
+
+@pytest.fixture(scope="module")
+def split_mv():
+    """A split MV 1536 x 576 Q4_1 on the two-channel RTL: (device, image, clean run's memory and stats, kernel)."""
+    from flightllm.host import kernel
+    from flightllm.sim.rtl_device import RtlDevice
+
+    if not HAVE:
+        pytest.skip("Verilator not installed")
+    b = boards.load(SIM2)
+    k = kernel.build(b, "mv", 1536, 576, 4, 16, 3, 1)
+    img = k["image"]
+    dev = RtlDevice(b, img.size, k["memmap"], k["split_stride"])
+    dev.mem[:] = img
+    ref = dev.run(k["prog_addr"])
+    return dev, img, dev.mem.copy(), ref, k
+
+
+@pytest.mark.parametrize("seed,p,lat", [(1, 0.3, 0), (2, 0.0, 40), (3, 0.6, 9)])
+def test_split_under_backpressure_on_every_master(split_mv, seed, p, lat):
+    """ARREADY low, RVALID gaps and extra latency on both masters (drawn independently): the channels fall out of
+    step and the lockstep join waits; the bits are those of a clean run, only the cycles grow."""
+    dev, img, ref_mem, ref, k = split_mv
+    dev.mem[:] = img
+    dev.faults(seed=seed, ar=p, r=p, latency=lat)
+    try:
+        st = dev.run(k["prog_addr"])
+        n0, n1 = dev.read_bursts()
+    finally:
+        dev.faults()
+    assert np.array_equal(dev.mem, ref_mem)
+    assert st.cycles > ref.cycles and st.bytes_read == ref.bytes_read
+    assert n1 >= 7 and n0 > n1            # channel 1 streams its ~27 KiB section in 64-beat bursts
+
+
+@pytest.mark.parametrize("port,k_,resp", [(1, 0, "SLVERR"), (1, 5, "DECERR"), (0, 6, "SLVERR")])
+def test_error_response_on_a_weight_channel_stops_the_engine(split_mv, port, k_, resp):
+    """An SLVERR/DECERR on a read burst of m1_axi (or m_axi) during a split MV: AXI_ERROR in one line, nothing
+    written outside the output; after a soft reset the same device reruns the kernel identically."""
+    dev, img, ref_mem, ref, k = split_mv
+    dev.mem[:] = img
+    dev.faults(seed=4, r=0.1, latency=2, err_read=k_, err_port=port, resp=resp)
+    try:
+        with pytest.raises(DeviceError) as e:
+            dev.run(k["prog_addr"])
+    finally:
+        dev.faults()
+    assert e.value.code == ErrCode.AXI_ERROR and "\n" not in str(e.value)
+    out = k["memmap"]["out"]
+    keep = np.ones(img.size, bool)
+    keep[out.base: out.end] = False
+    assert np.array_equal(dev.mem[keep], img[keep])
+    dev.reset()
+    dev.mem[:] = img
+    st = dev.run(k["prog_addr"])
+    assert np.array_equal(dev.mem, ref_mem) and st.cycles == ref.cycles
+
+
+def test_faults_refuse_a_master_the_board_lacks(split_mv):
+    from flightllm.errors import FlightLLMError
+
+    dev = split_mv[0]
+    with pytest.raises(FlightLLMError, match="err_port"):
+        dev.faults(err_read=0, err_port=2)
