@@ -128,13 +128,9 @@ def token_tile(board) -> int:
 
 
 def stream_buffer_bytes(board) -> int:
-    """Byte buffer between the AXI read port and the extractor, in whole beats: a window plus room for a beat, and
-    at least two windows. With less, a group wider than two beats (Q8_0's 68-byte unit on a 16-byte port) is not
-    in the buffer again when the previous one leaves a full buffer, and a compute-bound MM (several tokens)
-    loses a cycle per group; with a buffer over BB - PB bytes when it is full, a take of g bytes leaves at least
-    BB - g (a beat comes in the same cycle) or, for g < PB, BB - PB - g + 1 >= a window."""
-    p, w = board.memory.port_bytes, window_bytes(board)
-    need = max(w + 2 * p, 2 * w)
+    """Byte buffer between the AXI read port and the extractor: a window plus room for a beat, in whole beats."""
+    p = board.memory.port_bytes
+    need = window_bytes(board) + 2 * p
     return -(-need // p) * p
 
 
