@@ -415,7 +415,13 @@ class Mpe(Elaboratable):
         m.d.sync += [mode.eq(self.mode), wfrac.eq(self.wfrac)]
         on_s0 = masks["cur_e"] | masks["cur_o"] | masks["nxt_e"] | masks["nxt_o"]
         en_g, en_p = self.go & ~pair0, self.go & pair0
-        dg, dp = self._enabled(m, "mpe_g", en_g), self._enabled(m, "mpe_p", en_p)
+        # the window registers load at a group's first token (t = 0) and hold for its further tokens (MM): the
+        # stream hands the group's bytes over then (hw/top.py MM_RUN), so the next group's bytes can come in
+        # while this one repeats
+        first = Signal(name="first_tok")
+        m.d.comb += first.eq(self.t == 0)
+        en_gw, en_pw = en_g & first, en_p & first
+        dg, dp = self._enabled(m, "mpe_g", en_gw), self._enabled(m, "mpe_p", en_pw)
         # slots past the paired ones (k >= LP) serve general groups only: their registers after S1 (scales,
         # acc / qs, the delays to C, the dequantiser) run while a general group is in flight (it reaches V
         # 23 cycles after S0), else hold; what they then hold is never read (the slot masks are 0 for it)
@@ -433,11 +439,11 @@ class Mpe(Elaboratable):
         win = Signal.like(self.win, name="win_g", **DP)
         mode_g = Signal(4, name="mode_g", **DP)
         lane_on = Signal(K, name="lane_on_g", **DP)
-        with m.If(en_g):
+        with m.If(en_gw):
             m.d[dg] += [win.eq(self.win), mode_g.eq(self.mode), lane_on.eq(on_s0)]
         win_p = Signal(8 * WB, name="win_p", **DP)
         q4_p = Signal(name="q4_p", **DP)
-        with m.If(en_p):
+        with m.If(en_pw):
             m.d[dp] += [win_p.eq(self.win), q4_p.eq(self._flag(m, self.mode, lambda f, n: f == WFmt.Q4_1, "q4_s0"))]
         meta_in = Cat(self.go, masks["cur_e"], masks["cur_o"], masks["nxt_e"], masks["nxt_o"], self.rowend, self.t,
                       self.row, self.ybase, self.acc, pair0, self.oddv, self.evv)

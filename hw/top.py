@@ -671,13 +671,19 @@ class Top(Elaboratable):
                              ttile.eq(Mux(tl > TT, TT, tl))]
                 m.next = "MM_RUN"
             with m.State("MM_RUN"):
+                # a group's first token needs its bytes in every channel's stream and takes them (the engines
+                # hold the window for the further tokens, hw/mpe.py), so the streams refill while it repeats:
+                # a group wider than half the stream buffer (Q8_0's 68-byte unit on a 16-byte port) would
+                # otherwise wait a cycle for the next one after a compute-bound group
                 fire = Signal()
-                m.d.comb += fire.eq((left != 0) & rs.data_phase & (rs.cnt >= need)
-                                    & _all(~spl | (r_.data_phase & (r_.cnt >= need)) for r_ in rsx))
+                m.d.comb += fire.eq((left != 0) & ((t != 0) | (
+                    rs.data_phase & (rs.cnt >= need)
+                    & _all(~spl | (r_.data_phase & (r_.cnt >= need)) for r_ in rsx))))
                 with m.If(fire):
                     m.d.comb += mpe.go.eq(1)
-                    with m.If(t + 1 == ttile):
+                    with m.If(t == 0):
                         m.d.comb += rs.take.eq(need)
+                    with m.If(t + 1 == ttile):
                         nb0 = b0 + kp
                         m.d.sync += [t.eq(0), left.eq(left - kp), b0.eq(Mux(nb0 >= nb, nb0 - nb, nb0)),
                                      row.eq(row + (kp >= rem))]

@@ -23,7 +23,8 @@ FETCH_FIXED = 4              # RTL: AR, align, decode, check, retire, plus the f
 XFER_FIXED = 2               # RTL: stream start, last-beat drain
 MM_FIXED = 4                 # RTL: stream start, first window, issue, hand-off per token tile
 SEG_GAP = 2                  # RTL: each further row segment of a read stream whose rows are not contiguous
-                             # (MM weights with wstride != row bytes, e.g. the V^T cache; LD with src_stride)
+                             # (MM weights with wstride != row bytes, e.g. the V^T cache; LD with src_stride);
+                             # an MM hides up to n - 1 of it behind the segment's last group (_seg_gap)
 LD_QACT_FIXED = 1            # RTL: the QBUF block writer's last block
 LD_I32_FIXED = 1             # RTL: LD I32 writes sfu_width words a cycle (hw/top.py LD_RUN)
 LDX_ROW_FIXED = 9            # RTL: LD idx per row: two stream starts, index hand-over, row drain
@@ -54,6 +55,19 @@ def _mm_mid(o: int, total: int, nb: int, bb: int, k: int, n: int, port: int, per
         left -= kp
     G = len(ends)
     return max(per * (-(-(o + x * bb) // port) - 1) + 1 + (G - 1 - g) * n for g, x in enumerate(ends)) + n - 1
+
+
+def _seg_gap(n: int) -> int:
+    """Cycles each further row segment of an MM's weight stream adds with ``n`` tokens in the tile: the stream
+    takes a group's bytes at its first token (hw/top.py MM_RUN), so it drops the segment's trail and the next
+    one's lead while the last group repeats for the n - 1 further tokens."""
+    return max(0, SEG_GAP - (n - 1))
+
+
+def _early(n: int) -> int:
+    """The cycle an MM tile of ``n`` >= 2 tokens ends sooner than one of one token: its stream has handed over
+    the last group's bytes (and left its busy state) before the group's last token, not after it."""
+    return 1 if n >= 2 else 0
 
 
 class CycleModel:
@@ -114,8 +128,11 @@ class CycleModel:
             groups = P.groups(self.board, fmt, sp_n, rows, nb, True)
             k0 = min(P.units(self.board, fmt, sp_n), 2 * nb - 1, rows * nb)
             first = 1 if k0 * bb > self.port else 0
-            total = sum(MM_FIXED + self.lat + max(self._mem(wbytes), groups * min(tt, tokens - t0) + first)
-                        + SEG_GAP * (segments - 1) for t0 in range(0, tokens, tt))
+            total = 0
+            for t0 in range(0, tokens, tt):
+                n = min(tt, tokens - t0)
+                total += MM_FIXED + self.lat + max(self._mem(wbytes), groups * n + first) \
+                    + _seg_gap(n) * (segments - 1) - _early(n)
             return self.fetch() + total + self.chain + 10
         merged = segments == 1
         groups = P.groups(self.board, fmt, sp_n, rows, nb, merged)
@@ -139,11 +156,12 @@ class CycleModel:
             n = min(tt, tokens - t0)
             if merged:
                 mid = _mm_mid(o, rows * nb, nb, bb, P.units(self.board, fmt, sp_n), n, self.port, self.per)
-                total += MM_FIXED + self.lat + max(mem, groups * n + first, mid)
+                total += MM_FIXED + self.lat + max(mem, groups * n + first, mid) - _early(n)
             else:   # row segments: the extractor's per-segment gap overlaps the reads of the next rows' beats
                 e = seg_ends.ravel()
                 mid = int(np.max(self.per * (e - 1) + 1 + (e.size - 1 - np.arange(e.size)) * n)) + n - 1
-                total += MM_FIXED + self.lat + max(seg_beats, groups * n + first + SEG_GAP * (segments - 1), mid)
+                total += MM_FIXED + self.lat + max(seg_beats, groups * n + first + _seg_gap(n) * (segments - 1),
+                                                   mid) - _early(n)
         return self.fetch() + total + self.chain + 10
 
     def mm_bytes(self, wbytes: int, tokens: int) -> int:
