@@ -47,7 +47,8 @@ class Accel:
 
     @property
     def dsps(self) -> int:
-        return self.chains * self.chain_length
+        """DSP stages of the chains, all weight channels together (each channel has its own engine)."""
+        return self.chains * self.chain_length * self.weight_channels
 
     @property
     def macs_per_cycle(self) -> int:

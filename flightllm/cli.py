@@ -264,8 +264,8 @@ def cmd_boards(a) -> int:
         return 0
     for b in bs:
         ac = b.accel
-        print(f"{b.name:8} {b.clock_mhz:6.1f} MHz  {b.bandwidth_gbps:7.1f} GB/s  {ac.chains:4d} chains x "
-              f"{ac.chain_length:2d} DSP = {ac.dsps:5d} DSP  {b.description}")
+        print(f"{b.name:8} {b.clock_mhz:6.1f} MHz  {b.bandwidth_gbps:7.1f} GB/s  {ac.weight_channels} x {ac.chains:2d} "
+              f"chains x {ac.chain_length:2d} DSP = {ac.dsps:5d} DSP  {b.description}")
     return 0
 
 
