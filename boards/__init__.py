@@ -7,7 +7,7 @@ so no other module restates a constant.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from flightllm.errors import FlightLLMError
@@ -89,11 +89,6 @@ class Board:
         if r <= 1:
             return 1
         return round(r) if abs(r - round(r)) < 1e-9 else None
-
-    def one_channel(self) -> "Board":
-        """The board as one weight channel of a split MV/MM sees it: one memory channel, one weight channel
-        (sim/cycles.py costs a split MV/MM as this board's unsplit instruction over a channel's rows)."""
-        return replace(self, memory=replace(self.memory, channels=1), accel=replace(self.accel, weight_channels=1))
 
     @property
     def bandwidth_gbps(self) -> float:

@@ -132,14 +132,14 @@ def test_split_on_one_channel_is_the_unsplit_instruction():
                                                   (WFmt.I16, 16, 193, 1), (WFmt.Q4_1, 16, 193, 3),
                                                   (WFmt.I16, 16, 33, 40)])
 def test_split_cycles_are_one_channels_unsplit_cycles(fmt, sp_n, rows, tokens, C):
-    """A split MV/MM on C channels costs the one-channel board's unsplit instruction over split_rows local rows
-    (the channels run in lockstep); RD_BYTES counts every channel's payload: C x one channel's bytes."""
+    """A split MV/MM on C channels costs the unsplit instruction over split_rows local rows (the channels run in
+    lockstep, every stream at one master's rate); RD_BYTES counts every channel's payload: C x one channel's
+    bytes."""
     b = board(C)
     s = Setup(b, fmt, sp_n, rows, tokens)
     _, st = s.run(s.sim(), 1)
     lr = formats.split_rows(fmt, sp_n, rows, C)
-    one = s.sim(b.one_channel())
-    _, st1 = s.run(one, 0, rows=lr, waddr=s.SPLIT)       # channel 0's section as an unsplit operand
+    _, st1 = s.run(s.sim(), 0, rows=lr, waddr=s.SPLIT)   # channel 0's section as an unsplit operand
     assert st.by_class["MM"] == st1.by_class["MM"]
     assert st.bytes_read == C * st1.bytes_read
     sr, srb, _ = formats.weight_stream(fmt, sp_n, lr, COLS, s.rb)
