@@ -189,9 +189,11 @@ class CycleModel:
         lead = self._lead(base, first) if self.beat and contiguous else 0
         run = beats + lead + SEG_GAP * (segments - 1)
         if qact and self.beat:
-            # or the stream's own beats, each row's lead bytes included, decide: a beat every ``per`` cycles leaves
-            # the lead drop and the segment gaps between beats (PYNQ-Z2; on a beat a cycle never more than ``run``)
-            run = max(run, self._arr(self._stream_beats(base, nbytes, rows, segments, stride)) + LD_QACT_FIXED)
+            # a block a cycle, the lead drop and the segment gaps in between, or the stream's own beats (each row's
+            # lead bytes included) decide: a block waiting for its beats leaves the drop and the gaps between
+            # them (PYNQ-Z2's beat every 2 cycles, and KV260's 16-byte beat a cycle against a 36-byte block)
+            run = max(elems // 32 + LD_QACT_FIXED + lead + SEG_GAP * (segments - 1),
+                      self._arr(self._stream_beats(base, nbytes, rows, segments, stride)) + LD_QACT_FIXED)
         return self.fetch() + self.lat + run + XFER_FIXED
 
     def _stream_beats(self, base: int, nbytes: int, rows: int, segments: int, stride: int) -> int:

@@ -75,7 +75,7 @@ def _slack(board: str, kind: str, ins) -> int | None:
 
 
 @need
-@pytest.mark.parametrize("board", ["sim", "pynq-z2"])
+@pytest.mark.parametrize("board", ["sim", "pynq-z2", "kv260"])     # kv260: a 16-byte beat every cycle
 def test_unaligned_cycles_exact(board):
     from flightllm.sim.fsim import FunctionalSim
     from flightllm.sim.rtl_device import RtlDevice
