@@ -197,6 +197,9 @@ def _note(rep: Report, i: int, what: str):
         rep.examples.append(f"case {i}: {what}")
 
 
+SECTION = 64 << 10          # the weights region per weight channel (SPLIT_STRIDE on a multi-channel board)
+
+
 def _layout(seed: int, board="sim"):
     """The fuzzed device: a read-only region (the weights: one SPLIT_STRIDE-wide section per weight channel), a
     writable one, the program, and an unmapped tail; a random initial image and the mask of bytes no run may
@@ -206,7 +209,7 @@ def _layout(seed: int, board="sim"):
 
     board = boards.load(board) if isinstance(board, str) else board
     mm = MemoryMap()
-    mm.add("weights", (64 << 10) * board.accel.weight_channels, writable=False)
+    mm.add("weights", SECTION * board.accel.weight_channels, writable=False)
     data = mm.add("data", 64 << 10, writable=True)
     prog = mm.add("program", 4 << 10, writable=False, executable=True)
     mem_size = mm.top + (16 << 10)                 # an unmapped tail: nothing may land there either
@@ -218,8 +221,8 @@ def _layout(seed: int, board="sim"):
 
 
 def split_stride(board) -> int:
-    """SPLIT_STRIDE of the fuzz layout: the weights region cut into one 64 KiB section per channel (0: one)."""
-    return (64 << 10) if board.accel.weight_channels > 1 else 0
+    """SPLIT_STRIDE of the fuzz layout: the weights region cut into one section per channel (0: one channel)."""
+    return SECTION if board.accel.weight_channels > 1 else 0
 
 
 def fuzz_isa(cases: int, seed: int = 0, board="sim") -> Report:
