@@ -599,6 +599,8 @@ def fuzz_parity(cases: int, seed: int = 0, carry: bool = False, board="sim") -> 
 
 def run(target: str, cases: int, seed: int = 0, mem_limit_gb: float = 8.0, board="sim") -> Report:
     """``board``: a board name or file (isa and parity targets; gguf compiles for sim, faults runs on sim)."""
+    if board != "sim" and target in ("gguf", "faults"):
+        raise FlightLLMError(f"fuzz: --board applies to isa, parity and parity-carry ({target} runs on sim)")
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     lim = int(mem_limit_gb * (1 << 30))
     resource.setrlimit(resource.RLIMIT_AS, (lim if hard == resource.RLIM_INFINITY else min(lim, hard), hard))
