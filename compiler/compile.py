@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 
-from flightllm import boards
+from flightllm import boards, cache
 from flightllm.errors import CompileError
 from flightllm.formats import BLOCK, interleave_rows, split_layout
 from flightllm.isa import assemble
@@ -165,10 +164,6 @@ def _place_split(model: Model, names: list[str], pl: Placement, chunks: list, wb
     return S
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("FLIGHTLLM_CACHE", Path.home() / ".cache" / "flightllm"))
-
-
 def compile_cached(model_name: str, board_name: str, ctx: int | None = None) -> Artifact:
     """Compile, or reuse an artifact compiled from the same model file, board file and compiler."""
     path = gguf_model.resolve_model(model_name)
@@ -177,15 +172,19 @@ def compile_cached(model_name: str, board_name: str, ctx: int | None = None) -> 
     key = hashlib.sha256("|".join([str(path.resolve()), str(st.st_size), str(st.st_mtime_ns),
                                    board.path.read_text(), str(ctx), COMPILER_VERSION,
                                    _source_stamp()]).encode()).hexdigest()[:24]
-    cp = cache_dir() / f"{path.stem}.{board.name}.{key}.flm"
+    group = f"{path.stem}.{board.name}."          # this model on this board; contexts and compilers side by side
+    cp = cache.root() / f"{group}{key}.flm"
     if cp.is_file():
         try:
-            return Artifact.load(cp)
+            art = Artifact.load(cp)
+            cache.touch(cp)
+            return art
         except CompileError:
             cp.unlink(missing_ok=True)       # corrupt cache entry: rebuild
     art = compile_model(gguf_model.load(path), board, ctx)
     try:
         art.save(cp)
+        cache.prune(cp, group)
     except OSError:
         pass                                 # a read-only cache only costs time
     return art

@@ -7,8 +7,9 @@ only) with the driver's code (hw/regs.py::region_writes), and SPLIT_STRIDE from 
 DeviceError with the code read from the ERROR register. ``faults(...)`` turns on the harness's fault injection;
 ``reset()`` is CTRL.RESET.
 
-Builds are cached under ``$FLIGHTLLM_CACHE`` (default ``~/.cache/flightllm/rtl/<key>``), keyed by the hw/
-sources, the board file, the harness and the flags. Waveforms: set ``FLIGHTLLM_FST=/path/wave.fst`` (builds a
+Builds are cached under ``$FLIGHTLLM_CACHE`` (default ``~/.cache/flightllm/rtl/<board>-<key>``), keyed by the hw/
+sources, the board file, the harness and the flags; the library and its Verilog are kept, the objects not, and
+only a board's few most recent builds (flightllm/cache.py). Waveforms: set ``FLIGHTLLM_FST=/path/wave.fst`` (builds a
 separate traced model; off by default).
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flightllm import boards
+from flightllm import boards, cache
 from flightllm.errors import DeviceError, FlightLLMError
 from flightllm.hw import regs
 from flightllm.isa import ErrCode
@@ -74,7 +75,7 @@ def _env() -> dict:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("FLIGHTLLM_CACHE", Path.home() / ".cache" / "flightllm")) / "rtl"
+    return cache.root() / "rtl"
 
 
 def build_key(board: boards.Board, trace: bool) -> str:
@@ -100,6 +101,9 @@ def build(board: boards.Board, trace: bool = False, jobs: int | None = None) -> 
     d = cache_root() / f"{board.name}-{build_key(board, trace)}"
     lib = d / "libflightllm_rtl.so"
     if lib.is_file():
+        cache.touch(d)
+        if (d / "obj").is_dir():                            # a build cached before the objects were dropped
+            shutil.rmtree(d / "obj", ignore_errors=True)
         return lib
     tmp = d.with_name(d.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -116,10 +120,12 @@ def build(board: boards.Board, trace: bool = False, jobs: int | None = None) -> 
     if r.returncode != 0:
         raise RtlError(f"verilator build failed ({tmp}): {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
     shutil.copy(tmp / "obj" / lib.name, tmp / lib.name)
+    shutil.rmtree(tmp / "obj", ignore_errors=True)       # ~200 MB of objects, never used again
     if d.exists():
         shutil.rmtree(tmp, ignore_errors=True)
     else:
         tmp.rename(d)
+        cache.prune(d, f"{board.name}-")
     return lib
 
 

@@ -24,6 +24,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flightllm import cache
 from flightllm.boards import Board
 from flightllm.hw.flow.ports import FlowError, TopPorts, interfaces
 
@@ -53,7 +54,7 @@ class Project:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("FLIGHTLLM_CACHE", Path.home() / ".cache" / "flightllm"))
+    return cache.root()
 
 
 # Python modules outside hw/ that the generated Verilog depends on (hw/*.py imports them): the ISA and formats,
@@ -86,6 +87,7 @@ def verilog_for(board: Board, target: str = "synth") -> Path:
     d = cache_root() / "verilog" / f"{board.name}-{target}-{design_key(board)}"
     v = d / f"{TOP}.v"
     if v.is_file():
+        cache.touch(d)
         return v
     tmp = d.with_name(d.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -96,6 +98,7 @@ def verilog_for(board: Board, target: str = "synth") -> Path:
         raise FlowError(f"board '{board.name}': hw/top.py cannot generate this board's engine: {e}") from None
     if not d.exists():
         tmp.rename(d)
+        cache.prune(d, f"{board.name}-{target}-")
     else:
         shutil.rmtree(tmp, ignore_errors=True)
     return v

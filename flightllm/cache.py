@@ -1,0 +1,67 @@
+"""The on-disk cache: compiled model artifacts, Verilator builds, generated Verilog and resource estimates.
+
+Everything lives under ``$FLIGHTLLM_CACHE`` (default ``~/.cache/flightllm``). Entries are keyed by a hash of
+what they are made from, so every edit of the hardware, the compiler or a board file makes new ones; the old ones
+are never read again. Each kind therefore keeps only the ``keep`` entries of a *group* (one model on one board, one
+board's build) used most recently (``touch`` on every hit) and removes the rest when it stores a new one: a
+Verilator build of the sim board is ~200 MB with its objects, an artifact 100-300 MB, and without pruning a
+developer's cache grew to tens of GB. ``FLIGHTLLM_CACHE_KEEP`` overrides ``keep`` (0: keep everything).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+KEEP = 3          # entries per group: a few branches or contexts side by side
+
+
+def root() -> Path:
+    return Path(os.environ.get("FLIGHTLLM_CACHE", Path.home() / ".cache" / "flightllm"))
+
+
+def touch(p: Path) -> None:
+    """Mark an entry used now (its mtime orders the pruning); a read-only cache is left as it is."""
+    try:
+        os.utime(p)
+    except OSError:
+        pass
+
+
+def keep_count(default: int = KEEP) -> int:
+    v = os.environ.get("FLIGHTLLM_CACHE_KEEP", "")
+    try:
+        return max(0, int(v)) if v.strip() else default
+    except ValueError:
+        return default
+
+
+def _in_group(name: str, group: str) -> bool:
+    """``name`` is ``group`` + a hex key (+ an extension): ``sim-<key>`` is in group ``sim-``, ``sim-2ch-<key>``
+    is not; in-progress ``.tmp<pid>`` entries are in none."""
+    if not name.startswith(group) or ".tmp" in name:
+        return False
+    key = name[len(group):].split(".")[0]
+    return bool(key) and all(c in "0123456789abcdef" for c in key)
+
+
+def prune(new: Path, group: str, keep: int | None = None) -> list[Path]:
+    """Remove the entries of ``group`` beside ``new`` (files or folders named ``group`` + key), all but the
+    ``keep`` used most recently, ``new`` always kept. Returns what was removed. Errors (a concurrent prune, a
+    read-only cache) are ignored: pruning only saves space."""
+    keep = keep_count() if keep is None else keep
+    if keep <= 0:
+        return []
+    try:
+        peers = [p for p in new.parent.iterdir() if _in_group(p.name, group) and p.name != new.name]
+        peers.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:
+        return []
+    gone = []
+    for p in peers[keep - 1:]:
+        try:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            gone.append(p)
+        except OSError:
+            pass
+    return gone
