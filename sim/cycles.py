@@ -231,14 +231,18 @@ class CycleModel:
         lead = self._lead(base, 4 * min(W, cols))     # the first write needs its chunk's words in
         return self.fetch() + self.lat + beats + lead + XFER_FIXED + LD_I32_FIXED + SEG_GAP * (segments - 1)
 
-    def ld_gather(self, addrs, chunks_per_row: int, idx_addr: int = 0, first_bytes: int = 0) -> int:
+    def ld_gather(self, addrs, chunks_per_row: int, idx_addr: int = 0, first_bytes: int = 0,
+                  block_bytes: int = 0) -> int:
         """LD with idx (hw/top.py LDX_IDX/LDX_WAIT/LD_RUN): per row, a 4-byte read of its index, then the row's own
         read, one cycle more when the row does not start on a beat boundary. ``addrs``: the gathered rows' byte
         addresses; ``chunks_per_row``: the row's write cycles (Q8_0: blocks * 32 / W, I32: ceil(cols / W));
-        ``first_bytes``: what a row's first write needs in (Q8_0: a block; see ``_lead``)."""
+        ``first_bytes``: what a row's first write needs in (Q8_0: a block; see ``_lead``); ``block_bytes``: the
+        row writes a block of this many bytes a cycle (LD QACT: 36), so on a beat board each block waits for
+        its last beat (``_wait_blocks``)."""
         per_row = 2 * self.lat + LDX_ROW_FIXED + chunks_per_row
         if self.beat:
-            mis = sum(self._lead(a, first_bytes) for a in addrs)
+            mis = sum(max(self._lead(a, first_bytes), self._wait_blocks(a, block_bytes, chunks_per_row))
+                      for a in addrs)
         else:
             mis = sum(1 for a in addrs if int(a) % self.port)
         # the index words: +1 when they do not start on a beat, -1 for each further beat they span (measured on
@@ -247,6 +251,17 @@ class CycleModel:
             io = int(idx_addr) % self.port
             mis += (1 if io else 0) - (-(-(io + 4 * len(addrs)) // self.port) - 1)
         return self.fetch() - 1 + len(addrs) * per_row + mis
+
+    def _wait_blocks(self, base: int, block_bytes: int, blocks: int) -> int:
+        """Cycles a row of ``blocks`` blocks written one a cycle loses to their beats (beat boards): block k is
+        written once the beat holding its last byte is in, ``per`` cycles a beat, so the row ends the most any
+        block waits past its place (k) in the run; 0 when nothing is given. A 36-byte LD QACT block spans 2.25
+        16-byte beats (KV260, PYNQ-Z2); on a 64-byte port this never exceeds the lead drop."""
+        if not block_bytes or not blocks:
+            return 0
+        o = int(base) % self.port
+        k = np.arange(blocks, dtype=np.int64)
+        return int(np.max(self.per * (-(-(o + (k + 1) * block_bytes) // self.port) - 1) - k))
 
     def misc(self, fn: MiscOp, rows: int, n: int, imm: int | None = None) -> int:
         """RTL: instruction fetch/decode/check/retire plus the SFU's exact cycles (hw/sfu.py, sim/sfu_cycles.py),

@@ -215,7 +215,7 @@ class FunctionalSim:
             W = sfu_width(self.board)
             ch = {LdFmt.I32: -(-cols // W), LdFmt.Q8_0: cols // BLOCK * (BLOCK // W), LdFmt.QACT: cols // BLOCK}[fmt]
             first = {LdFmt.Q8_0: Q8_BLOCK_BYTES, LdFmt.I32: 4 * min(W, cols)}.get(fmt, 0)   # a row's first write
-            cyc = self.cm.ld_gather(addrs, ch, ia, first)
+            cyc = self.cm.ld_gather(addrs, ch, ia, first, QACT_BLOCK_BYTES if fmt == LdFmt.QACT else 0)
         else:
             segs = rows if rows > 1 and f["src_stride"] != nbytes else 1
             if fmt == LdFmt.I32:
