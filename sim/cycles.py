@@ -159,7 +159,10 @@ class CycleModel:
                 total += MM_FIXED + self.lat + max(mem, groups * n + first, mid) - _early(n)
             else:   # row segments: the extractor's per-segment gap overlaps the reads of the next rows' beats
                 e = seg_ends.ravel()
-                mid = int(np.max(self.per * (e - 1) + 1 + (e.size - 1 - np.arange(e.size)) * n)) + n - 1
+                # the groups after each one follow n cycles apart, and a row boundary between adds the gap
+                rb = np.repeat(np.arange(seg_ends.shape[0] - 1, -1, -1), seg_ends.shape[1])
+                mid = int(np.max(self.per * (e - 1) + 1 + (e.size - 1 - np.arange(e.size)) * n
+                                 + rb * _seg_gap(n))) + n - 1
                 total += MM_FIXED + self.lat + max(seg_beats, groups * n + first + _seg_gap(n) * (segments - 1),
                                                    mid) - _early(n)
         return self.fetch() + total + self.chain + 10
