@@ -76,8 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     fz.add_argument("target", choices=["gguf", "isa", "parity", "parity-carry", "faults"])
     fz.add_argument("-n", "--cases", type=int, default=10000)
     fz.add_argument("--seed", type=int, default=0)
-    fz.add_argument("--board", default="sim", help="board name or file (isa, parity, parity-carry); one with weight "
-                                                   "channels also fuzzes split MV/MM")
+    fz.add_argument("--board", default="sim", help="board name or file (isa, parity, parity-carry, faults); one with "
+                                                   "weight channels also fuzzes split MV/MM and their masters")
     fz.add_argument("--json", action="store_true")
 
     bl = sub.add_parser("boards", help="list board definitions")

@@ -385,15 +385,24 @@ def _stream(rng, isa, mm, board, small: bool = False) -> np.ndarray:
     return w
 
 
-def mixed_program(mm):
+FAULT_SPLIT_AT = 16384        # mixed_program's split MM: its channel sections at this offset of each weights section
+
+
+def mixed_program(mm, channels: int = 1):
     """A valid program over a (weights, data, program) map that uses every AXI path of the engine: LD QACT, MM,
-    ST I32, a scattered ST I16 (element by element), LD with idx, MISC, LD Q8_0."""
+    ST I32, a scattered ST I16 (element by element), LD with idx, MISC, LD Q8_0; with ``channels`` > 1 also an MM
+    split over the weight channels (their sections at FAULT_SPLIT_AT + c * SPLIT_STRIDE) and its store."""
     from flightllm import isa
     from flightllm.formats import row_bytes
     from flightllm.isa import LdFmt, MiscOp, Op, StFmt, SysOp, WFmt
 
     w, d = mm["weights"].base, mm["data"].base
     rb = row_bytes(WFmt.Q8_0, 64, 16)
+    split = [] if channels == 1 else [
+        isa.make(Op.MM, fmt=WFmt.Q8_0, sp_n=16, waddr=w + FAULT_SPLIT_AT, wstride=rb, rows=24, cols=64, tokens=2,
+                 xaddr=0, xstride=64, yaddr=16384, ystride=24, wfrac=0, split=1),
+        isa.make(Op.ST, fmt=StFmt.I32, src=16384, addr=d + 7168, rows=2, cols=24, src_stride=24, dst_stride=96,
+                 elem_stride=4)]
     return [
         isa.make(Op.LD, fmt=LdFmt.QACT, dst=0, addr=w, rows=2, cols=64, src_stride=72, dst_stride=64),
         isa.make(Op.MM, fmt=WFmt.Q8_0, sp_n=16, waddr=w + 4096, wstride=rb, rows=24, cols=64, tokens=2, xaddr=0,
@@ -410,15 +419,23 @@ def mixed_program(mm):
                  elem_stride=4),
         isa.make(Op.LD, fmt=LdFmt.Q8_0, dst=12288, addr=w + 12288, rows=2, cols=64, src_stride=68, dst_stride=64),
         isa.make(Op.ST, fmt=StFmt.I32, src=12288, addr=d + 6144, rows=2, cols=64, src_stride=64, dst_stride=256,
-                 elem_stride=4),
+                 elem_stride=4)] + split + [
         isa.make(Op.SYS, fn=SysOp.END)]
 
 
-def mixed_image(mm, size: int, seed: int = 3) -> np.ndarray:
-    """Random device memory with tame block scales for mixed_program, and its gather indices."""
+def mixed_image(mm, size: int, seed: int = 3, channels: int = 1, stride: int = 0) -> np.ndarray:
+    """Random device memory with tame block scales for mixed_program, and its gather indices (``channels``,
+    ``stride``: the split MM's sections)."""
+    from flightllm.formats import row_bytes, split_span
+    from flightllm.isa import WFmt
+
     img = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8)
     w = mm["weights"].base
-    for base, n, blk in ((w, 4, 36), (w + 4096, 24 * 2, 34), (w + 12288, 4, 34)):
+    blocks = [(w, 4, 36), (w + 4096, 24 * 2, 34), (w + 12288, 4, 34)]
+    if channels > 1:
+        n = split_span(WFmt.Q8_0, 16, 24, 64, row_bytes(WFmt.Q8_0, 64, 16), channels) // 34
+        blocks += [(w + FAULT_SPLIT_AT + c * stride, n, 34) for c in range(channels)]
+    for base, n, blk in blocks:
         for k in range(n):
             img[base + k * blk + 1] = 0x20 + (k % 8)         # fp16 scale exponents well inside their range
     for k in range(4):
@@ -428,11 +445,13 @@ def mixed_image(mm, size: int, seed: int = 3) -> np.ndarray:
     return img
 
 
-def fuzz_faults(cases: int, seed: int = 0) -> Report:
+def fuzz_faults(cases: int, seed: int = 0, board="sim") -> Report:
     """mixed_program on the RTL under random AXI faults. Half the cases: random backpressure on every channel and
     random extra latency (the memory must end identical to a clean run); the others: SLVERR or DECERR on a random
     read or write burst (AXI_ERROR, nothing outside the writable region touched, then a soft reset and a clean
-    rerun identical to the reference). Accepted: the faulty run completed; rejected: it stopped with AXI_ERROR."""
+    rerun identical to the reference). Accepted: the faulty run completed; rejected: it stopped with AXI_ERROR.
+    On a board with weight channels the program adds a split MM, the stalls and latency reach every master, and a
+    read error goes to a random master's burst (a weight channel's read bursts are the split MM's)."""
     from flightllm import isa
     from flightllm.errors import DeviceError
     from flightllm.compiler.memmap import MemoryMap
@@ -441,25 +460,29 @@ def fuzz_faults(cases: int, seed: int = 0) -> Report:
     from flightllm import boards
 
     rep = Report("faults")
-    board = boards.load("sim")
+    board = boards.load(board) if isinstance(board, str) else board
+    C = board.accel.weight_channels
+    S = SECTION if C > 1 else 0
     mm = MemoryMap()
-    mm.add("weights", 16384, writable=False)
+    mm.add("weights", S * C if C > 1 else 16384, writable=False)
     data = mm.add("data", 8192, writable=True)
     prog = mm.add("program", 4096, writable=False, executable=True)
     size = mm.top + 4096
-    words = isa.assemble(mixed_program(mm)).view(np.uint8)
-    img = mixed_image(mm, size)
+    words = isa.assemble(mixed_program(mm, C)).view(np.uint8)
+    img = mixed_image(mm, size, channels=C, stride=S)
     img[prog.base: prog.base + words.size] = words
     writable = np.zeros(size, bool)
     writable[data.base: data.end] = True
-    dev = RtlDevice(board, size, mm)
+    dev = RtlDevice(board, size, mm, split_stride=S)
     dev.mem[:] = img
     ref = dev.run(prog.base)
     ref_mem = dev.mem.copy()
     dev.faults()
     dev.mem[:] = img
     dev.run(prog.base)
-    n_rd, n_wr = dev.bursts()
+    n_wr = dev.bursts()[1]
+    n_rds = dev.read_bursts()           # per master: m_axi, then the weight channels'
+    assert all(n_rds), n_rds            # every master reads in the program (the split MM)
     rng = np.random.default_rng(seed)
     t0, stopped = time.time(), 0
     old = signal.signal(signal.SIGALRM, _alarm)
@@ -483,15 +506,17 @@ def fuzz_faults(cases: int, seed: int = 0) -> Report:
                 raise _Mismatch("results differ under backpressure")
             return
         kind = "read" if rng.random() < 0.5 else "write"
-        k = int(rng.integers(0, n_rd if kind == "read" else n_wr))
+        port = int(rng.integers(0, C)) if kind == "read" and C > 1 else 0      # (sim's draws as before)
+        k = int(rng.integers(0, n_rds[port] if kind == "read" else n_wr))
+        what = f"{kind} burst {k}" + (f" of master {port}" if port else "")
         dev.faults(seed=int(rng.integers(1, 2**63)), r=0.2, b=0.2, latency=int(rng.integers(0, 8)),
-                   resp="SLVERR" if rng.random() < 0.5 else "DECERR", **{f"err_{kind}": k})
+                   resp="SLVERR" if rng.random() < 0.5 else "DECERR", err_port=port, **{f"err_{kind}": k})
         try:
             dev.run(prog.base, max_cycles=PARITY_MAX_CYCLES)
-            raise _Mismatch(f"no error for a {kind} error on burst {k}")
+            raise _Mismatch(f"no error for a {what} error")
         except DeviceError as e:
             if e.code != isa.ErrCode.AXI_ERROR or "\n" in str(e):
-                raise _Mismatch(f"{kind} burst {k}: {e}") from None
+                raise _Mismatch(f"{what}: {e}") from None
         finally:
             dev.faults()
         stopped += 1
@@ -503,7 +528,7 @@ def fuzz_faults(cases: int, seed: int = 0) -> Report:
         dev.mem[:] = img
         st = dev.run(prog.base)
         if not np.array_equal(dev.mem, ref_mem) or st.cycles != ref.cycles:
-            raise _Mismatch(f"rerun after a {kind} error on burst {k} differs")
+            raise _Mismatch(f"rerun after a {what} error differs")
 
     try:
         for i in range(cases):
@@ -598,9 +623,9 @@ def fuzz_parity(cases: int, seed: int = 0, carry: bool = False, board="sim") -> 
 
 
 def run(target: str, cases: int, seed: int = 0, mem_limit_gb: float = 8.0, board="sim") -> Report:
-    """``board``: a board name or file (isa and parity targets; gguf compiles for sim, faults runs on sim)."""
-    if board != "sim" and target in ("gguf", "faults"):
-        raise FlightLLMError(f"fuzz: --board applies to isa, parity and parity-carry ({target} runs on sim)")
+    """``board``: a board name or file (isa, parity and faults targets; gguf compiles for sim)."""
+    if board != "sim" and target == "gguf":
+        raise FlightLLMError("fuzz: --board applies to isa, parity, parity-carry and faults (gguf runs on sim)")
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     lim = int(mem_limit_gb * (1 << 30))
     resource.setrlimit(resource.RLIMIT_AS, (lim if hard == resource.RLIM_INFINITY else min(lim, hard), hard))
@@ -612,7 +637,7 @@ def run(target: str, cases: int, seed: int = 0, mem_limit_gb: float = 8.0, board
         if target in ("parity", "parity-carry"):
             return fuzz_parity(cases, seed, carry=target == "parity-carry", board=board)
         if target == "faults":
-            return fuzz_faults(cases, seed)
+            return fuzz_faults(cases, seed, board)
         raise FlightLLMError(f"fuzz: unknown target '{target}' (gguf, isa, parity, parity-carry or faults)")
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

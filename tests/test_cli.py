@@ -97,6 +97,8 @@ def test_kernel_on_two_weight_channels(env, op, wbits, sparsity):
     (("disasm", "{txt}"), "not a multiple of 4"),
     (("disasm", "{junk}"), "unknown opcode"),
     (("kernel", "mv", "--sparsity", "3:16"), "N:16"),
+    (("fuzz", "gguf", "-n", "1", "--board", "kv260"), "gguf runs on sim"),
+    (("fuzz", "faults", "-n", "1", "--board", "nope"), "unknown board 'nope'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(env, tmp_path, args, msg):
     txt = tmp_path / "x.txt"

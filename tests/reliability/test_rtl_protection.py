@@ -404,3 +404,34 @@ def test_parity_with_state_carried_between_cases():
     r = fuzz.run("parity-carry", 600, seed=3)
     assert r.cases == 600 and r.clean, r.examples
     assert r.cycle_mismatches == 0 and r.accepted > 100 and r.rejected > 200
+
+
+def test_fault_campaign():
+    """`flightllm fuzz faults` in CI: backpressure and latency on every channel give the clean run's memory;
+    SLVERR/DECERR on a random read or write burst stops with AXI_ERROR, touches nothing protected, and a soft
+    reset makes the rerun identical."""
+    from flightllm import fuzz
+
+    r = fuzz.run("faults", 120, seed=2)
+    assert r.cases == 120 and r.clean, r.examples
+    assert r.accepted > 30 and r.rejected > 30
+
+
+def test_fault_campaign_over_weight_channels(monkeypatch, sim2_board):
+    """The same on the two-channel board: the program adds an MM split over both masters, and read errors go to
+    either master's bursts (m1_axi's are the split MM's weights)."""
+    from flightllm import fuzz
+    from flightllm.sim.rtl_device import RtlDevice
+
+    ports = []
+    orig = RtlDevice.faults
+
+    def seen(self, *a, **kw):
+        if kw.get("err_read", -1) >= 0:
+            ports.append(kw.get("err_port", 0))
+        return orig(self, *a, **kw)
+    monkeypatch.setattr(RtlDevice, "faults", seen)
+    r = fuzz.run("faults", 160, seed=4, board=sim2_board)
+    assert r.cases == 160 and r.clean, r.examples
+    assert r.accepted > 30 and r.rejected > 30
+    assert ports.count(1) >= 10 and ports.count(0) >= 10, ports       # weight-channel read errors were caught too
