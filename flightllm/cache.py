@@ -2,10 +2,12 @@
 
 Everything lives under ``$FLIGHTLLM_CACHE`` (default ``~/.cache/flightllm``). Entries are keyed by a hash of
 what they are made from, so every edit of the hardware, the compiler or a board file makes new ones; the old ones
-are never read again. Each kind therefore keeps only the ``keep`` entries of a *group* (one model on one board, one
-board's build) used most recently (``touch`` on every hit) and removes the rest when it stores a new one: a
-Verilator build of the sim board is ~200 MB with its objects, an artifact 100-300 MB, and without pruning a
-developer's cache grew to tens of GB. ``FLIGHTLLM_CACHE_KEEP`` overrides ``keep`` (0: keep everything).
+are never read again. Artifacts (compiler/compile.py), Verilator builds (sim/rtl_device.py) and generated Verilog
+(hw/flow) therefore keep only the ``keep`` entries of a *group* (one model on one board, one board's build) used
+most recently (``touch`` on every hit) and remove the rest when they store a new one: a Verilator build of the sim
+board was ~200 MB with its objects, an artifact is 100-300 MB, and without pruning a developer's cache here grew
+to 29 GB. Estimates (a few KB each, and the per-module synthesis results they reuse) are kept. ``FLIGHTLLM_CACHE_KEEP``
+overrides ``keep`` (0: keep everything).
 """
 from __future__ import annotations
 
