@@ -1,9 +1,9 @@
 """DMA engines on the AXI4 master port.
 
 ``ReadStream``: reads a list of equally spaced byte segments (base + r*stride, len bytes each; one merged
-segment when they touch) with back-to-back AR bursts (<= 64 beats, never across 4 KiB), and feeds an aligning
-byte buffer. The consumer sees the first ``window`` bytes of the segment data at the buffer head, ``cnt`` valid
-bytes, and consumes ``take`` bytes per cycle; lead/trail bytes of partial beats are dropped here.
+segment when they touch) with back-to-back AR bursts (<= 64 beats, never across 4 KiB), into a ring of beat slots.
+The consumer sees the ``window`` bytes at the ring's read pointer, ``cnt`` valid bytes, and consumes ``take`` bytes
+per cycle; lead/trail bytes of partial beats are dropped here (the read pointer skips them).
 
 ``WriteStream`` (ST): AW bursts plus W beats whose 16 32-bit lanes are read from the banked ABUF, rotated to the
 destination's byte offset, with write strobes for partial beats.
@@ -86,32 +86,42 @@ class ReadStream(Elaboratable):
         left = Signal(40)            # bytes left in this phase
         x_seg = Signal(25)
         x_base = Signal(48)
+        # the buffer is a ring of BB / PB beat slots: an accepted beat fills the next slot as it came (AXI beats
+        # are address-aligned), and consuming bytes (taken, or lead / trail dropped) advances the read pointer
+        # ``rp``; the window is the WB bytes from ``rp``. The same bytes as a FIFO shifted by what is consumed,
+        # but with one byte-granular rotation of the window instead of two shifters as wide as the buffer
+        # (~30k LUT a stream buffer on a 64-byte port). Bytes past ``cnt`` are stale, as the consumers' masks
+        # allow (they read only what ``cnt`` covers).
+        NS = self.BB // PB
+        assert NS * PB == self.BB and self.WB <= self.BB
         buf = Signal(8 * self.BB)
+        rp = Signal(range(self.BB))
+        ws = Signal(range(NS))
         cnt = self.cnt
-        m.d.comb += [self.win.eq(buf[: 8 * self.WB]), self.data_phase.eq(on & (phase == 1)), self.busy.eq(on)]
+        ring = Cat(buf, buf[: 8 * self.WB])
+        m.d.comb += [self.win.eq((ring >> (rp << 3))[: 8 * self.WB]), self.data_phase.eq(on & (phase == 1)),
+                     self.busy.eq(on)]
         tk = Signal(range(self.BB + 1))
         with m.If(on & (phase != 1)):
             m.d.comb += tk.eq(Mux(left < cnt, left, cnt))
         with m.Elif(on & (phase == 1)):
             m.d.comb += tk.eq(self.take)
         acc_beat = Signal()
-        
-        shifted = Signal(8 * self.BB)
-        m.d.comb += shifted.eq(buf >> (tk << 3))
         fill = Signal(range(self.BB + 1))
-        FB = (self.BB - PB).bit_length()
         m.d.comb += fill.eq(cnt - tk)
         m.d.comb += self.rready.eq(fill + PB <= self.BB)
         m.d.comb += acc_beat.eq(self.rvalid & self.rready)
+        rp_n = Signal(range(2 * self.BB + 1))
+        m.d.comb += rp_n.eq(rp + tk)
         with m.If(self.flush | self.start):
-            m.d.sync += [cnt.eq(0), buf.eq(0)]
+            m.d.sync += [cnt.eq(0), buf.eq(0), rp.eq(0), ws.eq(0)]
         with m.Else():
+            m.d.sync += rp.eq(Mux(rp_n >= self.BB, rp_n - self.BB, rp_n))
             with m.If(acc_beat):
-                # a beat is accepted only with fill <= BB - PB (rready): FB bits of fill hold it, and the shifted
-                # beat is a 2.5k-bit temporary instead of 4.6k (Verilator shifts it word by word every cycle)
-                m.d.sync += [buf.eq(shifted | (self.rdata << (fill[:FB] << 3))), cnt.eq(fill + PB)]
+                m.d.sync += [buf.word_select(ws, 8 * PB).eq(self.rdata), cnt.eq(fill + PB),
+                             ws.eq(Mux(ws == NS - 1, 0, ws + 1))]
             with m.Else():
-                m.d.sync += [buf.eq(shifted), cnt.eq(fill)]
+                m.d.sync += cnt.eq(fill)
         with m.If(self.start):
             m.d.sync += [on.eq(1), phase.eq(0), left.eq(self.base[:lg]), x_seg.eq(0), x_base.eq(self.base),
                          self.bytes_taken.eq(self.bytes_taken)]
