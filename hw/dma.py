@@ -11,6 +11,7 @@ destination's byte offset, with write strobes for partial beats.
 from __future__ import annotations
 
 from amaranth import Cat, Const, Elaboratable, Module, Mux, Signal
+from amaranth.lib.memory import Memory
 
 BURST_BEATS = 64
 
@@ -88,19 +89,26 @@ class ReadStream(Elaboratable):
         x_base = Signal(48)
         # the buffer is a ring of BB / PB beat slots: an accepted beat fills the next slot as it came (AXI beats
         # are address-aligned), and consuming bytes (taken, or lead / trail dropped) advances the read pointer
-        # ``rp``; the window is the WB bytes from ``rp``. The same bytes as a FIFO shifted by what is consumed,
-        # but with one byte-granular rotation of the window instead of two shifters as wide as the buffer
-        # (~30k LUT a stream buffer on a 64-byte port). Bytes past ``cnt`` are stale, as the consumers' masks
-        # allow (they read only what ``cnt`` covers).
+        # ``rp``; the window is the WB bytes from ``rp``: the slots they touch, shifted by rp's offset in its beat.
+        # The same bytes as a FIFO shifted by what is consumed, without its two shifters as wide as the buffer
+        # (~30k LUT a stream buffer on a 64-byte port). Bytes past ``cnt`` are stale, as the consumers allow (they
+        # read only what ``cnt`` covers). The slots are a small memory (one write port, asynchronous reads), so
+        # Verilator writes one slot per accepted beat instead of copying the whole buffer at every evaluation.
         NS = self.BB // PB
-        assert NS * PB == self.BB and self.WB <= self.BB
-        buf = Signal(8 * self.BB)
+        NW = -(-(self.WB + PB - 1) // PB)          # slots the window touches
+        assert NS * PB == self.BB and NW <= NS
+        m.submodules.ring = ring = Memory(shape=8 * PB, depth=NS, init=[])
+        wr = ring.write_port()
+        rds = [ring.read_port(domain="comb") for _ in range(NW)]
         rp = Signal(range(self.BB))
         ws = Signal(range(NS))
         cnt = self.cnt
-        ring = Cat(buf, buf[: 8 * self.WB])
-        m.d.comb += [self.win.eq((ring >> (rp << 3))[: 8 * self.WB]), self.data_phase.eq(on & (phase == 1)),
-                     self.busy.eq(on)]
+        s0 = Signal(range(NS))
+        m.d.comb += s0.eq(rp >> lg)
+        for j, rd in enumerate(rds):
+            m.d.comb += rd.addr.eq(Mux(s0 + j >= NS, s0 + j - NS, s0 + j))
+        m.d.comb += [self.win.eq((Cat(*[rd.data for rd in rds]) >> (rp[:lg] << 3))[: 8 * self.WB]),
+                     self.data_phase.eq(on & (phase == 1)), self.busy.eq(on)]
         tk = Signal(range(self.BB + 1))
         with m.If(on & (phase != 1)):
             m.d.comb += tk.eq(Mux(left < cnt, left, cnt))
@@ -113,13 +121,13 @@ class ReadStream(Elaboratable):
         m.d.comb += acc_beat.eq(self.rvalid & self.rready)
         rp_n = Signal(range(2 * self.BB + 1))
         m.d.comb += rp_n.eq(rp + tk)
+        m.d.comb += [wr.addr.eq(ws), wr.data.eq(self.rdata), wr.en.eq(acc_beat & ~self.flush & ~self.start)]
         with m.If(self.flush | self.start):
-            m.d.sync += [cnt.eq(0), buf.eq(0), rp.eq(0), ws.eq(0)]
+            m.d.sync += [cnt.eq(0), rp.eq(0), ws.eq(0)]
         with m.Else():
             m.d.sync += rp.eq(Mux(rp_n >= self.BB, rp_n - self.BB, rp_n))
             with m.If(acc_beat):
-                m.d.sync += [buf.word_select(ws, 8 * PB).eq(self.rdata), cnt.eq(fill + PB),
-                             ws.eq(Mux(ws == NS - 1, 0, ws + 1))]
+                m.d.sync += [cnt.eq(fill + PB), ws.eq(Mux(ws == NS - 1, 0, ws + 1))]
             with m.Else():
                 m.d.sync += cnt.eq(fill)
         with m.If(self.start):
