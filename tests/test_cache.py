@@ -54,10 +54,9 @@ def test_keep_from_the_environment(tmp_path, monkeypatch):
 
 def test_root_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("FLIGHTLLM_CACHE", str(tmp_path))
-    from flightllm.hw import flow
     from flightllm.sim import rtl_device
 
-    assert cache.root() == tmp_path and flow.cache_root() == tmp_path
+    assert cache.root() == tmp_path
     assert rtl_device.cache_root() == tmp_path / "rtl"
 
 

@@ -53,10 +53,6 @@ class Project:
         return [f"cd {shlex.quote(str(self.out))} && " + " ".join(shlex.quote(c) for c in cmd) for cmd in self.commands]
 
 
-def cache_root() -> Path:
-    return cache.root()
-
-
 # Python modules outside hw/ that the generated Verilog depends on (hw/*.py imports them): the ISA and formats,
 # the SFU model (its ROM tables and constants) and the SFU width rule, and the board loader
 KEY_FILES = ("flightllm/isa.py", "flightllm/formats.py", "sim/sfu_model.py", "sim/sfu_cycles.py", "boards/__init__.py")
@@ -84,7 +80,7 @@ def verilog_for(board: Board, target: str = "synth") -> Path:
     of the big boards takes minutes). ``target``: see hw/top.py's ``generate_verilog``."""
     from flightllm.hw.top import generate_verilog
 
-    d = cache_root() / "verilog" / f"{board.name}-{target}-{design_key(board)}"
+    d = cache.root() / "verilog" / f"{board.name}-{target}-{design_key(board)}"
     v = d / f"{TOP}.v"
     if v.is_file():
         cache.touch(d)

@@ -44,8 +44,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from flightllm import cache
 from flightllm.boards import Board
-from flightllm.hw.flow import TOP, FlowError, cache_root, design_key, verilog_for
+from flightllm.hw.flow import TOP, FlowError, design_key, verilog_for
 
 METHOD_VERSION = 3
 
@@ -243,7 +244,7 @@ def jobs() -> int:
 
 
 def _module_cache(fam: str, ycmd: list[str]) -> tuple[Path, str]:
-    return cache_root() / "estimate" / "modules", f"{METHOD_VERSION}:{fam}:{yosys_version(ycmd)}:"
+    return cache.root() / "estimate" / "modules", f"{METHOD_VERSION}:{fam}:{yosys_version(ycmd)}:"
 
 
 def synth_hier(verilog: Path, fam: str, workdir: Path, ycmd: list[str], top: str = TOP, progress=None,
@@ -344,7 +345,7 @@ def estimate(board: Board, use_cache: bool = True, progress=None, flat: bool = F
     flattened instead (the reference for the hierarchical method; hours on the big boards)."""
     ycmd = yosys_cmd()
     key = _key(board, ycmd, flat)
-    cfile = cache_root() / "estimate" / f"{board.name}-{'flat-' if flat else ''}{key}.json"
+    cfile = cache.root() / "estimate" / f"{board.name}-{'flat-' if flat else ''}{key}.json"
     if use_cache and cfile.is_file():
         r = json.loads(cfile.read_text())
         r["cached"] = True
