@@ -44,6 +44,7 @@ class Accel:
     prefill_buckets: tuple[int, ...]
     block_slots: int = 0      # cap on the engine's block slots (hw/params.py max_lanes); 0: what port and chains allow
     weight_channels: int = 1  # memory channels an MV/MM with ``split`` streams in lockstep, one master and datapath each
+    abuf_banks: int = 0       # ABUF banks (one 32-bit word each a cycle); 0: one per port word (hw/params.py abuf_banks)
 
     @property
     def dsps(self) -> int:
@@ -159,10 +160,17 @@ def _check(b: Board, where: str) -> None:
         raise BoardError(f"board file {where}: weight_channels must be 1 .. memory.channels ({b.memory.channels})")
     if a.weight_channels & (a.weight_channels - 1):
         raise BoardError(f"board file {where}: weight_channels must be a power of two (the engine divides by it)")
-    if a.weight_channels > 1 and 2 * a.weight_channels > b.memory.port_bytes // 4:
-        # every channel writes up to two output rows a cycle, each to its own ABUF bank (one bank per port word)
+    words = b.memory.port_bytes // 4
+    if a.abuf_banks and (a.abuf_banks < words or a.abuf_banks & (a.abuf_banks - 1)):
+        # a beat's words (ST, LD) must fall in distinct banks, and a word's bank is its low address bits
+        raise BoardError(f"board file {where}: abuf_banks must be a power of two >= the port's {words} words")
+    banks = a.abuf_banks or words
+    if a.weight_channels > 1 and 2 * a.weight_channels > banks:
+        # every channel writes up to two output rows a cycle, each to its own ABUF bank
         raise BoardError(f"board file {where}: weight_channels {a.weight_channels} needs {2 * a.weight_channels} ABUF "
-                         f"banks; a {b.memory.port_bytes}-byte port gives {b.memory.port_bytes // 4}")
+                         f"banks; the board has {banks} (set accel.abuf_banks)")
+    if a.abuf_words % banks:
+        raise BoardError(f"board file {where}: abuf_words must be a multiple of the {banks} ABUF banks")
     if not set(a.sparsity_n) <= {2, 4, 8, 16} or 16 not in a.sparsity_n:
         raise BoardError(f"board file {where}: sparsity_n must be a subset of 2,4,8,16 including 16 (dense)")
     if not set(a.weight_bits) <= {4, 8}:

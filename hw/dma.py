@@ -164,12 +164,14 @@ class ReadStream(Elaboratable):
 class WriteStream(Elaboratable):
     """ST I32: rows of ``cols`` ABUF words to memory (contiguous rows merged by the caller)."""
 
-    def __init__(self, port_bytes: int, abuf_words: int):
+    def __init__(self, port_bytes: int, abuf_words: int, banks: int = 0):
         self.PB = port_bytes
-        self.NL = port_bytes // 4                 # 32-bit lanes per beat = ABUF banks
+        self.NL = port_bytes // 4                 # 32-bit lanes per beat
+        self.NB = banks or self.NL                # ABUF banks (a power of two >= NL: a beat's words in distinct banks)
+        assert self.NB >= self.NL and self.NB & (self.NB - 1) == 0
         self.lg = (port_bytes - 1).bit_length()
-        self.bank_bits = (self.NL - 1).bit_length()
-        self.row_bits = max(1, (abuf_words // self.NL - 1).bit_length())
+        self.bank_bits = (self.NB - 1).bit_length()
+        self.row_bits = max(1, (abuf_words // self.NB - 1).bit_length())
         self.start = Signal()
         self.flush = Signal()
         self.dst = Signal(48)
@@ -192,13 +194,13 @@ class WriteStream(Elaboratable):
         self.bresp = Signal(2)
         self.berr = Signal()
         # ABUF bank read ports (addr/en out, data in, one-cycle latency)
-        self.rd_addr = [Signal(self.row_bits, name=f"st_ra_{i}") for i in range(self.NL)]
+        self.rd_addr = [Signal(self.row_bits, name=f"st_ra_{i}") for i in range(self.NB)]
         self.rd_en = Signal()
-        self.rd_data = [Signal(32, name=f"st_rd_{i}") for i in range(self.NL)]
+        self.rd_data = [Signal(32, name=f"st_rd_{i}") for i in range(self.NB)]
 
     def elaborate(self, platform):
         m = Module()
-        lg, NL = self.lg, self.NL
+        lg, NL, NB = self.lg, self.NL, self.NB
         cols_r, rows_r, dstr, sstr = Signal(26), Signal(25), Signal(48), Signal(26)
         with m.If(self.start):
             m.d.sync += [cols_r.eq(self.cols), rows_r.eq(self.rows), dstr.eq(self.dst_stride), sstr.eq(self.src_stride)]
@@ -262,7 +264,7 @@ class WriteStream(Elaboratable):
         m.d.comb += rel.eq(((wb << lg) - w_dst)[2:29])
         abase = Signal(27)
         m.d.comb += abase.eq(w_src + rel)
-        for b in range(NL):
+        for b in range(NB):         # every bank reads; those no lane of the beat maps to are not used
             lane = Signal(self.bank_bits, name=f"lane_of_bank_{b}")
             m.d.comb += lane.eq(b - abase[: self.bank_bits])
             m.d.comb += self.rd_addr[b].eq((abase + lane) >> self.bank_bits)
@@ -304,7 +306,7 @@ class WriteStream(Elaboratable):
             m.d.comb += bank.eq(base2[: self.bank_bits] + i)
             word = Signal(32, name=f"wlane_{i}")
             with m.Switch(bank):
-                for b in range(NL):
+                for b in range(NB):
                     with m.Case(b):
                         m.d.comb += word.eq(self.rd_data[b])
             w_i = Signal(27, name=f"widx_{i}")

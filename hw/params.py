@@ -108,6 +108,12 @@ def chain_taps(board, c: int) -> int:
                 if sparse(f, n) and c * chain_blocks(f, n) < lanes(board, f, n)] + [1])
 
 
+def abuf_banks(board) -> int:
+    """ABUF banks: one per port word unless the board asks for more (``accel.abuf_banks``), as it must when its
+    weight channels' engines write more than a port's words of output rows a cycle (two each)."""
+    return board.accel.abuf_banks or board.memory.port_bytes // 4
+
+
 def window_bytes(board) -> int:
     """Bytes the extractor must present at once: the widest group, a QACT block, or one beat."""
     return max([lanes(board, f, n) * block_bytes(f, n) for f, n in MODES] + [QACT_BLOCK_BYTES, 4])

@@ -44,7 +44,7 @@ class Top(Elaboratable):
         a = board.accel
         self.PB = board.memory.port_bytes
         self.lg = (self.PB - 1).bit_length()
-        self.NL = self.PB // 4
+        self.NL = P.abuf_banks(board)         # ABUF banks, word a in bank a % NL
         assert self.PB >= 16 and self.PB & (self.PB - 1) == 0, "a port of 16, 32, 64 ... bytes"
         self.FB = P.fetch_beats(board)       # beats of an instruction fetch (2 on a 64-byte port)
         self.K = P.max_lanes(board)
@@ -95,7 +95,7 @@ class Top(Elaboratable):
         srst = csr.reset          # CTRL.RESET: the engine's state machines and datapaths back to idle (not the CSRs)
         m.submodules.dec = dec = Decoder()
         rs = ReadStream(PB, P.stream_buffer_bytes(b), P.window_bytes(b))
-        ws = WriteStream(PB, a.abuf_words)
+        ws = WriteStream(PB, a.abuf_words, NL)
         m.submodules.rs = ResetInserter(srst)(rs)
         m.submodules.ws = ResetInserter(srst)(ws)
         # ---- on-chip buffers ---------------------------------------------------------------------------

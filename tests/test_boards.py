@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from flightllm import boards
@@ -80,3 +82,27 @@ def test_fetch_beats():
     from flightllm.hw import params as P
 
     assert P.fetch_beats(boards.load("sim")) == 2 and P.fetch_beats(boards.load("pynq-z2")) == 3
+
+
+def test_abuf_banks(tmp_path):
+    """One ABUF bank per port word unless the board sets more; weight channels need two banks each."""
+    from flightllm.hw import params as P
+
+    assert P.abuf_banks(boards.load("sim")) == 16 and P.abuf_banks(boards.load("kv260")) == 4
+    n4 = boards.load(str(Path(__file__).resolve().parent / "boards" / "narrow-4ch.toml"))
+    assert P.abuf_banks(n4) == 8 == 2 * n4.accel.weight_channels
+    sim = (boards.BOARD_DIR / "sim.toml").read_text()
+    for extra, msg in [("abuf_banks = 8", "power of two >= the port's 16 words"),
+                       ("abuf_banks = 24", "power of two"),
+                       ("weight_channels = 16", "needs 32 ABUF banks; the board has 16"),
+                       ("abuf_banks = 32\nabuf_words = 1000", "multiple of the 32 ABUF banks")]:
+        t = sim.replace("channels = 1", "channels = 16").replace("sfu_lanes = 16", "sfu_lanes = 16\n" + extra)
+        if "abuf_words = 1000" in extra:
+            t = t.replace("abuf_words = 262144", "")
+        (tmp_path / "b.toml").write_text(t)
+        with pytest.raises(boards.BoardError, match=msg):
+            boards.load(str(tmp_path / "b.toml"))
+    ok = sim.replace("channels = 1", "channels = 16").replace("sfu_lanes = 16",
+                                                              "sfu_lanes = 16\nweight_channels = 16\nabuf_banks = 32")
+    (tmp_path / "b.toml").write_text(ok)
+    assert P.abuf_banks(boards.load(str(tmp_path / "b.toml"))) == 32

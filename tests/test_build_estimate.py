@@ -61,7 +61,7 @@ def test_abuf_banks_in_ultraram_where_the_device_has_it(tmp_path):
         b = boards.load(name)
         text = generate_verilog(b, tmp_path / f"{name}.v", target="xilinx").read_text()
         banks = text.count("  flightllm_ram_ultra #(")
-        assert banks == (b.memory.port_bytes // 4 if b.resources["uram"] else 0), name
+        assert banks == (P.abuf_banks(b) if b.resources["uram"] else 0), name
         assert ('ram_style = "ultra"' in text) == bool(banks)
 
 

@@ -17,6 +17,8 @@ pytestmark = pytest.mark.rtl
 from rtl_available import HAVE, need  # noqa: E402,F401
 
 SIM2 = str(Path(__file__).resolve().parents[1] / "boards" / "sim-2ch.toml")
+# four channels on 16-byte ports: 8 output rows a cycle, so 8 ABUF banks for a 4-word beat (accel.abuf_banks)
+NARROW4 = str(Path(__file__).resolve().parents[1] / "boards" / "narrow-4ch.toml")
 
 CASES = [
     ("mv", 1536, 576, 4, 16, 0, 1),
@@ -45,6 +47,43 @@ def test_split_kernel_bit_exact_and_cycles(op, rows, cols, wbits, sp, seed, toke
         # outputs' ST, latency and drain: ~280 cycles here) weighs twice as much against a halved stream: Q8_0
         # 2:16 (1,734 roofline cycles) measures 0.86
         assert r["efficiency"] >= 0.90, r
+
+
+NARROW_CASES = [
+    ("mv", 1536, 576, 4, 16, 0, 1),
+    ("mv", 193, 576, 8, 16, 1, 1),                   # odd rows: the last channel's last pair is padding
+    ("mv", 576, 1536, 8, 4, 3, 1),
+    ("mv", 37, 96, 4, 8, 4, 1),                      # short rows: each channel's stream merges rows
+    ("mv", 3, 32, 4, 16, 5, 1),                      # two channels stream only padding
+    ("mm", 190, 576, 4, 16, 6, 5),
+    ("mm", 35, 96, 8, 2, 7, 3),
+]
+
+
+@need
+@pytest.mark.parametrize("op,rows,cols,wbits,sp,seed,tokens", NARROW_CASES)
+def test_four_channels_with_more_abuf_banks_than_port_words(op, rows, cols, wbits, sp, seed, tokens):
+    """narrow-4ch: four engines write 8 output rows a cycle into 8 ABUF banks, and ST reads a 4-word beat from
+    any 4 consecutive of them; bits, cycles and bytes as on fsim."""
+    from flightllm.host.kernel import run
+
+    r = run(op, "rtl", NARROW4, rows, cols, wbits, sp, seed, tokens)
+    assert r["bit_exact"], r
+    assert r["cycles"] == r["fsim_cycles"], r
+    assert [r["bytes_read"], r["bytes_written"]] == r["fsim_bytes"], r
+    if op == "mv" and rows * cols >= 1536 * 576 and sp == 16:
+        assert r["efficiency"] >= 0.90, r
+
+
+@need
+def test_parity_fuzz_on_four_channels():
+    """Random programs (LD/ST at any offset and stride, MISC, split and unsplit MV/MM) on narrow-4ch: the RTL
+    with 8 banks for 4-word beats gives fsim's memory, status and cycles."""
+    from flightllm import fuzz
+
+    r = fuzz.run("parity", 300, seed=5, board=NARROW4)
+    assert r.cases == 300 and r.clean and r.cycle_mismatches == 0, r.examples
+    assert r.accepted > 50
 
 
 @need
@@ -77,9 +116,10 @@ def test_channel_range_fault_stops_as_on_fsim(over):
 def test_verilator_lint_clean_two_channels(tmp_path):
     from flightllm.sim.rtl_device import lint
 
-    r = lint(boards.load(SIM2), tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "%Warning" not in r.stderr and "%Error" not in r.stderr, r.stderr[-2000:]
+    for board in (SIM2, NARROW4):
+        r = lint(boards.load(board), tmp_path / Path(board).stem)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "%Warning" not in r.stderr and "%Error" not in r.stderr, r.stderr[-2000:]
 
 
 @pytest.mark.skipif(not HAVE, reason="Verilator not installed")
