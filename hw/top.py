@@ -392,6 +392,9 @@ class Top(Elaboratable):
                          x["arlen"].eq(r_.arlen), x["arsize"].eq(lg), x["arburst"].eq(1),
                          r_.arready.eq(x["arready"] & (g_.code == 0)),
                          r_.rvalid.eq(x["rvalid"]), r_.rdata.eq(x["rdata"]), x["rready"].eq(r_.rready),
+                         # read-only: the write channels are driven idle (undriven they would be top inputs)
+                         x["awvalid"].eq(0), x["awaddr"].eq(0), x["awlen"].eq(0), x["awsize"].eq(lg),
+                         x["awburst"].eq(1), x["wvalid"].eq(0), x["wdata"].eq(0), x["wstrb"].eq(0), x["wlast"].eq(0),
                          x["bready"].eq(1), r_.clear_stats.eq(rs.clear_stats), r_.flush.eq(rs.flush),
                          r_.take.eq(Mux(spl, rs.take, 0))]
 

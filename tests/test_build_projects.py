@@ -162,3 +162,21 @@ def test_cli_devices_and_flash_without_a_board(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no FPGA devices found" in r.stderr
     r = _cli("flash", "--board", "u280", str(bit))
     assert r.returncode == 2 and "loads a .xclbin" in r.stderr
+
+
+def test_cli_build_of_a_multi_master_board_from_its_generated_verilog(tmp_path):
+    """`flightllm build` reads the masters back from the generated Verilog (not the port list the other tests use):
+    every master of a two-channel board must be a whole AXI4 master there, the read-only weight channels' write
+    channels driven idle rather than left as top inputs."""
+    import os
+
+    b = boards.load("kv260")
+    env = dict(os.environ, FLIGHTLLM_CACHE=str(tmp_path / "cache"))
+    r = subprocess.run([sys.executable, "-m", "flightllm", "build", "--board", "kv260", "-o", str(tmp_path / "p")],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    v = (tmp_path / "p" / "rtl" / "flightllm_top.v").read_text()
+    got = interfaces(v)
+    want = interfaces_of_top(b)
+    assert [i.prefix for i in got.masters] == [i.prefix for i in want.masters] == ["m_axi", "m1_axi"]
+    assert {(p.name, p.dir, p.width) for p in got.ports} == {(p.name, p.dir, p.width) for p in want.ports}
