@@ -26,8 +26,9 @@ DIV_N_BITS, ISQRT_BITS, RINV_RMS_BITS, RINV_SM_BITS = 63, 44, 51, 32
 
 
 def sfu_width(board) -> int:
-    """Elements per cycle: sfu_lanes, capped by the ABUF banks (port_bytes / 4) so that W consecutive words
-    are always in W distinct banks (same rule as flightllm.sim.sfu_cycles)."""
+    """Elements per cycle: sfu_lanes, capped by the port's words (port_bytes / 4; the ABUF has at least that many
+    banks, params.abuf_banks) so that W consecutive words are always in W distinct banks (same rule as
+    flightllm.sim.sfu_cycles)."""
     w = _width(board)
     assert 2 <= w <= BLOCK and w & (w - 1) == 0, "SFU width must be a power of two in [2, 32]"
     return w

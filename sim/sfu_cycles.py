@@ -22,7 +22,8 @@ QUANT_SLACK = 3               # QUANT: the quantiser (W dividers) takes 32 / W c
 
 
 def sfu_width(board) -> int:
-    """SFU elements per cycle: sfu_lanes, capped by the ABUF banks so W consecutive words hit W banks."""
+    """SFU elements per cycle: sfu_lanes, capped by the port's words (the ABUF has at least that many banks, so W
+    consecutive words hit W banks)."""
     return max(1, min(board.accel.sfu_lanes, board.memory.port_bytes // 4))
 
 
