@@ -168,12 +168,8 @@ def test_cli_build_of_a_multi_master_board_from_its_generated_verilog(tmp_path):
     """`flightllm build` reads the masters back from the generated Verilog (not the port list the other tests use):
     every master of a two-channel board must be a whole AXI4 master there, the read-only weight channels' write
     channels driven idle rather than left as top inputs."""
-    import os
-
     b = boards.load("kv260")
-    env = dict(os.environ, FLIGHTLLM_CACHE=str(tmp_path / "cache"))
-    r = subprocess.run([sys.executable, "-m", "flightllm", "build", "--board", "kv260", "-o", str(tmp_path / "p")],
-                       capture_output=True, text=True, env=env)
+    r = _cli("build", "--board", "kv260", "-o", str(tmp_path / "p"))     # the Verilog from the cache if it is there
     assert r.returncode == 0, r.stderr
     v = (tmp_path / "p" / "rtl" / "flightllm_top.v").read_text()
     got = interfaces(v)
