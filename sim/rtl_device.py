@@ -96,9 +96,14 @@ def generate(board: boards.Board, out: Path) -> Path:
     return generate_verilog(board, out / f"{TOP}.v", TOP)
 
 
+def build_dir(board: boards.Board, trace: bool = False) -> Path:
+    """The board's build in the cache: its harness library and the Verilog it was built from."""
+    return cache_root() / f"{board.name}-{build_key(board, trace)}"
+
+
 def build(board: boards.Board, trace: bool = False, jobs: int | None = None) -> Path:
     """Return the path of the harness shared library for this board, building it once."""
-    d = cache_root() / f"{board.name}-{build_key(board, trace)}"
+    d = build_dir(board, trace)
     lib = d / "libflightllm_rtl.so"
     if lib.is_file():
         cache.touch(d)
@@ -140,7 +145,7 @@ def ports_header(board: boards.Board) -> str:
 def lint(board: boards.Board, out: Path) -> subprocess.CompletedProcess:
     """verilator --lint-only of the board's Verilog: its cached build's copy when there is one (the same text, the
     same generate()), else a fresh one in ``out``."""
-    v = cache_root() / f"{board.name}-{build_key(board, False)}" / f"{TOP}.v"
+    v = build_dir(board) / f"{TOP}.v"
     if not v.is_file():
         v = generate(board, out)
     return subprocess.run([verilator_bin(), "--lint-only", str(v), "--top-module", TOP] + LINT_FLAGS,
