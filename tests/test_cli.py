@@ -111,3 +111,13 @@ def test_bad_input_is_one_line_and_exit_2(env, tmp_path, args, msg):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("flightllm: error:") and msg in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_estimate_with_a_wrong_yosys_path_is_one_line(env, tmp_path):
+    """$FLIGHTLLM_YOSYS naming no executable is the user's mistake to report, not to fall back from (it was a
+    FileNotFoundError traceback)."""
+    r = run_cli("build", "--board", "sim", "--estimate", "--json",
+                env={**env, "FLIGHTLLM_YOSYS": str(tmp_path / "no-yosys")})
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "FLIGHTLLM_YOSYS" in lines[0] and "no such executable" in lines[0], r.stderr

