@@ -358,6 +358,8 @@ class Mpe(Elaboratable):
         self.ab_waddr1 = Signal(self.abuf_bits + 1)
         self.ab_wdata1 = Signal(32)
         self.ab_wen1 = Signal()
+        self.ab_rpair = Signal()        # the ports' arrangement (hw/engine_abuf.py): a row pair, with the read
+        self.ab_wpair = Signal()        # ... and with the write
         self.depth = self.L + 9        # S0 -> ABUF write
 
     @staticmethod
@@ -679,7 +681,9 @@ class Mpe(Elaboratable):
         oaddr = Signal(self.abuf_bits + 1, name="oaddr", **DP)
         oaddr1 = Signal(self.abuf_bits + 1, name="oaddr1", **DP)
         oacc = Signal(name="oacc", **DP)
-        m.d.sync += [oaddr.eq(wa), oaddr1.eq(wa1), oacc.eq(ms["acc"])]
+        opair = Signal(name="opair", **DP)
+        m.d.sync += [oaddr.eq(wa), oaddr1.eq(wa1), oacc.eq(ms["acc"]), opair.eq(ms["pair"])]
+        m.d.comb += [self.ab_rpair.eq(ms["pair"]), self.ab_wpair.eq(opair)]
         rd = ms["go"] & ms["rowend"] & ms["acc"]
         m.d.comb += [self.ab_raddr.eq(wa), self.ab_ren.eq(rd & ms["evv"]),
                      self.ab_raddr1.eq(wa1), self.ab_ren1.eq(rd & ms["pair"] & ms["oddv"])]

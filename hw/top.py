@@ -26,6 +26,7 @@ from flightllm.hw.clock_gate import VERILOG as CLKGATE_VERILOG, VERILOG_BUFGCE a
 from flightllm.hw.csr import Csr
 from flightllm.hw.decoder import WIN_BITS, Decoder
 from flightllm.hw.dma import ReadStream, WriteStream
+from flightllm.hw.engine_abuf import EngineAbufPorts
 from flightllm.hw.mpe import QWORD, Mpe
 from flightllm.hw.ram import Ram, verilog as ram_verilog
 from flightllm.hw.sfu import Sfu, SfuAbufPorts, sfu_width
@@ -319,36 +320,28 @@ class Top(Elaboratable):
         ld_wdata = Signal(32)
         assert NL >= 2 * C, "each engine writes the two rows of a pair to neighbouring banks in one cycle"
         # the engines' ABUF ports: in lockstep (split) their rows are 2C consecutive words (formats.split_row_map),
-        # so no two of them ever meet in a bank; a bank takes the port that addresses it
-        e_rd = [(e.ab_ren, e.ab_raddr) for e in engs] + [(e.ab_ren1, e.ab_raddr1) for e in engs]
-        e_wr = [(e.ab_wen, e.ab_waddr, e.ab_wdata) for e in engs] + [(e.ab_wen1, e.ab_waddr1, e.ab_wdata1)
-                                                                      for e in engs]
+        # so a rotation by engine 0's address puts each on its bank (hw/engine_abuf.py)
+        m.submodules.eng_ab = eab = EngineAbufPorts(C, NL, len(mpe.ab_raddr))
+        for c, e in enumerate(engs):
+            for h, (ren, ra, rd, wen, wa, wd) in enumerate(
+                    [(e.ab_ren, e.ab_raddr, e.ab_rdata, e.ab_wen, e.ab_waddr, e.ab_wdata),
+                     (e.ab_ren1, e.ab_raddr1, e.ab_rdata1, e.ab_wen1, e.ab_waddr1, e.ab_wdata1)]):
+                k = 2 * c + h
+                m.d.comb += [eab.ren[k].eq(ren), eab.raddr[k].eq(ra), rd.eq(eab.rdata[k]),
+                             eab.wen[k].eq(wen), eab.waddr[k].eq(wa), eab.wdata[k].eq(wd)]
+        m.d.comb += [eab.rpair.eq(mpe.ab_rpair), eab.wpair.eq(mpe.ab_wpair)]
         for i, (rp, wp) in enumerate(banks):
-            hit_r = [en & (ad[:bb_bits] == i) for en, ad in e_rd]
-            mpe_ra = mpe.ab_raddr >> bb_bits
-            for h, (_, ad) in reversed(list(zip(hit_r, e_rd))):
-                mpe_ra = Mux(h, ad >> bb_bits, mpe_ra)
-            hit_w = [en & (ad[:bb_bits] == i) for en, ad, _ in e_wr]
-            mpe_wa, mpe_wd = mpe.ab_waddr >> bb_bits, mpe.ab_wdata
-            for h, (_, ad, d) in reversed(list(zip(hit_w, e_wr))):
-                mpe_wa, mpe_wd = Mux(h, ad >> bb_bits, mpe_wa), Mux(h, d, mpe_wd)
             m.d.comb += [rp.addr.eq(Mux(sfu_mode, sab.raddr[i],
                                         Mux(st16_mode, e_sa >> bb_bits,
-                                            Mux(st_mode, ws.rd_addr[i], mpe_ra)))),
+                                            Mux(st_mode, ws.rd_addr[i], eab.bank_raddr[i])))),
                          rp.en.eq(Mux(sfu_mode, sab.ren[i],
                                       Mux(st16_mode, st16_ren & (e_sa[:bb_bits] == i),
-                                          Mux(st_mode, ws.rd_en, _any(hit_r))))),
-                         ws.rd_data[i].eq(rp.data)]
+                                          Mux(st_mode, ws.rd_en, eab.bank_ren[i])))),
+                         ws.rd_data[i].eq(rp.data), eab.bank_rdata[i].eq(rp.data)]
             sw_mode = sfu_mode | ldq_mode
-            m.d.comb += [wp.addr.eq(Mux(sw_mode, sab.waddr[i], Mux(ld_wen, ld_waddr >> bb_bits, mpe_wa))),
-                         wp.data.eq(Mux(sw_mode, sab.wdata[i], Mux(ld_wen, ld_wdata, mpe_wd))),
-                         wp.en.eq(Mux(sw_mode, sab.wen[i], Mux(ld_wen, ld_waddr[:bb_bits] == i, _any(hit_w))))]
-        for j, e in enumerate(engs):
-            rsel = Signal(bb_bits, name=f"rsel_e{j}")
-            rsel1 = Signal(bb_bits, name=f"rsel_o{j}")
-            m.d.sync += [rsel.eq(e.ab_raddr[:bb_bits]), rsel1.eq(e.ab_raddr1[:bb_bits])]
-            m.d.comb += [e.ab_rdata.eq(Array([banks[i][0].data for i in range(NL)])[rsel]),
-                         e.ab_rdata1.eq(Array([banks[i][0].data for i in range(NL)])[rsel1])]
+            m.d.comb += [wp.addr.eq(Mux(sw_mode, sab.waddr[i], Mux(ld_wen, ld_waddr >> bb_bits, eab.bank_waddr[i]))),
+                         wp.data.eq(Mux(sw_mode, sab.wdata[i], Mux(ld_wen, ld_wdata, eab.bank_wdata[i]))),
+                         wp.en.eq(Mux(sw_mode, sab.wen[i], Mux(ld_wen, ld_waddr[:bb_bits] == i, eab.bank_wen[i])))]
 
         # MPE operand wiring
         xstride, ystride = Signal(24), Signal(24)
