@@ -36,6 +36,7 @@ Arithmetic equals sim/mpe_model.py bit for bit.
 from __future__ import annotations
 
 from amaranth import Cat, ClockDomain, ClockSignal, Const, Elaboratable, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.lib.memory import Memory
 
 from flightllm.formats import ACC_FRAC, ACT_FRAC, BLOCK, SCALE_FIX, block_bytes, paired
 from flightllm.isa import WFmt
@@ -649,28 +650,27 @@ class Mpe(Elaboratable):
         # ---- row accumulators per token and row of the pair ---------------------------------------------
         outs = []
         for h in ("e", "o"):
-            ACC = [Signal(signed(64), name=f"racc_{h}{t}", **DP) for t in range(self.TT)]
+            # one accumulator per token of the tile, in a small memory (LUT-RAM: 64 x 64 bits on the U280, where
+            # 128 registers each with its own write multiplexer cost ~10k LUT an engine); `vld` stands for the
+            # clear at an instruction's start: an accumulator not written since reads as 0
+            ACC = Memory(shape=signed(64), depth=self.TT, init=[])
+            m.submodules[f"racc_{h}"] = ACC
+            arp = ACC.read_port(domain="comb")
+            awp = ACC.write_port()
+            vld = Signal(self.TT, name=f"racc_vld_{h}")
             out = Signal(signed(64), name=f"rowsum_{h}", **DP)
             outv = Signal(name=f"rowsum_v_{h}")
             m.d.sync += outv.eq(0)
             accsel = Signal(signed(64), name=f"racc_sel_{h}")
-            with m.Switch(ms["t"]):
-                for t in range(self.TT):
-                    with m.Case(t):
-                        m.d.comb += accsel.eq(ACC[t])
+            m.d.comb += [arp.addr.eq(ms["t"]), accsel.eq(Mux(vld.bit_select(ms["t"], 1), arp.data, 0))]
             cur, nxt = sums[f"cur_{h}"], sums[f"nxt_{h}"]
             rsum = add64(m, accsel, cur, f"racc_sum_{h}")
+            m.d.comb += [awp.addr.eq(ms["t"]), awp.data.eq(Mux(ms["rowend"], nxt, rsum)),
+                         awp.en.eq(ms["go"] & ~self.clear)]
             with m.If(self.clear):
-                for t in range(self.TT):
-                    m.d.sync += ACC[t].eq(0)
+                m.d.sync += vld.eq(0)
             with m.Elif(ms["go"]):
-                with m.Switch(ms["t"]):
-                    for t in range(self.TT):
-                        with m.Case(t):
-                            with m.If(ms["rowend"]):
-                                m.d.sync += ACC[t].eq(nxt)
-                            with m.Else():
-                                m.d.sync += ACC[t].eq(rsum)
+                m.d.sync += vld.bit_select(ms["t"], 1).eq(1)
                 with m.If(ms["rowend"] & (ms["pair"] & ms["oddv"] if h == "o" else ms["evv"])):
                     m.d.sync += [out.eq(rsum), outv.eq(1)]
             outs.append((out, outv))
