@@ -39,6 +39,12 @@ def rotate(m, vec, amt, name, right=False):
     return vec
 
 
+def _ports(n, aw, pre):
+    """n read and write ports: (ren, raddr, rdata, wen, waddr, wdata), lists of n signals each."""
+    return tuple([Signal(w, name=f"{pre}_{f}{k}") for k in range(n)]
+                 for f, w in (("ren", 1), ("raddr", aw), ("rdata", 32), ("wen", 1), ("waddr", aw), ("wdata", 32)))
+
+
 class EngineAbufPorts(Elaboratable):
     """Engine side: ``ren/raddr/rdata`` and ``wen/waddr/wdata``, lists of 2C ports, port k = 2c + h (engine c,
     port h), addresses ``addr_bits`` wide; ``rpair`` (with the read) and ``wpair`` (with the write) from engine 0.
@@ -49,22 +55,11 @@ class EngineAbufPorts(Elaboratable):
         assert NL & (NL - 1) == 0 and NL >= 2 * C >= 2, (C, NL)
         self.C, self.NL, self.addr_bits = C, NL, addr_bits
         self.lg = (NL - 1).bit_length()
-        P = 2 * C
-        self.ren = [Signal(name=f"e_ren{k}") for k in range(P)]
-        self.raddr = [Signal(addr_bits, name=f"e_raddr{k}") for k in range(P)]
-        self.rdata = [Signal(32, name=f"e_rdata{k}") for k in range(P)]
-        self.wen = [Signal(name=f"e_wen{k}") for k in range(P)]
-        self.waddr = [Signal(addr_bits, name=f"e_waddr{k}") for k in range(P)]
-        self.wdata = [Signal(32, name=f"e_wdata{k}") for k in range(P)]
+        self.ren, self.raddr, self.rdata, self.wen, self.waddr, self.wdata = _ports(2 * C, addr_bits, "e")
         self.rpair = Signal()
         self.wpair = Signal()
-        rb = max(addr_bits - self.lg, 1)
-        self.bank_ren = [Signal(name=f"b_ren{i}") for i in range(NL)]
-        self.bank_raddr = [Signal(rb, name=f"b_raddr{i}") for i in range(NL)]
-        self.bank_rdata = [Signal(32, name=f"b_rdata{i}") for i in range(NL)]
-        self.bank_wen = [Signal(name=f"b_wen{i}") for i in range(NL)]
-        self.bank_waddr = [Signal(rb, name=f"b_waddr{i}") for i in range(NL)]
-        self.bank_wdata = [Signal(32, name=f"b_wdata{i}") for i in range(NL)]
+        (self.bank_ren, self.bank_raddr, self.bank_rdata,
+         self.bank_wen, self.bank_waddr, self.bank_wdata) = _ports(NL, max(addr_bits - self.lg, 1), "b")
 
     def _positions(self, m, ports, pair, name):
         """The run's NL positions: port k at p = k when ``pair``, engine c's port 0 at p = c otherwise; empty
