@@ -144,6 +144,17 @@ def test_normalised_text_ignores_position():
     assert E.normalise(a) != E.normalise(a.replace("$add $add", "$sub $add"))
 
 
+def test_normalised_text_ranks_memory_write_priorities():
+    """yosys numbers memory write ports' PRIORITY over the whole file, so two instances of one module with a memory
+    (the weight channels' engines, their stream buffers) differed only there and were each synthesised on their own
+    (16 engine syntheses on the U280 instead of 2): only the order within the module counts."""
+    a = "  cell $memwr_v2 $n\n    parameter \\PRIORITY 127942\n  cell $memwr_v2 $m\n    parameter \\PRIORITY 127950\n"
+    b = "  cell $memwr_v2 $n\n    parameter \\PRIORITY 136048\n  cell $memwr_v2 $m\n    parameter \\PRIORITY 136051\n"
+    assert E.normalise(a) == E.normalise(b) and "PRIORITY 0" in E.normalise(a) and "PRIORITY 1" in E.normalise(a)
+    swapped = b.replace("136048", "x").replace("136051", "136048").replace("x", "136051")
+    assert E.normalise(a) != E.normalise(swapped)
+
+
 def test_cache_key_follows_the_synthesised_design():
     b = boards.load("u280")
     y = ["/bin/false"]

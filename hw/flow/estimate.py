@@ -229,14 +229,19 @@ def _stub(body: str, name: str) -> str:
             + "end\n")
 
 
+_PRIORITY = re.compile(r"parameter \\PRIORITY (\d+)")
 _AUTO = re.compile(r"\$[^\s$]*\$\S*")     # yosys auto names ($add$design.v:123$45, $paramod$hash\\m): positional
 
 
 def normalise(text: str) -> str:
     """A module's RTLIL with what depends on its place in the file removed: source attributes dropped, auto
-    names renumbered in order of appearance. Equal normalised texts are the same netlist."""
+    names renumbered in order of appearance, memory write ports' PRIORITY (a counter over the whole file, only
+    its order within a memory matters) replaced by its rank in the module. Equal normalised texts are the same
+    netlist."""
     names: dict[str, str] = {}
-    return _AUTO.sub(lambda mo: names.setdefault(mo.group(0), f"$n{len(names)}"), _SRC.sub("", text))
+    text = _AUTO.sub(lambda mo: names.setdefault(mo.group(0), f"$n{len(names)}"), _SRC.sub("", text))
+    rank = {v: i for i, v in enumerate(sorted({int(v) for v in _PRIORITY.findall(text)}))}
+    return _PRIORITY.sub(lambda mo: f"parameter \\PRIORITY {rank[int(mo.group(1))]}", text)
 
 
 def jobs() -> int:
