@@ -177,3 +177,32 @@ def test_sim_board_estimate_and_cache(sim_estimate):
     assert sum(m["lut"] * m["instances"] for m in r["modules"].values()) == r["lut"]
     again = E.estimate(b)          # the same $FLIGHTLLM_CACHE: answered from the board's cached result
     assert again["cached"] and {k: again[k] for k in ("dsp", "lut", "ff")} == {k: r[k] for k in ("dsp", "lut", "ff")}
+
+
+def test_initialised_memories_are_read_from_hex_files(tmp_path):
+    """The SFU's tables reach yosys as $readmemh files (hw/flow/estimate.py _rom_files: minutes -> seconds of
+    elaboration): yosys must see the same words as from Amaranth's one-statement-per-word Verilog."""
+    import re
+    import subprocess
+
+    import numpy as np
+    from amaranth import Module, Signal
+    from amaranth.back import verilog
+    from amaranth.lib.memory import Memory
+
+    words = [int(v) for v in np.random.default_rng(3).integers(0, 1 << 13, 100)] + [0, (1 << 13) - 1]
+    m = Module()
+    m.submodules.rom = rom = Memory(shape=13, depth=len(words), init=words)
+    rp = rom.read_port()
+    a, q = Signal(7), Signal(13)
+    m.d.comb += [rp.addr.eq(a), q.eq(rp.data)]
+    text = verilog.convert(m, ports=[a, q], name="flightllm_top", emit_src=False)
+    assert text.count("] = 13'h") == len(words)
+    inits = {}
+    for name, src in (("plain", text), ("hex", E.for_synthesis(text, tmp_path))):
+        (tmp_path / f"{name}.v").write_text(src)
+        subprocess.run(E.yosys_cmd() + ["-q", "-p", f"read_verilog -sv {name}.v; proc; memory_collect; "
+                                        f"write_rtlil {name}.il"], cwd=tmp_path, check=True)
+        inits[name] = re.findall(r"parameter \\INIT (\S+)", (tmp_path / f"{name}.il").read_text())
+    assert "$readmemh" in E.for_synthesis(text, tmp_path) and "13'h" not in E.for_synthesis(text, tmp_path)
+    assert len(inits["hex"]) == 1 and inits["hex"] == inits["plain"]

