@@ -1,13 +1,13 @@
-"""One 16-stage DSP chain, standalone, for synthesis estimates (yosys synth_xilinx) and block tests.
+"""One 16-stage DSP chain as a module: the engine (hw/mpe.py) instantiates one per chain, the block tests drive one
+alone, and the hierarchical estimate synthesises each distinct one once (chains with equal taps are the same).
 
-The same structure as every chain of hw/mpe.py (``mpe.dsp_chain``): per stage ONE multiplier, a 27-bit weight
-operand times an 8-bit activation (M register), the cascade adder into the P register (PCIN from the previous
-stage), as two cascades of ``mpe.SEG`` stages with inputs skewed by the stage index. With ``pair`` the operand
-holds two rows' weights (w_odd * 2^18 + w_even) and the chain returns both rows' dot products (``even``, ``odd``);
-without, ``even`` is the plain dot product. ``qs``: the sum of the activations. Reduction taps (``taps`` 1, 2
-or 4): ``tp[i]`` the P of the last stage of run i (len / taps stages), ``tq[i]`` that run's activation sum; with
-4 taps ``cut`` (with the operands) cuts each cascade in the middle, so every run's tap is its own dot product (4
-sparse 2:16 blocks in one chain).
+Built by ``mpe.dsp_chain``: per stage ONE multiplier, a 27-bit weight operand times an 8-bit activation (M
+register), the cascade adder into the P register (PCIN from the previous stage), as two cascades of ``mpe.SEG``
+stages with inputs skewed by the stage index. With ``pair`` the operand holds two rows' weights (w_odd * 2^18 +
+w_even) and the chain returns both rows' dot products (``even``, ``odd``); without, ``even`` is the plain dot
+product. ``qs``: the sum of the activations. Reduction taps (``taps`` 1, 2 or 4): ``tp[i]`` the P of the last stage
+of run i (len / taps stages), ``tq[i]`` that run's activation sum; with 4 taps ``cut`` (with the operands) cuts each
+cascade in the middle, so every run's tap is its own dot product (4 sparse 2:16 blocks in one chain).
 """
 from __future__ import annotations
 
