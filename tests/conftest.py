@@ -93,8 +93,9 @@ def run_cli(*args, timeout=600, env=None):
 
 
 # ---- the sim board's full resource estimate (CI runs it; docs/boards.md "Resource estimate") -------------------
-# Cold, it is ~15 minutes of one yosys process. So it starts in the background as soon as the suite is collected,
-# on one core beside the other tests, and its test is moved to the end, where it waits for the result.
+# Cold, it is ~22 minutes of one yosys process beside the tests (1,296 s of module synthesis in CI at ac6c770). So it
+# starts in the background as soon as the suite is collected, on one core beside the other tests, and its test is
+# moved to the end, where it waits for the result.
 SIM_ESTIMATE_TEST = "test_sim_board_estimate_and_cache"
 _SIM_ESTIMATE = pytest.StashKey[dict]()
 

@@ -167,7 +167,7 @@ def test_cache_key_follows_the_synthesised_design():
 
 
 # CI runs the sim board's full estimate: tests/conftest.py starts it in the background at collection (one yosys on
-# one core, ~15 minutes cold, beside the other tests) and runs this test last
+# one core, ~22 minutes cold, beside the other tests) and runs this test last
 def test_sim_board_estimate_and_cache(sim_estimate):
     b = boards.load("sim")
     r = sim_estimate
