@@ -574,7 +574,7 @@ class Mpe(Elaboratable):
         m.d.sync += [cutA.eq(spb == 4), modeA.eq(mode)]
 
         # ---- A..C: DSP chains, then per slot acc / qs -----------------------------------------------------
-        from flightllm.hw.dsp_chain import DspChain
+        from flightllm.hw.dsp_chain import DspChain      # here: hw/dsp_chain.py imports this module
 
         ev, od, qc, tps, tqs = [], [], [], [], []
         for c in range(NCH):
