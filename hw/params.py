@@ -114,6 +114,20 @@ def abuf_banks(board) -> int:
     return board.accel.abuf_banks or board.memory.port_bytes // 4
 
 
+def sfu_width(board) -> int:
+    """SFU elements per cycle (hw/sfu.py, docs/sfu.md): ``accel.sfu_lanes``, capped by the ABUF banks (W consecutive
+    words from any address then fall in W distinct banks, so one SFU request never conflicts with itself) and by a
+    32-element block (the quantiser's W dividers share a block)."""
+    return max(1, min(board.accel.sfu_lanes, abuf_banks(board), BLOCK))
+
+
+def ld_words(board) -> int:
+    """Words an LD I32 writes a cycle (hw/top.py LD_RUN, through the SFU's W-word bank port): the SFU's width, capped
+    by the port's words. A beat a cycle is all the stream brings, and a chunk of more words would need a window of
+    that many bytes (U280: 32 words, 128 bytes, where the engine's groups need 80)."""
+    return min(sfu_width(board), board.memory.port_bytes // 4)
+
+
 def window_bytes(board) -> int:
     """Bytes the extractor must present at once: the widest group, a QACT block, or one beat."""
     return max([lanes(board, f, n) * block_bytes(f, n) for f, n in MODES] + [QACT_BLOCK_BYTES, 4])

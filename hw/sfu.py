@@ -16,7 +16,7 @@ from flightllm.hw.sfu_arith import SerialDiv, SerialIsqrt
 from flightllm.hw.sfu_cores import (ArgmaxCore, EltCore, ExpCore, QuantCore, RmsCore, RopeCore, SiluMulCore,
                                     SumSqCore)
 from flightllm.isa import MiscOp
-from flightllm.sim.sfu_cycles import sfu_width as _width
+from flightllm.hw.params import sfu_width as _width
 
 ABITS = 24            # ABUF word / QBUF byte addresses (FIELDS[Op.MISC])
 NBITS = 25            # resolved n (n field + POS)
@@ -26,9 +26,8 @@ DIV_N_BITS, ISQRT_BITS, RINV_RMS_BITS, RINV_SM_BITS = 63, 44, 51, 32
 
 
 def sfu_width(board) -> int:
-    """Elements per cycle: sfu_lanes, capped by the port's words (port_bytes / 4; the ABUF has at least that many
-    banks, params.abuf_banks) so that W consecutive words are always in W distinct banks (same rule as
-    flightllm.sim.sfu_cycles)."""
+    """Elements per cycle: hw/params.py ``sfu_width`` (sfu_lanes, capped by the ABUF banks, so that W consecutive
+    words are always in W distinct banks, and by a block), checked here for what the generator builds."""
     w = _width(board)
     assert 2 <= w <= BLOCK and w & (w - 1) == 0, "SFU width must be a power of two in [2, 32]"
     return w

@@ -127,6 +127,7 @@ class Top(Elaboratable):
         # special function unit (docs/sfu.md): its W-word ABUF ports spread over the banks by SfuAbufPorts
         # on its own gated clock (hw/clock_gate.py): running only from start to done, it behaves as if clock-enabled
         SW = sfu_width(b)
+        LW = P.ld_words(b)
         m.domains.sfu = ClockDomain("sfu", local=True)
         m.submodules.sfu_gate = sgate = ClockGate()
         m.submodules.sfu = sfu = DomainRenamer("sfu")(Sfu(SW))
@@ -706,9 +707,10 @@ class Top(Elaboratable):
                 isq = f_ld["fmt"] == LdFmt.QACT
                 isq8 = f_ld["fmt"] == LdFmt.Q8_0
                 is32 = ~isq & ~isq8
-                # LD I32: up to SW words a cycle (a chunk never straddles a row), through the SFU's bank port
-                k32 = Signal(range(SW + 1))
-                m.d.comb += k32.eq(Mux(cols - ublk < SW, cols - ublk, SW))
+                # LD I32: up to LW words a cycle (a chunk never straddles a row), through the SFU's bank port;
+                # LW = params.ld_words: SW, or the port's words where the SFU is wider (U280: 16 of 32)
+                k32 = Signal(range(LW + 1))
+                m.d.comb += k32.eq(Mux(cols - ublk < LW, cols - ublk, LW))
                 ub = Mux(isq, QACT_BLOCK_BYTES, Mux(isq8, Q8_BLOCK_BYTES, k32 << 2))
                 fire = Signal()
                 m.d.comb += fire.eq((uleft != 0) & rs.data_phase & (rs.cnt >= ub))

@@ -12,9 +12,9 @@ import numpy as np
 
 from flightllm.boards import Board
 from flightllm.formats import block_bytes
-from flightllm.hw.params import STAGES
+from flightllm.hw.params import STAGES, ld_words, sfu_width
 from flightllm.isa import MiscOp, WFmt
-from flightllm.sim.sfu_cycles import sfu_cycles, sfu_width
+from flightllm.sim.sfu_cycles import sfu_cycles
 
 Q8_BLOCK_BYTES = block_bytes(WFmt.Q8_0)
 MISC_FIXED = -1              # RTL: the SFU's start cycle is the engine's CHECK cycle (counted in both)
@@ -26,7 +26,7 @@ SEG_GAP = 2                  # RTL: each further row segment of a read stream wh
                              # (MM weights with wstride != row bytes, e.g. the V^T cache; LD with src_stride);
                              # an MM hides up to n - 1 of it behind the segment's last group (_seg_gap)
 LD_QACT_FIXED = 1            # RTL: the QBUF block writer's last block
-LD_I32_FIXED = 1             # RTL: LD I32 writes sfu_width words a cycle (hw/top.py LD_RUN)
+LD_I32_FIXED = 1             # RTL: LD I32 writes ld_words words a cycle (hw/top.py LD_RUN)
 LDX_ROW_FIXED = 9            # RTL: LD idx per row: two stream starts, index hand-over, row drain
 LD_Q8_FIXED = 1              # RTL: LD Q8_0 dequantises sfu_width words a cycle
 
@@ -223,10 +223,10 @@ class CycleModel:
         return self.fetch() + self.lat + self._arr(beats) + XFER_FIXED
 
     def ld_i32(self, rows: int, cols: int, base: int = 0, segments: int = 1) -> int:
-        """LD I32: the RTL writes up to sfu_width words a cycle into the ABUF, a chunk never straddling a row;
+        """LD I32: the RTL writes up to ld_words words a cycle into the ABUF, a chunk never straddling a row;
         a first beat not starting at ``base`` costs the lead drop (``transfer``), each further row segment
         SEG_GAP."""
-        W = sfu_width(self.board)
+        W = ld_words(self.board)
         beats = max(self._arr(self._beats(rows * cols * 4)) if self.beat else self._mem(rows * cols * 4),
                     rows * -(-cols // W))
         if not self.beat:

@@ -19,11 +19,10 @@ from flightllm.formats import (ACT_FRAC, BLOCK, QACT_BLOCK_BYTES, SCALE_FIX, dei
 from flightllm.isa import (ErrCode, Instr, LdFmt, MiscOp, Op, StFmt, SysOp, decode_at, extents, misc_overlap,
                            mm_outputs_overlap)
 from flightllm.compiler.memmap import MemoryMap
-from flightllm.hw import regs
+from flightllm.hw import params as P, regs
 from flightllm.hw.regs import PERM_R, PERM_W, PERM_X
 from flightllm.sim import mpe_model, sfu_model
 from flightllm.sim.cycles import Q8_BLOCK_BYTES, CycleModel
-from flightllm.sim.sfu_cycles import sfu_width
 
 MAX_INSTRUCTIONS = 10_000_000     # the watchdog: a stream with no END cannot spin forever
 
@@ -212,9 +211,9 @@ class FunctionalSim:
         else:
             addrs = base + np.arange(rows, dtype=np.int64) * f["src_stride"]
         if f["idx"]:
-            W = sfu_width(self.board)
-            ch = {LdFmt.I32: -(-cols // W), LdFmt.Q8_0: cols // BLOCK * (BLOCK // W), LdFmt.QACT: cols // BLOCK}[fmt]
-            first = {LdFmt.Q8_0: Q8_BLOCK_BYTES, LdFmt.I32: 4 * min(W, cols)}.get(fmt, 0)   # a row's first write
+            W, LW = P.sfu_width(self.board), P.ld_words(self.board)     # Q8_0: W words a cycle; I32: LW
+            ch = {LdFmt.I32: -(-cols // LW), LdFmt.Q8_0: cols // BLOCK * (BLOCK // W), LdFmt.QACT: cols // BLOCK}[fmt]
+            first = {LdFmt.Q8_0: Q8_BLOCK_BYTES, LdFmt.I32: 4 * min(LW, cols)}.get(fmt, 0)   # a row's first write
             cyc = self.cm.ld_gather(addrs, ch, ia, first, QACT_BLOCK_BYTES if fmt == LdFmt.QACT else 0)
         else:
             segs = rows if rows > 1 and f["src_stride"] != nbytes else 1

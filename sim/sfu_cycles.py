@@ -1,7 +1,7 @@
 """Exact cycle count of the special function unit (hw/sfu.py, docs/sfu.md), pure Python.
 
-W = min(sfu_lanes, port_bytes / 4) elements per cycle. Each pass over a row issues one W-word ABUF read per
-operand per chunk, then drains the 2-stage cores (SFU_PASS_OVERHEAD cycles: read latency, two core stages, one
+W = hw/params.py sfu_width(board) elements per cycle. Each pass over a row issues one W-word ABUF read per operand per
+chunk, then drains the 2-stage cores (SFU_PASS_OVERHEAD cycles: read latency, two core stages, one
 sequencing cycle). Per-row scalar steps are bit-serial: RMSNORM = ss // n (63 quotient bits) + isqrt (44 root
 bits) + 2^62 // s (51), SOFTMAX = 2^61 // sum (32), each plus one hand-over cycle. QUANT has W dividers: a block
 is quantised in 32 / W cycles after its last chunk, overlapped with the next block's chunks; the instruction ends
@@ -19,12 +19,6 @@ SFU_FIXED = 3                 # start cycle, first-row set-up, the done cycle
 QUANT_SLACK = 3               # QUANT: the quantiser (W dividers) takes 32 / W cycles for a block after its last
                               # chunk; the last block's q are written 32 / W + 2 cycles after its last read, and
                               # the done cycle waits for them past the usual drain (DRAIN + POST = 4 cycles)
-
-
-def sfu_width(board) -> int:
-    """SFU elements per cycle: sfu_lanes, capped by the port's words (the ABUF has at least that many banks, so W
-    consecutive words hit W banks)."""
-    return max(1, min(board.accel.sfu_lanes, board.memory.port_bytes // 4))
 
 
 def sfu_cycles(W: int, fn: MiscOp, rows: int, n: int, imm: int | None = None) -> int:

@@ -78,6 +78,14 @@ def test_block_slots_cap(tmp_path):
         boards.load(str(tmp_path / "bad.toml"))
 
 
+@pytest.mark.parametrize("lanes", [1, 12])
+def test_sfu_lanes_must_be_a_power_of_two(tmp_path, lanes):
+    t = (boards.BOARD_DIR / "sim.toml").read_text().replace("sfu_lanes = 16", f"sfu_lanes = {lanes}")
+    (tmp_path / "bad.toml").write_text(t)
+    with pytest.raises(boards.BoardError, match="sfu_lanes must be a power of two"):
+        boards.load(str(tmp_path / "bad.toml"))
+
+
 def test_fetch_beats():
     from flightllm.hw import params as P
 

@@ -5,7 +5,8 @@ import pytest
 
 from flightllm import boards
 from flightllm.isa import MiscOp
-from flightllm.sim.sfu_cycles import SFU_FIXED, SFU_PASS_OVERHEAD, sfu_cycles, sfu_width
+from flightllm.hw.params import abuf_banks, ld_words, sfu_width
+from flightllm.sim.sfu_cycles import SFU_FIXED, SFU_PASS_OVERHEAD, sfu_cycles
 
 
 @pytest.mark.parametrize("name", boards.names())
@@ -13,7 +14,16 @@ def test_width_fits_abuf_banks(name):
     b = boards.load(name)
     w = sfu_width(b)
     assert 2 <= w <= 32 and w & (w - 1) == 0
-    assert w <= b.accel.sfu_lanes and w <= b.memory.port_bytes // 4
+    assert w <= b.accel.sfu_lanes and w <= abuf_banks(b)
+    # LD I32 writes through the SFU's bank port, at most a beat's words a cycle
+    assert 1 <= ld_words(b) <= min(w, b.memory.port_bytes // 4)
+
+
+def test_width_follows_the_abuf_banks():
+    # the U280 and VHK158 have 32 banks behind their 16-word ports: a 32-lane SFU (the board files ask for 64)
+    assert sfu_width(boards.load("u280")) == 32 == sfu_width(boards.load("vhk158"))
+    assert ld_words(boards.load("u280")) == 16
+    assert sfu_width(boards.load("sim")) == 16 and sfu_width(boards.load("kv260")) == 4
 
 
 def test_cycle_formula_shape():

@@ -3,6 +3,8 @@ program of LD I32 -> every MISC function (ROPE, RMSNORM, SOFTMAX causal with n_p
 QUANT consumed by an MV), LD Q8_0 (dequantising, strided rows) -> ST I32, compared bit for bit (the whole device memory) and cycle for cycle."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -17,6 +19,9 @@ pytestmark = pytest.mark.rtl
 from rtl_available import HAVE, need  # noqa: E402,F401
 
 MEM = 1 << 20
+# tests/boards/narrow-4ch.toml: an 8-lane SFU over 8 ABUF banks behind a 4-word port (the SFU wider than a beat, as
+# the U280's 32 lanes behind its 16-word port)
+NARROW4 = pytest.param(str(Path(__file__).resolve().parents[1] / "boards" / "narrow-4ch.toml"), id="narrow-4ch")
 PROG, DATA, OUT = 0x1000, 0x10000, 0x80000
 
 
@@ -92,7 +97,7 @@ def _program(rng):
 
 
 @need
-@pytest.mark.parametrize("board", ["sim", "pynq-z2", "kv260"])   # 16-byte ports, 3-beat fetch; SFU width 2 / 4
+@pytest.mark.parametrize("board", ["sim", "pynq-z2", "kv260", NARROW4])   # 16-byte ports, 3-beat fetch; SFU 2 / 4 / 8
 def test_misc_program_bit_exact_and_cycles(board):
     from flightllm.sim.fsim import FunctionalSim
     from flightllm.sim.rtl_device import RtlDevice
@@ -173,7 +178,7 @@ def _kv_gather_program(rng):
 
 
 @need
-@pytest.mark.parametrize("board", ["sim", "pynq-z2", "kv260"])
+@pytest.mark.parametrize("board", ["sim", "pynq-z2", "kv260", NARROW4])
 def test_st_i16_and_ld_gather_bit_exact_and_cycles(board):
     from flightllm.sim.fsim import FunctionalSim
     from flightllm.sim.rtl_device import RtlDevice

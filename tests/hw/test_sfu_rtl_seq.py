@@ -1,6 +1,8 @@
 """SFU sequencer in Verilator (cocotb): whole MISC instructions vs sim/fsim.py's _x_MISC, cycles vs the model.
 
-Generated 4 lanes wide (the KV260 / ZCU104 width; quick build, many chunks per row) and 16 wide (the sim board's)."""
+Generated 4 lanes wide (the KV260 / ZCU104 width; quick build, many chunks per row) and 32 wide (the U280 and VHK158:
+one chunk per QUANT block). The sim board's 16 lanes run every MISC function in the top-level RTL tests (test_rtl_misc,
+test_rtl_model), bit- and cycle-exact with fsim."""
 from __future__ import annotations
 
 import pytest
@@ -10,7 +12,7 @@ from sfu_rtl_util import build, have_verilator, run
 pytestmark = [pytest.mark.rtl, pytest.mark.skipif(not have_verilator(), reason="needs amaranth, cocotb, verilator")]
 
 
-@pytest.mark.parametrize("W", [4, 16])
+@pytest.mark.parametrize("W", [4, 32])
 def test_misc_instructions(W):
     from flightllm.hw.sfu import Sfu
 
