@@ -155,6 +155,29 @@ def test_normalised_text_ranks_memory_write_priorities():
     assert E.normalise(a) != E.normalise(swapped)
 
 
+def test_equal_subtrees_under_different_paths_are_one_module():
+    """The U280's engines mpe1 .. mpe15 each have their own chain and dequantiser modules (mpe1.ch0, mpe2.ch0, ..):
+    children are referred to by a name from their own text, so the engines are one synthesis, not 15."""
+    def leaf(name, op):
+        return (f"module {name}\n  wire input 1 \\a\n  wire output 1 \\y\n  cell {op} $x\n    connect \\A \\a\n"
+                "    connect \\Y \\y\n  end\nend\n")
+
+    def mid(name, kid):
+        return (f"module {name}\n  wire input 1 \\a\n  wire output 1 \\y\n  cell {kid} \\u\n    connect \\a \\a\n"
+                "    connect \\y \\y\n  end\nend\n")
+
+    top = "module \\top\n  wire input 1 \\a\n  wire output 3 \\y\n" + "".join(
+        f"  cell \\top.m{i} \\m{i}\n    connect \\a \\a\n    connect \\y \\y [{i}]\n  end\n" for i in range(3)) + "end\n"
+    text = (top + mid("\\top.m0", "\\top.m0.l") + mid("\\top.m1", "\\top.m1.l") + mid("\\top.m2", "\\top.m2.l")
+            + leaf("\\top.m0.l", "$not") + leaf("\\top.m1.l", "$not") + leaf("\\top.m2.l", "$neg"))
+    mods = E.split_rtlil(text)
+    kids, count = E.instance_tree(mods, "\\top")
+    texts, canon = E.module_texts(mods, kids, count)
+    assert texts["\\top.m0"] == texts["\\top.m1"] != texts["\\top.m2"]
+    assert canon["\\top.m0.l"] == canon["\\top.m1.l"] != canon["\\top.m2.l"]
+    assert "top.m0" not in texts["\\top.m0"] and texts["\\top"].count("attribute \\blackbox") == 2
+
+
 def test_cache_key_follows_the_synthesised_design():
     b = boards.load("u280")
     y = ["/bin/false"]

@@ -258,6 +258,37 @@ def instance_tree(mods: dict[str, str], top: str) -> tuple[dict[str, dict[str, i
     return kids, count
 
 
+_CELL_TYPE = re.compile(r"^(  cell )(\S+)( \S+)$", re.M)
+
+
+def module_texts(mods: dict[str, str], kids: dict[str, dict[str, int]], count: dict[str, int]):
+    """Per module the normalised text it is synthesised from (renamed ``est_top``, its submodules as black-box
+    stubs) and per module a canonical name: ``est_sub_`` + the hash of its own text. A parent refers to its
+    children by their canonical names, so equal subtrees under different instance paths (U280: mpe1.ch0 ..
+    mpe15.ch0, and so mpe1 .. mpe15) give equal texts, synthesised once."""
+    texts: dict[str, str] = {}
+    canon: dict[str, str] = {}
+
+    def text(mn: str) -> str:
+        if mn not in texts:
+            ren = {c: name(c) for c in kids[mn]}
+            body = mods[mn]
+            body = body[body.index(f"module {mn}\n"):].replace(f"module {mn}\n", "module \\est_top\n", 1)
+            body = _CELL_TYPE.sub(lambda mo: mo.group(1) + ren.get(mo.group(2), mo.group(2)) + mo.group(3), body)
+            stubs = {ren[c]: _stub(mods[c], ren[c]) for c in kids[mn]}      # equal children: one stub
+            texts[mn] = normalise("".join(stubs.values()) + body)
+        return texts[mn]
+
+    def name(mn: str) -> str:
+        if mn not in canon:
+            canon[mn] = "\\est_sub_" + hashlib.sha256(text(mn).encode()).hexdigest()[:16]
+        return canon[mn]
+
+    for mn in count:
+        name(mn)
+    return texts, canon
+
+
 def _stub(body: str, name: str) -> str:
     return ("attribute \\blackbox 1\n" + f"module {name}\n" + "".join(p + "\n" for p in _PORT.findall(body))
             + "end\n")
@@ -309,12 +340,10 @@ def synth_hier(verilog: Path, fam: str, workdir: Path, ycmd: list[str], top: str
     if tname not in mods:
         raise FlowError(f"yosys hierarchy: no module {top} in the elaborated design")
     kids, count = instance_tree(mods, tname)
+    texts, canon = module_texts(mods, kids, count)
     groups: dict[str, list[str]] = {}     # normalised text -> modules
     for mn in count:
-        body = mods[mn]
-        body = body[body.index(f"module {mn}\n"):].replace(f"module {mn}\n", "module \\est_top\n", 1)
-        text = normalise("".join(_stub(mods[c], c) for c in kids[mn]) + body)
-        groups.setdefault(text, []).append(mn)
+        groups.setdefault(texts[mn], []).append(mn)
     cdir, cpre = _module_cache(fam, ycmd)
     per: dict[str, dict] = {}
     todo = []                                   # (index, module, text, instances, cache file): to synthesise
@@ -345,7 +374,7 @@ def synth_hier(verilog: Path, fam: str, workdir: Path, ycmd: list[str], top: str
         (d / "m.il").write_text(text)
         _run_yosys(ycmd, f"read_rtlil m.il\nsynth_xilinx -family {fam} -top est_top -noiopad -noclkbuf\n"
                          f"tee -q -o stat.json stat -json\n", d, "yosys")
-        stubs = {normalise(c) for c in kids[mn]} | set(kids[mn])
+        stubs = {canon[c] for c in kids[mn]}
         cells = {c: n for c, n in _stat_cells(d / "stat.json", "est_top").items()
                  if c not in stubs and f"\\{c}" not in stubs and not c.startswith("$n")}
         spent = [ln for ln in (d / "yosys.log").read_text(errors="replace").splitlines()
