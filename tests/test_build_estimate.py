@@ -1,5 +1,6 @@
 """Resource estimate: the yosys path on a small real design, the cell accounting, the chain cut, the cache."""
 import dataclasses
+import re
 
 import pytest
 
@@ -157,25 +158,38 @@ def test_normalised_text_ranks_memory_write_priorities():
 
 def test_equal_subtrees_under_different_paths_are_one_module():
     """The U280's engines mpe1 .. mpe15 each have their own chain and dequantiser modules (mpe1.ch0, mpe2.ch0, ..):
-    children are referred to by a name from their own text, so the engines are one synthesis, not 15."""
-    def leaf(name, op):
-        return (f"module {name}\n  wire input 1 \\a\n  wire output 1 \\y\n  cell {op} $x\n    connect \\A \\a\n"
-                "    connect \\Y \\y\n  end\nend\n")
+    children are referred to by a name from their own text, so the engines are one synthesis, not 15. Equal
+    children of one parent share a stub; their port names may differ by a file-wide counter (``p$q$7``)."""
+    def leaf(name, op, k):
+        return (f"module {name}\n  wire input 1 \\a$x${k}\n  wire output 1 \\y\n  cell {op} $x\n"
+                f"    connect \\A \\a$x${k}\n    connect \\Y \\y\n  end\nend\n")
 
-    def mid(name, kid):
-        return (f"module {name}\n  wire input 1 \\a\n  wire output 1 \\y\n  cell {kid} \\u\n    connect \\a \\a\n"
-                "    connect \\y \\y\n  end\nend\n")
+    def mid(name, kids):
+        return (f"module {name}\n  wire input 1 \\a\n  wire output {len(kids)} \\y\n" + "".join(
+            f"  cell {kid} \\u{i}\n    connect \\a$x${k} \\a\n    connect \\y \\y [{i}]\n  end\n"
+            for i, (kid, k) in enumerate(kids)) + "end\n")
 
-    top = "module \\top\n  wire input 1 \\a\n  wire output 3 \\y\n" + "".join(
-        f"  cell \\top.m{i} \\m{i}\n    connect \\a \\a\n    connect \\y \\y [{i}]\n  end\n" for i in range(3)) + "end\n"
-    text = (top + mid("\\top.m0", "\\top.m0.l") + mid("\\top.m1", "\\top.m1.l") + mid("\\top.m2", "\\top.m2.l")
-            + leaf("\\top.m0.l", "$not") + leaf("\\top.m1.l", "$not") + leaf("\\top.m2.l", "$neg"))
+    top = "module \\top\n  wire input 1 \\a\n  wire output 6 \\y\n" + "".join(
+        f"  cell \\top.m{i} \\m{i}\n    connect \\a \\a\n    connect \\y \\y [{2 * i + 1}:{2 * i}]\n  end\n"
+        for i in range(3)) + "end\n"
+    text = top
+    for i in range(3):
+        text += mid(f"\\top.m{i}", [(f"\\top.m{i}.l{j}", 10 * i + j) for j in range(2)])
+        for j in range(2):
+            text += leaf(f"\\top.m{i}.l{j}", "$neg" if (i, j) == (2, 1) else "$not", 10 * i + j)
     mods = E.split_rtlil(text)
     kids, count = E.instance_tree(mods, "\\top")
     texts, canon = E.module_texts(mods, kids, count)
+    assert canon["\\top.m0.l0"] == canon["\\top.m0.l1"] == canon["\\top.m1.l0"] != canon["\\top.m2.l1"]
     assert texts["\\top.m0"] == texts["\\top.m1"] != texts["\\top.m2"]
-    assert canon["\\top.m0.l"] == canon["\\top.m1.l"] != canon["\\top.m2.l"]
     assert "top.m0" not in texts["\\top.m0"] and texts["\\top"].count("attribute \\blackbox") == 2
+    assert texts["\\top.m0"].count("attribute \\blackbox") == 1 and texts["\\top.m2"].count("attribute \\blackbox") == 2
+    # every port a cell connects is a port of the stub it instantiates (l1's a$x$1 is mapped onto l0's a$x$0)
+    for mn, t in texts.items():
+        stubs = {m.split("\n", 1)[0].strip(): E._ports(m) for m in t.split("module ")[1:]}
+        for typ, conns in re.findall(r"^  cell (\S+) \S+\n((?:    .*\n)*)", t, re.M):
+            if typ in stubs:
+                assert {ln.split()[1] for ln in conns.splitlines()} <= set(stubs[typ]), (mn, typ)
 
 
 def test_cache_key_follows_the_synthesised_design():

@@ -258,25 +258,55 @@ def instance_tree(mods: dict[str, str], top: str) -> tuple[dict[str, dict[str, i
     return kids, count
 
 
-_CELL_TYPE = re.compile(r"^(  cell )(\S+)( \S+)$", re.M)
+_CELL_TYPE = re.compile(r"^(  cell )(\S+)( \S+)$")
+_CONNECT = re.compile(r"^(    connect )(\S+)( .*)$")
+
+
+def _ports(body: str) -> list[str]:
+    return [ln.split()[-1] for ln in _PORT.findall(body)]
 
 
 def module_texts(mods: dict[str, str], kids: dict[str, dict[str, int]], count: dict[str, int]):
     """Per module the normalised text it is synthesised from (renamed ``est_top``, its submodules as black-box
     stubs) and per module a canonical name: ``est_sub_`` + the hash of its own text. A parent refers to its
     children by their canonical names, so equal subtrees under different instance paths (U280: mpe1.ch0 ..
-    mpe15.ch0, and so mpe1 .. mpe15) give equal texts, synthesised once."""
+    mpe15.ch0, and so mpe1 .. mpe15) give equal texts, synthesised once. Equal children of one parent share one
+    stub, the first's; the others' port names (which may hold file-wide counters, ``port$..$123``) are mapped onto
+    its ports in declaration order."""
     texts: dict[str, str] = {}
     canon: dict[str, str] = {}
 
     def text(mn: str) -> str:
         if mn not in texts:
             ren = {c: name(c) for c in kids[mn]}
+            rep: dict[str, str] = {}                        # canonical name -> the child whose stub stands for it
+            for c in kids[mn]:
+                rep.setdefault(ren[c], c)
+            pmap = {}
+            for c in kids[mn]:
+                r = rep[ren[c]]
+                if c != r:
+                    pc, pr = _ports(mods[c]), _ports(mods[r])
+                    if len(pc) != len(pr):
+                        raise FlowError(f"estimate: {c} and {r} normalise equal but differ in ports")
+                    pmap[c] = dict(zip(pc, pr))
             body = mods[mn]
             body = body[body.index(f"module {mn}\n"):].replace(f"module {mn}\n", "module \\est_top\n", 1)
-            body = _CELL_TYPE.sub(lambda mo: mo.group(1) + ren.get(mo.group(2), mo.group(2)) + mo.group(3), body)
-            stubs = {ren[c]: _stub(mods[c], ren[c]) for c in kids[mn]}      # equal children: one stub
-            texts[mn] = normalise("".join(stubs.values()) + body)
+            out, cur = [], None
+            for ln in body.split("\n"):
+                mo = _CELL_TYPE.match(ln)
+                if mo:
+                    cur = pmap.get(mo.group(2))
+                    ln = mo.group(1) + ren.get(mo.group(2), mo.group(2)) + mo.group(3)
+                elif ln == "  end":
+                    cur = None
+                elif cur is not None:
+                    mo = _CONNECT.match(ln)
+                    if mo:
+                        ln = mo.group(1) + cur.get(mo.group(2), mo.group(2)) + mo.group(3)
+                out.append(ln)
+            stubs = "".join(_stub(mods[r], k) for k, r in rep.items())
+            texts[mn] = normalise(stubs + "\n".join(out))
         return texts[mn]
 
     def name(mn: str) -> str:
