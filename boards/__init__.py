@@ -152,8 +152,8 @@ def _check(b: Board, where: str) -> None:
     a = b.accel
     if b.clock_mhz <= 0 or b.memory.channels < 1 or b.memory.port_bytes < 1:
         raise BoardError(f"board file {where}: clock, channels and port width must be positive")
-    if a.chains < 1 or a.chain_length < 1 or a.sfu_lanes < 1:
-        raise BoardError(f"board file {where}: chains, chain_length and sfu_lanes must be positive")
+    if a.chains < 1 or a.chain_length < 1:
+        raise BoardError(f"board file {where}: chains and chain_length must be positive")
     if a.sfu_lanes < 2 or a.sfu_lanes & (a.sfu_lanes - 1):
         raise BoardError(f"board file {where}: sfu_lanes must be a power of two >= 2 (the SFU's lanes)")
     if a.block_slots == 1 or a.block_slots < 0:
