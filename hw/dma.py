@@ -92,14 +92,19 @@ class ReadStream(Elaboratable):
         # ``rp``; the window is the WB bytes from ``rp``: the slots they touch, shifted by rp's offset in its beat.
         # The same bytes as a FIFO shifted by what is consumed, without its two shifters as wide as the buffer
         # (~30k LUT a stream buffer on a 64-byte port). Bytes past ``cnt`` are stale, as the consumers allow (they
-        # read only what ``cnt`` covers). The slots are a small memory (one write port, asynchronous reads), so
-        # Verilator writes one slot per accepted beat instead of copying the whole buffer at every evaluation.
+        # read only what ``cnt`` covers). The slots are a small memory (asynchronous reads), so Verilator writes
+        # one slot per accepted beat instead of copying the whole buffer at every evaluation. It is one copy per
+        # window slot, each with one write and one read port (every copy takes every beat): the simple dual-port
+        # LUT-RAM every family has. One memory with NW read ports maps to RAM32M16 on UltraScale+, but yosys
+        # builds it from flip-flops and multiplexers on 7-series parts (PYNQ-Z2: 8.0k LUT, 1,292 FF the stream).
         NS = self.BB // PB
         NW = -(-(self.WB + PB - 1) // PB)          # slots the window touches
         assert NS * PB == self.BB and NW <= NS
-        m.submodules.ring = ring = Memory(shape=8 * PB, depth=NS, init=[])
-        wr = ring.write_port()
-        rds = [ring.read_port(domain="comb") for _ in range(NW)]
+        wrs, rds = [], []
+        for j in range(NW):
+            m.submodules[f"ring{j}"] = ring = Memory(shape=8 * PB, depth=NS, init=[])
+            wrs.append(ring.write_port())
+            rds.append(ring.read_port(domain="comb"))
         rp = Signal(range(self.BB))
         ws = Signal(range(NS))
         cnt = self.cnt
@@ -121,7 +126,8 @@ class ReadStream(Elaboratable):
         m.d.comb += acc_beat.eq(self.rvalid & self.rready)
         rp_n = Signal(range(2 * self.BB + 1))
         m.d.comb += rp_n.eq(rp + tk)
-        m.d.comb += [wr.addr.eq(ws), wr.data.eq(self.rdata), wr.en.eq(acc_beat & ~self.flush & ~self.start)]
+        for wr in wrs:
+            m.d.comb += [wr.addr.eq(ws), wr.data.eq(self.rdata), wr.en.eq(acc_beat & ~self.flush & ~self.start)]
         with m.If(self.flush | self.start):
             m.d.sync += [cnt.eq(0), rp.eq(0), ws.eq(0)]
         with m.Else():
