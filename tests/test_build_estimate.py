@@ -244,3 +244,24 @@ def test_initialised_memories_are_read_from_hex_files(tmp_path):
         inits[name] = re.findall(r"parameter \\INIT (\S+)", (tmp_path / f"{name}.il").read_text())
     assert "$readmemh" in hexed and "13'h" not in hexed
     assert len(inits["hex"]) == 1 and inits["hex"] == inits["plain"]
+
+
+def test_equal_modules_either_side_of_a_line_number_digit_are_one_text(tmp_path):
+    """yosys names a module's processes after their source lines and writes them sorted as strings, so a module
+    across line 100,000 (VHK158's mpe10) listed them in another order than its equal siblings. for_synthesis
+    gives every line number the same digit count: the two equal modules below normalise to one text."""
+    body = "".join(f"  reg [7:0] r{i} = 8'h0;\n  always @(posedge clk) r{i} <= d + 8'd{i};\n" for i in range(8))
+    mod = ("module {n}(input clk, input [7:0] d, output [7:0] q);\n" + body
+           + "  assign q = " + " ^ ".join(f"r{i}" for i in range(8)) + ";\nendmodule\n")
+    first = mod.format(n="m0")
+    pad = 99_995 - first.count("\n")            # m1 starts a few lines before line 100,000 and ends after it
+    top = ("module top(input clk, input [7:0] d, output [7:0] q0, output [7:0] q1);\n"
+           "  m0 u0(.clk(clk), .d(d), .q(q0));\n  m1 u1(.clk(clk), .d(d), .q(q1));\nendmodule\n")
+    text = first + "// pad\n" * pad + mod.format(n="m1") + top
+    (tmp_path / "design.v").write_text(E.for_synthesis(text, tmp_path))
+    E._run_yosys(E.yosys_cmd(), "read_verilog -sv design.v\nhierarchy -check -top top\nwrite_rtlil design.il\n",
+                 tmp_path, "elab")
+    mods = E.split_rtlil((tmp_path / "design.il").read_text())
+    kids, count = E.instance_tree(mods, "\\top")
+    texts, canon = E.module_texts(mods, kids, count)
+    assert canon["\\m0"] == canon["\\m1"]

@@ -201,8 +201,13 @@ def _rom_files(text: str, workdir: Path) -> str:
 
 def for_synthesis(text: str, workdir: Path) -> str:
     """The generated Verilog as the estimate synthesises it in ``workdir``: hw/ram.py's zero-init loop removed, the
-    initialised memories read from hex files (see above)."""
-    return _rom_files(_RAM_ZERO_INIT.sub("", text), workdir)
+    initialised memories read from hex files (see above), and the line numbers started at a power of ten above the
+    line count, so that every line number has the same number of digits. yosys names processes and cells after
+    their line (``$proc$design.v:99999$12``) and writes them sorted by name, as strings: a module across line
+    100,000 came out in another order than its equal siblings, and so was synthesised again (VHK158: mpe10)."""
+    text = _rom_files(_RAM_ZERO_INIT.sub("", text), workdir)
+    first = 10 ** len(str(text.count("\n") + 1))
+    return f'`line {first} "design.v" 0\n' + text
 
 
 def synth(verilog: Path, fam: str, workdir: Path, ycmd: list[str], top: str = TOP) -> dict[str, int]:
