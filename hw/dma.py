@@ -92,11 +92,12 @@ class ReadStream(Elaboratable):
         # ``rp``; the window is the WB bytes from ``rp``: the slots they touch, shifted by rp's offset in its beat.
         # The same bytes as a FIFO shifted by what is consumed, without its two shifters as wide as the buffer
         # (~30k LUT a stream buffer on a 64-byte port). Bytes past ``cnt`` are stale, as the consumers allow (they
-        # read only what ``cnt`` covers). The slots are a small memory (asynchronous reads), so Verilator writes
-        # one slot per accepted beat instead of copying the whole buffer at every evaluation. It is one copy per
-        # window slot, each with one write and one read port (every copy takes every beat): the simple dual-port
-        # LUT-RAM every family has. One memory with NW read ports maps to RAM32M16 on UltraScale+, but yosys
-        # builds it from flip-flops and multiplexers on 7-series parts (PYNQ-Z2: 8.0k LUT, 1,292 FF the stream).
+        # read only what ``cnt`` covers). The slots are small memories (asynchronous reads), so Verilator writes a
+        # slot per copy and accepted beat instead of copying the whole buffer at every evaluation. There is one copy
+        # per read port (the NW slots the window touches), each with one write and one read port, every copy taking
+        # every beat: the simple dual-port LUT-RAM every family has. One memory with NW read ports maps to RAM32M16
+        # on UltraScale+, but yosys builds it from flip-flops and multiplexers on 7-series parts (PYNQ-Z2's stream
+        # was 8.0k LUT and 1,292 FF that way, 3.0k and 396 now).
         NS = self.BB // PB
         NW = -(-(self.WB + PB - 1) // PB)          # slots the window touches
         assert NS * PB == self.BB and NW <= NS
