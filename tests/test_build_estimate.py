@@ -258,10 +258,7 @@ def test_equal_modules_either_side_of_a_line_number_digit_are_one_text(tmp_path)
     top = ("module top(input clk, input [7:0] d, output [7:0] q0, output [7:0] q1);\n"
            "  m0 u0(.clk(clk), .d(d), .q(q0));\n  m1 u1(.clk(clk), .d(d), .q(q1));\nendmodule\n")
     text = first + "// pad\n" * pad + mod.format(n="m1") + top
-    (tmp_path / "design.v").write_text(E.for_synthesis(text, tmp_path))
-    E._run_yosys(E.yosys_cmd(), "read_verilog -sv design.v\nhierarchy -check -top top\nwrite_rtlil design.il\n",
-                 tmp_path, "elab")
-    mods = E.split_rtlil((tmp_path / "design.il").read_text())
+    mods = E.elaborate(text, tmp_path, E.yosys_cmd(), "top")
     kids, count = E.instance_tree(mods, "\\top")
     texts, canon = E.module_texts(mods, kids, count)
     assert canon["\\m0"] == canon["\\m1"]

@@ -358,6 +358,15 @@ def _module_cache(fam: str, ycmd: list[str]) -> tuple[Path, str]:
     return cache.root() / "estimate" / "modules", f"{METHOD_VERSION}:{fam}:{yosys_version(ycmd)}:"
 
 
+def elaborate(text: str, workdir: Path, ycmd: list[str], top: str = TOP) -> dict[str, str]:
+    """``text`` (generated Verilog) as the estimate reads it (:func:`for_synthesis`), elaborated by yosys'
+    ``hierarchy`` in ``workdir``: {module name: its RTLIL block}."""
+    (workdir / "design.v").write_text(for_synthesis(text, workdir))
+    _run_yosys(ycmd, f"read_verilog -sv design.v\nhierarchy -check -top {top}\nwrite_rtlil design.il\n",
+               workdir, "elab")
+    return split_rtlil((workdir / "design.il").read_text())
+
+
 def synth_hier(verilog: Path, fam: str, workdir: Path, ycmd: list[str], top: str = TOP, progress=None,
                use_cache: bool = True) -> dict:
     """Hierarchical: ``hierarchy`` elaborates the design (parameterised leaves become one module per parameter
@@ -366,11 +375,7 @@ def synth_hier(verilog: Path, fam: str, workdir: Path, ycmd: list[str], top: str
     multiplied by its instance count in the design. A module is synthesised once per distinct normalised text
     (the module with its submodules' port stubs, see :func:`normalise`), and that result is cached under
     $FLIGHTLLM_CACHE/estimate/modules/ by the text's hash, the family, the yosys version and METHOD_VERSION."""
-    src = workdir / "design.v"
-    src.write_text(for_synthesis(Path(verilog).read_text(), workdir))
-    _run_yosys(ycmd, f"read_verilog -sv design.v\nhierarchy -check -top {top}\nwrite_rtlil design.il\n",
-               workdir, "elab")
-    mods = split_rtlil((workdir / "design.il").read_text())
+    mods = elaborate(Path(verilog).read_text(), workdir, ycmd, top)
     tname = f"\\{top}"
     if tname not in mods:
         raise FlowError(f"yosys hierarchy: no module {top} in the elaborated design")
