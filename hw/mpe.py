@@ -174,11 +174,14 @@ def dsp_chain(m, a, x, pair, name, taps=1, cut=None):
             mreg = Signal(signed(P_BITS), name=f"{name}_m{i}", **DP)
             m.d.sync += mreg.eq(sext(ai * xi, P_BITS))
             preg = Signal(signed(P_BITS), name=f"{name}_p{i}", **DP)
+            # the cascade add mod 2^P_BITS on the unsigned patterns (the P register's wrap-around): the same bits
+            # as the signed sum, without the sign extensions to P_BITS + 1 that Verilator would evaluate
+            mu = mreg.as_unsigned()
             if cuts:
                 cm = Signal(name=f"{name}_cut{i}", **DP)          # the OPMODE register, with M
-                m.d.sync += [cm.eq(pk[PK_BITS + X_BITS]), preg.eq(mreg + Mux(cm, 0, prev_p))]
+                m.d.sync += [cm.eq(pk[PK_BITS + X_BITS]), preg.eq(mu + Mux(cm, 0, prev_p.as_unsigned()))]
             else:
-                m.d.sync += preg.eq(mreg if prev_p is None else mreg + prev_p)
+                m.d.sync += preg.eq(mreg if prev_p is None else mu + prev_p.as_unsigned())
             prev_p = preg
             if taps > 1 and (i + 1) % run == 0:        # P of stage l is valid at A + l + 2
                 tp.append(delay(m, preg[:ACC_BITS].as_signed(), SEG - l, f"{name}_tp{i}"))
@@ -186,22 +189,33 @@ def dsp_chain(m, a, x, pair, name, taps=1, cut=None):
     qt = []
     for r_ in range(taps):
         q_ = Signal(signed(QS_BITS), name=f"{name}_qs" if taps == 1 else f"{name}_qs{r_}", **DP)
-        m.d.sync += q_.eq(sum(x[i] for i in range(r_ * run, (r_ + 1) * run)))
+        # sum of the run's activations mod 2^QS_BITS, as offset-binary bytes (x ^ 0x80 = x + 128, unsigned) less
+        # 128 per activation: unsigned adds, no sign extension of each operand
+        m.d.sync += q_.eq(sum((x[i].as_unsigned() ^ 0x80) for i in range(r_ * run, (r_ + 1) * run))
+                          + (-128 * run & ((1 << QS_BITS) - 1)))
         qt.append(delay(m, q_, SEG + 1, f"{name}_qsd" if taps == 1 else f"{name}_qsd{r_}"))
     if taps == 1:
         qsd = qt[0]
     else:
         qsd = Signal(signed(QS_BITS), name=f"{name}_qst")
         m.d.comb += qsd.eq(sum(qt))
-    lo, hi = [], []
+    # The split, mod 2^ACC_BITS (even / odd keep that many bits): q = P + PK_BIAS as an unsigned word of
+    # ACC_BITS + PK_SHIFT bits, even = the low fields' sum - 2 PK_BIAS, odd = the high fields' sum. All unsigned
+    # and sliced: a signed shift or widening of a sum replicates its sign bit, and Verilator recomputes the sum
+    # once per replicated bit (it did, 20 times per cascade and cycle).
+    QW = ACC_BITS + PK_SHIFT
+    qs_ = []
     for s_, p in enumerate(ps):
-        q = Signal(signed(P_BITS + 1), name=f"{name}_q{s_}")
-        m.d.comb += q.eq(p + PK_BIAS)
-        lo.append(q[:PK_SHIFT].as_unsigned() - PK_BIAS)
-        hi.append(q >> PK_SHIFT)
+        q = Signal(QW, name=f"{name}_q{s_}")
+        m.d.comb += q.eq(sext(p, QW).as_unsigned() + PK_BIAS)
+        qs_.append(q)
+    mask = (1 << ACC_BITS) - 1
+    lo = (sum(q[:PK_SHIFT] for q in qs_) + (-len(qs_) * PK_BIAS & mask))[:ACC_BITS]
+    hi = sum(q[PK_SHIFT:] for q in qs_)[:ACC_BITS]
+    whole = sum(p[:ACC_BITS].as_unsigned() for p in ps)[:ACC_BITS]
     even = Signal(signed(ACC_BITS), name=f"{name}_even", **DP)
     odd = Signal(signed(ACC_BITS), name=f"{name}_odd", **DP)
-    m.d.sync += [even.eq(Mux(pair, sum(lo), sum(ps))), odd.eq(sum(hi))]
+    m.d.sync += [even.eq(Mux(pair, lo, whole)), odd.eq(hi)]
     return even, odd, qsd, tp, (qt if taps > 1 else [])
 
 
