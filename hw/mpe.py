@@ -201,8 +201,8 @@ def dsp_chain(m, a, x, pair, name, taps=1, cut=None):
         m.d.comb += qsd.eq(sum(qt))
     # The split, mod 2^ACC_BITS (even / odd keep that many bits): q = P + PK_BIAS as an unsigned word of
     # ACC_BITS + PK_SHIFT bits, even = the low fields' sum - 2 PK_BIAS, odd = the high fields' sum. All unsigned
-    # and sliced: a signed shift or widening of a sum replicates its sign bit, and Verilator recomputes the sum
-    # once per replicated bit (it did, 20 times per cascade and cycle).
+    # and sliced: a signed shift or widening of a sum replicates its sign bit, and Verilator's C++ spelt the sum
+    # out once per replicated bit (18 times a cascade; gcc merged most of them, not all).
     QW = ACC_BITS + PK_SHIFT
     qs_ = []
     for s_, p in enumerate(ps):
