@@ -40,11 +40,12 @@ LINT_FLAGS = ["-Wall", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNUSEDSIGNAL
               "-Wno-PROCASSINIT", "-Wno-CASEOVERLAP",
               # hw/sfu.py::SfuAbufPorts compares the top bank index with the offset (always false): harmless
               "-Wno-CMPCONST"]
-# -fno-table and functions split at 20,000 statements, not 2,000 (the sim model's then stay whole): 5% fewer
-# instructions a simulated cycle (docs/rtl.md, "Simulation speed"); the cap bounds gcc's time on larger boards
+# -fno-table: Verilator's lookup tables cost more loads than the logic (docs/rtl.md, "Simulation speed"). Functions
+# stay split at 2,000 statements: whole ones save 1.6% of the instructions a cycle but nearly double gcc's time on
+# the multi-engine test boards (sim-2ch, narrow-4ch), which CI builds from scratch.
 BUILD_FLAGS = ["-O3", "-fno-table", "--x-assign", "fast", "--x-initial", "fast", "--noassert", "-Wno-fatal",
                "-Wno-lint", "-Wno-style", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "--output-split", "20000",
-               "--output-split-cfuncs", "20000"]
+               "--output-split-cfuncs", "2000"]
 # gcc levels through verilated.mk's own variables, not -CFLAGS (which would override all three): the per-cycle code
 # (Verilator's "fast" files, the harness, the runtime) at -O2, the "slow" files at -O0. Those are 25 of the sim-2ch
 # model's 39 files, 8.8 of its 15.9 MB of C++: constructors, resets and the SFU tables' initialisers, which run once
