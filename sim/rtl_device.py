@@ -41,8 +41,8 @@ LINT_FLAGS = ["-Wall", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNUSEDSIGNAL
               # hw/sfu.py::SfuAbufPorts compares the top bank index with the offset (always false): harmless
               "-Wno-CMPCONST"]
 # -fno-table: Verilator's lookup tables cost more loads than the logic (docs/rtl.md, "Simulation speed"). Functions
-# stay split at 2,000 statements: whole ones save 1.6% of the instructions a cycle but nearly double gcc's time on
-# the multi-engine test boards (sim-2ch, narrow-4ch), which CI builds from scratch.
+# stay split at 2,000 statements: whole ones save 3% of the instructions a cycle but cost gcc ~11% more on the
+# multi-engine test boards (narrow-4ch 98 -> 109 s), which CI builds from scratch.
 BUILD_FLAGS = ["-O3", "-fno-table", "--x-assign", "fast", "--x-initial", "fast", "--noassert", "-Wno-fatal",
                "-Wno-lint", "-Wno-style", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "--output-split", "20000",
                "--output-split-cfuncs", "2000"]
