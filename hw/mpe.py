@@ -204,14 +204,14 @@ def dsp_chain(m, a, x, pair, name, taps=1, cut=None):
     # and sliced: a signed shift or widening of a sum replicates its sign bit, and Verilator's C++ spelt the sum
     # out once per replicated bit (18 times a cascade; gcc merged most of them, not all).
     QW = ACC_BITS + PK_SHIFT
-    qs_ = []
+    qw = []                                   # the biased P words (not the activation sums q_ / qt above)
     for s_, p in enumerate(ps):
         q = Signal(QW, name=f"{name}_q{s_}")
         m.d.comb += q.eq(sext(p, QW).as_unsigned() + PK_BIAS)
-        qs_.append(q)
+        qw.append(q)
     mask = (1 << ACC_BITS) - 1
-    lo = (sum(q[:PK_SHIFT] for q in qs_) + (-len(qs_) * PK_BIAS & mask))[:ACC_BITS]
-    hi = sum(q[PK_SHIFT:] for q in qs_)[:ACC_BITS]
+    lo = (sum(q[:PK_SHIFT] for q in qw) + (-len(qw) * PK_BIAS & mask))[:ACC_BITS]
+    hi = sum(q[PK_SHIFT:] for q in qw)[:ACC_BITS]
     whole = sum(p[:ACC_BITS].as_unsigned() for p in ps)[:ACC_BITS]
     even = Signal(signed(ACC_BITS), name=f"{name}_even", **DP)
     odd = Signal(signed(ACC_BITS), name=f"{name}_odd", **DP)
