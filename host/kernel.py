@@ -58,7 +58,9 @@ def build(board: boards.Board, op: str, rows: int, cols: int, wbits: int, sp_n: 
         raise FlightLLMError(f"kernel: board {board.name} has no {wbits}-bit weights")
     if sp_n not in board.accel.sparsity_n:
         raise FlightLLMError(f"kernel: board {board.name} has no {sp_n}:16 sparsity")
-    if tokens < 1 or tokens * cols > board.accel.qbuf_bytes:
+    if tokens < 1:
+        raise FlightLLMError(f"kernel: --tokens must be at least 1 (got {tokens})")
+    if tokens * cols > board.accel.qbuf_bytes:
         raise FlightLLMError(f"kernel: {tokens} x {cols} activations do not fit the {board.accel.qbuf_bytes}-byte QBUF")
     rng = np.random.default_rng(seed)
     fmt, raw, wfloat = random_weights(rng, rows, cols, wbits, sp_n)

@@ -97,6 +97,7 @@ def test_kernel_on_two_weight_channels(env, op, wbits, sparsity):
     (("disasm", "{txt}"), "not a multiple of 4"),
     (("disasm", "{junk}"), "unknown opcode"),
     (("kernel", "mv", "--sparsity", "3:16"), "N:16"),
+    (("kernel", "mm", "--tokens", "0"), "--tokens must be at least 1"),
     (("fuzz", "gguf", "-n", "1", "--board", "kv260"), "gguf runs on sim"),
     (("fuzz", "faults", "-n", "1", "--board", "nope"), "unknown board 'nope'"),
 ])
