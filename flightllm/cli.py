@@ -205,10 +205,13 @@ def cmd_kernel(a) -> int:
 def cmd_bench(a) -> int:
     from flightllm.host.api import LLM
 
+    if a.max_tokens < 1:                 # the figures are per decoded token
+        raise FlightLLMError("-n/max_tokens must be at least 1")
     t0 = time.perf_counter()
     llm = LLM(a.model, backend=a.backend, board=a.board, ctx=a.ctx)
     t_load = time.perf_counter() - t0
     ids = llm.prompt_ids(a.prompt)
+    llm.rt.check_length(len(ids) + a.max_tokens)     # before the prefill, not after the decode steps that fit
     t1 = time.perf_counter()
     logits, pst = llm.rt.forward(ids, 0)
     t_prefill = time.perf_counter() - t1

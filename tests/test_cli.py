@@ -91,6 +91,8 @@ def test_kernel_on_two_weight_channels(env, op, wbits, sparsity):
     (("generate", "--board", "nope", "-p", "hi"), "unknown board 'nope'"),
     (("generate", "-p", "hi", "-n", "5000"), "exceed the compiled context length 2048"),
     (("generate", "-p", "hi", "-n", "0"), "at least 1"),
+    (("bench", "-n", "0"), "at least 1"),
+    (("bench", "-n", "5000"), "exceed the compiled context length 2048"),
     (("generate", "-p", "hi", "--top-p", "0"), "top_p"),
     (("generate", "-p", "hi", "--backend", "board"), "no FPGA board"),
     (("eval", "--text", "{missing}"), "cannot read text file"),
