@@ -125,21 +125,37 @@ class LLM:
 
     # -- evaluation --------------------------------------------------------------------------------------
     def eval(self, text: str, max_tokens: int | None = None) -> dict:
-        """Perplexity by teacher forcing: logits of every position from the same compiled path."""
+        """Perplexity by teacher forcing: logits of every position from the same compiled path. A text longer
+        than the compiled context is scored in consecutive windows of that many tokens, each run from position 0
+        (the first token of a window is context only), and the perplexity is over every scored token."""
         ids = self.codec.encode(text)
         if max_tokens is not None:
             ids = ids[:max_tokens]
         if len(ids) < 2:
             raise FlightLLMError("eval needs a text of at least 2 tokens")
-        self.rt.check_length(len(ids))
-        logits, st = self.rt.forward(ids, 0, all_logits=True)
-        return {"tokens": len(ids), "perplexity": perplexity(logits, ids), "cycles": st.cycles}
+        w = self.rt.ctx
+        nll, n, cycles, windows = 0.0, 0, 0, 0
+        for i in range(0, len(ids), w):
+            win = ids[i:i + w]
+            if len(win) < 2:                 # a last window of one token has nothing to score
+                break
+            logits, st = self.rt.forward(win, 0, all_logits=True)
+            nll += nll_sum(logits, win)
+            n += len(win) - 1
+            cycles += st.cycles
+            windows += 1
+        return {"tokens": len(ids), "scored": n, "windows": windows, "perplexity": math.exp(nll / n),
+                "cycles": cycles}
+
+
+def nll_sum(logits: np.ndarray, ids) -> float:
+    """Sum of the negative log-likelihoods of ids[1:] under logits[:-1], in float64."""
+    lp = logits[:-1].astype(np.float64)
+    mx = lp.max(-1, keepdims=True)
+    lse = (mx + np.log(np.exp(lp - mx).sum(-1, keepdims=True)))[:, 0]
+    return float((lse - lp[np.arange(len(ids) - 1), np.asarray(ids[1:])]).sum())
 
 
 def perplexity(logits: np.ndarray, ids) -> float:
     """exp(mean negative log-likelihood of ids[1:] under logits[:-1]), in float64."""
-    lp = logits[:-1].astype(np.float64)
-    mx = lp.max(-1, keepdims=True)
-    lse = (mx + np.log(np.exp(lp - mx).sum(-1, keepdims=True)))[:, 0]
-    nll = lse - lp[np.arange(len(ids) - 1), np.asarray(ids[1:])]
-    return float(math.exp(nll.mean()))
+    return math.exp(nll_sum(logits, ids) / (len(ids) - 1))

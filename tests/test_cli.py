@@ -124,3 +124,28 @@ def test_estimate_with_a_wrong_yosys_path_is_one_line(env, tmp_path):
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "FLIGHTLLM_YOSYS" in lines[0] and "no such executable" in lines[0], r.stderr
+
+
+def test_eval_scores_a_text_longer_than_the_context_in_windows(prose):
+    """eval of more tokens than the compiled context: consecutive windows of ctx tokens, each run from position 0,
+    the perplexity over every scored token (was: an error past the context)."""
+    import math
+
+    from flightllm.host.api import LLM, perplexity
+
+    llm = LLM("smollm2", ctx=32)
+    calls = []
+    fwd = llm.rt.forward
+
+    def spy(tokens, pos, all_logits=False):
+        lg, st = fwd(tokens, pos, all_logits)
+        calls.append((list(tokens), pos, lg))
+        return lg, st
+
+    llm.rt.forward = spy
+    r = llm.eval(prose, 36)
+    ids = llm.codec.encode(prose)[:36]
+    assert [(c[0], c[1]) for c in calls] == [(ids[:32], 0), (ids[32:], 0)]
+    assert (r["tokens"], r["windows"], r["scored"]) == (36, 2, 34)
+    nll = 31 * math.log(perplexity(calls[0][2], ids[:32])) + 3 * math.log(perplexity(calls[1][2], ids[32:]))
+    assert math.isclose(r["perplexity"], math.exp(nll / 34), rel_tol=1e-12) and 1 < r["perplexity"] < 1000
