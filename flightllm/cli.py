@@ -10,10 +10,13 @@ import time
 from flightllm.errors import FlightLLMError
 
 
-def _model_args(p, board=True, backend=True):
-    p.add_argument("-m", "--model", default="smollm2", help="'smollm2' or a path to a LLaMA-family GGUF")
+def _model_args(p, board=True, backend=True, artifact=True):
+    p.add_argument("-m", "--model", default="smollm2",
+                   help="'smollm2', a path to a LLaMA-family GGUF" + (", or an artifact from `flightllm compile`"
+                                                                      if artifact else ""))
     if board:
-        p.add_argument("--board", default="sim", help="board definition (boards/*.toml); default: sim")
+        p.add_argument("--board", default=None, help="board name or file (boards/*.toml); default: sim, or the "
+                                                     "board an artifact was compiled for")
     if backend:
         p.add_argument("--backend", default="fsim", choices=["fsim", "rtl", "board"],
                        help="fsim: functional simulator; rtl: Verilator model of the RTL; board: FPGA via PYNQ")
@@ -44,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
 
     c = sub.add_parser("compile", help="compile a model for a board into an artifact")
-    _model_args(c, backend=False)
+    _model_args(c, backend=False, artifact=False)
     c.add_argument("-o", "--output", required=True)
 
     d = sub.add_parser("disasm", help="disassemble an artifact's programs or a raw instruction file")
@@ -152,7 +155,11 @@ def cmd_compile(a) -> int:
     from flightllm import boards
     from flightllm.compiler import compile_model, gguf_model
 
-    art = compile_model(gguf_model.load(gguf_model.resolve_model(a.model)), boards.load(a.board), a.ctx)
+    from flightllm.host.api import is_artifact
+
+    if is_artifact(a.model):
+        raise FlightLLMError(f"{a.model} is already a compiled artifact; compile takes a GGUF")
+    art = compile_model(gguf_model.load(gguf_model.resolve_model(a.model)), boards.load(a.board or "sim"), a.ctx)
     art.save(a.output)
     n = sum(p["instructions"] for p in art.header["programs"].values())
     print(f"{a.output}: {art.mem_size / 2**20:.1f} MiB device image, {len(art.header['programs'])} programs, "
@@ -225,7 +232,7 @@ def cmd_bench(a) -> int:
         tok, pos = int(logits[-1].argmax()), pos + 1
     stats = llm._stats(pst.cycles, cyc, byt)
     walls.sort()
-    r = {"backend": a.backend, "board": a.board, "prompt_tokens": len(ids), "decode_tokens": a.max_tokens,
+    r = {"backend": a.backend, "board": llm.rt.board.name, "prompt_tokens": len(ids), "decode_tokens": a.max_tokens,
          "load_s": round(t_load, 2), "prefill_wall_s": round(t_prefill, 3),
          "host_decode_tokens_per_s": round(len(walls) / sum(walls), 2),
          "host_decode_median_s": round(walls[len(walls) // 2], 4),
@@ -272,8 +279,10 @@ def cmd_boards(a) -> int:
 
 def cmd_info(a) -> int:
     from flightllm.compiler import compile_cached
+    from flightllm.host.api import is_artifact, load_artifact
 
-    art = compile_cached(a.model, a.board, a.ctx)
+    art = load_artifact(a.model, a.board, a.ctx)[0] if is_artifact(a.model) else \
+        compile_cached(a.model, a.board or "sim", a.ctx)
     h = art.header
     print(json.dumps({"model": h["model"], "board": h["board"], "ctx": h["ctx"], "buckets": h["buckets"],
                       "weight_bytes": h["weight_bytes"], "memmap": h["memmap"],

@@ -1,6 +1,7 @@
 """Python API: ``from flightllm import LLM; llm = LLM("smollm2"); llm.generate("...")``."""
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -10,6 +11,7 @@ import numpy as np
 from flightllm import boards
 from flightllm.errors import FlightLLMError
 from flightllm.compiler import compile_cached
+from flightllm.compiler.artifact import MAGIC as ARTIFACT_MAGIC, Artifact
 from flightllm.host.runtime import Runtime
 from flightllm.host.tokenizer import StreamDecoder, TextCodec
 
@@ -53,12 +55,48 @@ class Result:
                 "stats": self.stats}
 
 
+def is_artifact(model: str) -> bool:
+    """``model`` names a file that starts as ``flightllm compile``'s artifacts do."""
+    try:
+        with open(model, "rb") as f:
+            return f.read(len(ARTIFACT_MAGIC)) == ARTIFACT_MAGIC
+    except OSError:
+        return False
+
+
+def load_artifact(path: str, board: str | None, ctx: int | None) -> tuple[Artifact, boards.Board]:
+    """A compiled artifact and the board it runs on: the one its header names, or ``board`` (a board file's path
+    for boards outside boards/), which must be that board with the same configuration."""
+    art = Artifact.load(path)
+    h = art.header
+    if ctx is not None and ctx != h["ctx"]:
+        raise FlightLLMError(f"{path} is compiled for context {h['ctx']}; --ctx applies when compiling a GGUF")
+    try:
+        b = boards.load(board or h["board"])
+    except FlightLLMError as e:
+        raise FlightLLMError(f"{path} is compiled for board {h['board']}: {e}; pass its board file with --board") \
+            from None
+    if b.name != h["board"]:
+        raise FlightLLMError(f"{path} is compiled for board {h['board']}, not {b.name}")
+    if json.loads(json.dumps(b.to_dict())) != h["board_config"]:
+        raise FlightLLMError(f"{path} was compiled for another configuration of board {b.name} "
+                             f"(its board file has changed since); recompile it")
+    return art, b
+
+
 class LLM:
-    def __init__(self, model: str = "smollm2", backend: str = "fsim", board: str = "sim", ctx: int | None = None):
-        self.art = compile_cached(model, board, ctx)
+    def __init__(self, model: str = "smollm2", backend: str = "fsim", board: str | None = None,
+                 ctx: int | None = None):
+        """``model``: 'smollm2', a GGUF file (compiled for ``board``, default ``sim``, and cached), or an artifact
+        from ``flightllm compile`` (it runs on the board it was compiled for). ``board``: a name or a board file."""
+        if is_artifact(model):
+            self.art, b = load_artifact(model, board, ctx)
+        else:
+            b = boards.load(board or "sim")                     # a board file's path too
+            self.art = compile_cached(model, board or "sim", ctx)
         h = self.art.header
         self.codec = TextCodec(h["tokenizer_json"], h["chat_template"], h["eos"], h["bos"], h["add_bos"])
-        self.rt = Runtime(self.art, backend, board=boards.load(board))     # a board file's path too
+        self.rt = Runtime(self.art, backend, board=b)
         self.stop_ids = set(h["stop_ids"])
         self.last: Result | None = None
 

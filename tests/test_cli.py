@@ -55,6 +55,12 @@ def test_compile_and_disasm(env, tmp_path):
     a = tmp_path / "smollm2.flm"
     r = run_cli("compile", "-m", "smollm2", "--board", "sim", "--ctx", "256", "-o", a, env=env)
     assert r.returncode == 0, r.stderr
+    # the artifact runs as it is (on the board it names) and generates what the GGUF compiled alike does
+    g = [run_cli("generate", "-m", m, *ctx, "-p", "The capital of France is", "-n", "3", "--json", env=env)
+         for m, ctx in ((a, ()), ("smollm2", ("--ctx", "256")))]
+    assert all(x.returncode == 0 for x in g), [x.stderr for x in g]
+    ga, gg = (json.loads(x.stdout) for x in g)
+    assert ga["token_ids"] == gg["token_ids"] and ga["stats"]["board"] == "sim"
     d = run_cli("disasm", a, "--program", "fwd1", env=env)
     assert d.returncode == 0
     lines = d.stdout.splitlines()
@@ -149,3 +155,23 @@ def test_eval_scores_a_text_longer_than_the_context_in_windows(prose):
     assert (r["tokens"], r["windows"], r["scored"]) == (36, 2, 34)
     nll = 31 * math.log(perplexity(calls[0][2], ids[:32])) + 3 * math.log(perplexity(calls[1][2], ids[32:]))
     assert math.isclose(r["perplexity"], math.exp(nll / 34), rel_tol=1e-12) and 1 < r["perplexity"] < 1000
+
+
+def test_artifact_mismatches_are_one_line(env, tmp_path):
+    """An artifact runs only on the board and context it was compiled for; a board file changed since (same
+    name, other configuration) is refused, not run with the wrong buffer sizes."""
+    from flightllm import boards
+
+    a = tmp_path / "s32.flm"
+    assert run_cli("compile", "-m", "smollm2", "--ctx", "32", "-o", a, env=env).returncode == 0
+    changed = tmp_path / "sim.toml"
+    changed.write_text(boards.load("sim").path.read_text().replace("max_context = 2048", "max_context = 1024"))
+    for args, msg in [(("--board", "u280"), "is compiled for board sim, not u280"),
+                      (("--ctx", "64"), "is compiled for context 32"),
+                      (("--board", str(changed)), "another configuration of board sim"),
+                      (("-n", "40"), "exceed the compiled context length 32")]:
+        r = run_cli("generate", "-m", a, "-p", "hi", *args, env=env)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and msg in lines[0], (args, r.stderr)
+    r = run_cli("compile", "-m", a, "-o", tmp_path / "again.flm", env=env)
+    assert r.returncode == 2 and "already a compiled artifact" in r.stderr, r.stderr
