@@ -33,12 +33,24 @@ def test_mixed_types_compile_and_match_reference(tiny):
 
 
 def test_cli_generates_from_a_path(tiny, tmp_path):
+    """`generate -m FILE.gguf`: the CLI's greedy tokens are the runtime's own greedy decode of the same prompt ids."""
+    import json
+
     r = run_cli("generate", "-m", tiny, "-p", "!#$%", "-n", "4", "--ctx", "128", "--json",
                 env={"FLIGHTLLM_CACHE": str(tmp_path)})
     assert r.returncode == 0, r.stderr
-    import json
-
-    assert len(json.loads(r.stdout)["token_ids"]) >= 1
+    out = json.loads(r.stdout)
+    art = compile_model(gguf_model.load(tiny), boards.load("sim"), ctx=128)
+    rt = Runtime(art)
+    ids, want = out["prompt_token_ids"], []
+    logits, _ = rt.forward(ids, 0)
+    for pos in range(len(ids), len(ids) + 4):
+        t = int(logits[-1].argmax())
+        if t in art.header["stop_ids"]:          # a stop token ends the text and is not part of it
+            break
+        want.append(t)
+        logits, _ = rt.forward([t], pos)
+    assert len(ids) >= 1 and out["token_ids"] == want
 
 
 def test_no_stray_top_level_packages(tmp_path):

@@ -1,4 +1,4 @@
-"""SFU width and cycle formula (pure Python; the RTL is checked against them in tests/test_sfu_rtl_seq.py)."""
+"""SFU width and cycle formula (pure Python; the RTL is checked against them in tests/hw/test_sfu_rtl_seq.py)."""
 from __future__ import annotations
 
 import pytest

@@ -80,8 +80,6 @@ def test_mpe_one_group(board, fmt, sp, R):
     if pr:      # slot 2u: row 0 block u, slot 2u + 1: row 1 block u (zero weights for a padding row)
         pad = lambda a: np.concatenate([a, np.zeros((2 - R, nb), np.int64)]).T.reshape(-1)   # noqa: E731
         acc_s, qs_s, V_s = pad(acc), np.repeat(qs[0], 2), pad(V)
-        if R == 1:
-            qs_s = np.repeat(qs[0], 2)
     else:
         acc_s, qs_s, V_s = acc[0], qs[0], V[0]
     words = [int.from_bytes(xq[0, BLOCK * i:BLOCK * (i + 1)].tobytes(), "little") | (int(xm[0, i]) << 256)

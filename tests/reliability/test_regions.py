@@ -1,6 +1,6 @@
 """Region registers (hw/regs.py) and the rules the functional simulator enforces with them: instruction fetch only
 from an executable region, reads need R, writes W, misaligned accesses refused, the first fault stops the engine
-with its code and PC. The same rules on the RTL: test_rtl_protection.py and test_parity.py."""
+with its code and PC. The same rules on the RTL: test_rtl_protection.py (its parity sweeps run fsim and the RTL side by side)."""
 import numpy as np
 import pytest
 

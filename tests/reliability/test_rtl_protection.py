@@ -364,7 +364,7 @@ def test_parity_sweep():
     from flightllm import fuzz
 
     r = fuzz.run("parity", 300, seed=7)
-    assert r.cases == 300 and r.clean, r.examples
+    assert r.cases == 300 and r.clean and r.cycle_mismatches == 0, r.examples
     assert r.accepted > 50 and r.rejected > 100              # both outcomes well covered
 
 
