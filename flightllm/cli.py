@@ -154,7 +154,6 @@ def cmd_eval(a) -> int:
 def cmd_compile(a) -> int:
     from flightllm import boards
     from flightllm.compiler import compile_model, gguf_model
-
     from flightllm.host.api import is_artifact
 
     if is_artifact(a.model):
