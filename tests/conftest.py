@@ -75,6 +75,21 @@ def codec(artifact):
     return TextCodec(h["tokenizer_json"], h["chat_template"], h["eos"], h["bos"], h["add_bos"])
 
 
+# A small LLaMA GGUF written by flightllm.fuzz.tiny_gguf (hidden 64, vocab 64, one token per character '!'..'\\'),
+# its matrices in every GGML type the loader maps: tests about the command or the loader, not SmolLM2's numbers.
+TINY_TYPES = {"attn_q": "Q4_0", "attn_k": "Q4_1", "attn_v": "F16", "attn_output": "Q8_0", "ffn_gate": "F32",
+              "ffn_up": "Q4_0", "ffn_down": "F16"}
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    from flightllm.fuzz import tiny_gguf
+
+    p = tmp_path_factory.mktemp("tiny") / "tiny-mixed.gguf"
+    tiny_gguf(str(p), seed=3, types=TINY_TYPES, layers=2)
+    return p
+
+
 @pytest.fixture(scope="session")
 def prose():
     """Real English prose that ships with the model package: its Apache-2.0 licence text."""

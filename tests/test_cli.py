@@ -126,18 +126,7 @@ def test_estimate_with_a_wrong_yosys_path_is_one_line(env, tmp_path):
     assert len(lines) == 1 and "FLIGHTLLM_YOSYS" in lines[0] and "no such executable" in lines[0], r.stderr
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A small LLaMA GGUF (flightllm.fuzz.tiny_gguf: hidden 64, vocab 64, one token per character '!'..'\\'):
-    the checks below are about the command, not the model, and it runs in a fraction of SmolLM2's time."""
-    from flightllm.fuzz import tiny_gguf
-
-    p = tmp_path_factory.mktemp("tiny") / "tiny.gguf"
-    tiny_gguf(str(p), seed=5, types={"attn_q": "Q4_1", "ffn_up": "Q8_0"}, layers=2)
-    return p
-
-
-TINY_TEXT = "THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG".replace(" ", "")      # a token per letter
+TINY_TEXT = "THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG".replace(" ", "")      # the tiny GGUF (conftest): a token per letter
 
 
 def test_eval_scores_a_text_longer_than_the_context_in_windows(tiny):
@@ -153,7 +142,8 @@ def test_eval_scores_a_text_longer_than_the_context_in_windows(tiny):
         out = 0.0
         for t in range(len(ids) - 1):
             z = logits[t].astype(np.float64)
-            out += math.log(sum(math.exp(v - z.max()) for v in z)) + z.max() - z[ids[t + 1]]
+            m = z.max()
+            out += math.log(sum(math.exp(v - m) for v in z)) + m - z[ids[t + 1]]
         return out
 
     llm = LLM(str(tiny), ctx=32)

@@ -2,27 +2,16 @@
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import TINY_TYPES, run_cli
 from flightllm import boards
 from flightllm.compiler import compile_model, gguf_model
-from flightllm.fuzz import tiny_gguf
 from flightllm.host.runtime import Runtime
 from flightllm.sim.reference import Reference
-
-MIXED = {"attn_q": "Q4_0", "attn_k": "Q4_1", "attn_v": "F16", "attn_output": "Q8_0", "ffn_gate": "F32",
-         "ffn_up": "Q4_0", "ffn_down": "F16"}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    p = tmp_path_factory.mktemp("tiny") / "tiny-mixed.gguf"
-    tiny_gguf(str(p), seed=3, types=MIXED, layers=2)
-    return p
 
 
 def test_mixed_types_compile_and_match_reference(tiny):
     m = gguf_model.load(tiny)
-    assert {m.layer(0, n).type for n in MIXED} == set(MIXED.values())
+    assert {m.layer(0, n).type for n in TINY_TYPES} == set(TINY_TYPES.values())
     art = compile_model(m, boards.load("sim"), ctx=128)
     rt = Runtime(art)
     ids = [5, 17, 33, 2, 40, 41, 9, 12, 60]
