@@ -22,6 +22,15 @@ VERSION = 2          # 2: the memory map carries execute permission (region regi
 MAX_HEADER = 64 << 20
 
 
+def is_artifact(path) -> bool:
+    """``path`` names a file that starts as an artifact does (what ``flightllm compile`` writes)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
 @dataclass
 class Artifact:
     header: dict

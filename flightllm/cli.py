@@ -154,7 +154,7 @@ def cmd_eval(a) -> int:
 def cmd_compile(a) -> int:
     from flightllm import boards
     from flightllm.compiler import compile_model, gguf_model
-    from flightllm.host.api import is_artifact
+    from flightllm.compiler.artifact import is_artifact
 
     if is_artifact(a.model):
         raise FlightLLMError(f"{a.model} is already a compiled artifact; compile takes a GGUF")
@@ -278,7 +278,8 @@ def cmd_boards(a) -> int:
 
 def cmd_info(a) -> int:
     from flightllm.compiler import compile_cached
-    from flightllm.host.api import is_artifact, load_artifact
+    from flightllm.compiler.artifact import is_artifact
+    from flightllm.host.api import load_artifact
 
     art = load_artifact(a.model, a.board, a.ctx)[0] if is_artifact(a.model) else \
         compile_cached(a.model, a.board or "sim", a.ctx)

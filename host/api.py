@@ -11,7 +11,7 @@ import numpy as np
 from flightllm import boards
 from flightllm.errors import FlightLLMError
 from flightllm.compiler import compile_cached
-from flightllm.compiler.artifact import MAGIC as ARTIFACT_MAGIC, Artifact
+from flightllm.compiler.artifact import Artifact, is_artifact
 from flightllm.host.runtime import Runtime
 from flightllm.host.tokenizer import StreamDecoder, TextCodec
 
@@ -53,15 +53,6 @@ class Result:
     def to_dict(self) -> dict:
         return {"text": self.text, "prompt_token_ids": self.prompt_token_ids, "token_ids": self.token_ids,
                 "stats": self.stats}
-
-
-def is_artifact(model: str) -> bool:
-    """``model`` names a file that starts as ``flightllm compile``'s artifacts do."""
-    try:
-        with open(model, "rb") as f:
-            return f.read(len(ARTIFACT_MAGIC)) == ARTIFACT_MAGIC
-    except OSError:
-        return False
 
 
 def load_artifact(path: str, board: str | None, ctx: int | None) -> tuple[Artifact, boards.Board]:
