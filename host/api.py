@@ -1,7 +1,6 @@
 """Python API: ``from flightllm import LLM; llm = LLM("smollm2"); llm.generate("...")``."""
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -57,7 +56,7 @@ class Result:
 
 def load_artifact(path: str, board: str | None, ctx: int | None) -> tuple[Artifact, boards.Board]:
     """A compiled artifact and the board it runs on: the one its header names, or ``board`` (a board file's path
-    for boards outside boards/), which must be that board with the same configuration."""
+    for boards outside boards/). ``Runtime`` checks that it is that board with the same configuration."""
     art = Artifact.load(path)
     h = art.header
     if ctx is not None and ctx != h["ctx"]:
@@ -67,11 +66,6 @@ def load_artifact(path: str, board: str | None, ctx: int | None) -> tuple[Artifa
     except FlightLLMError as e:
         raise FlightLLMError(f"{path} is compiled for board {h['board']}: {e}; pass its board file with --board") \
             from None
-    if b.name != h["board"]:
-        raise FlightLLMError(f"{path} is compiled for board {h['board']}, not {b.name}")
-    if json.loads(json.dumps(b.to_dict())) != h["board_config"]:
-        raise FlightLLMError(f"{path} was compiled for another configuration of board {b.name} "
-                             f"(its board file has changed since); recompile it")
     return art, b
 
 

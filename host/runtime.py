@@ -6,6 +6,7 @@ interface (``rtl``) or a real board (``board``).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -99,9 +100,15 @@ class Runtime:
         """``board``: the one the artifact was compiled for, when it is not a named board (a board file's path,
         e.g. tests/boards); by default the board its header names."""
         self.art = art
-        if board is not None and board.name != art.header["board"]:
-            raise FlightLLMError(f"artifact compiled for board {art.header['board']}, not {board.name}")
-        self.board = board if board is not None else boards.load(art.header["board"])
+        h = art.header
+        self.board = board if board is not None else boards.load(h["board"])
+        # the programs were checked against the board file's buffers and channels at compile time (a header read from
+        # a file holds JSON lists where a freshly compiled one holds tuples: compare as JSON)
+        if self.board.name != h["board"]:
+            raise FlightLLMError(f"the artifact is compiled for board {h['board']}, not {self.board.name}")
+        if json.dumps(self.board.to_dict(), sort_keys=True) != json.dumps(h["board_config"], sort_keys=True):
+            raise FlightLLMError(f"the artifact was compiled for another configuration of board {self.board.name} "
+                                 f"(its board file has changed since); recompile it")
         self.backend = backend
         self.ctx = int(art.header["ctx"])
         self.vocab = int(art.header["model"]["vocab"])

@@ -52,3 +52,18 @@ def test_context_overflow_is_refused_before_running(artifact):
         rt.forward([1], ctx)
     with pytest.raises(FlightLLMError, match="token id out of range"):
         rt.forward([49152], 0)
+
+
+def test_runtime_refuses_another_board_or_a_changed_board_file(artifact, tmp_path):
+    """The programs were checked against the compile-time board's buffers: a Runtime built on another board, or
+    on the same board's file changed since (same name, other configuration), is refused before any device opens."""
+    from flightllm import boards
+
+    sim = boards.load("sim")
+    assert Runtime(artifact, board=sim).board is sim         # the same file, freshly loaded: accepted
+    changed = tmp_path / "sim.toml"
+    changed.write_text(sim.path.read_text().replace("abuf_words = 262144", "abuf_words = 131072"))
+    for board, msg in ((boards.load("u280"), "compiled for board sim, not u280"),
+                       (boards.load(str(changed)), "another configuration of board sim")):
+        with pytest.raises(FlightLLMError, match=msg):
+            Runtime(artifact, board=board)
