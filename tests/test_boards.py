@@ -89,7 +89,15 @@ def test_sfu_lanes_must_be_a_power_of_two(tmp_path, lanes):
 def test_fetch_beats():
     from flightllm.hw import params as P
 
-    assert P.fetch_beats(boards.load("sim")) == 2 and P.fetch_beats(boards.load("pynq-z2")) == 3
+    from flightllm.hw.decoder import MAX_WORDS
+
+    # the fewest beats that hold the longest instruction starting at the first beat's last word
+    for name in boards.names():
+        b = boards.load(name)
+        p, n = b.memory.port_bytes, P.fetch_beats(b)
+        assert (n - 1) * p < p - 4 + 4 * MAX_WORDS <= n * p, name
+    # 9 words: 60 + 36 bytes on the 64-byte port (2 beats), 12 + 36 on the 16-byte one (3)
+    assert MAX_WORDS == 9 and P.fetch_beats(boards.load("sim")) == 2 and P.fetch_beats(boards.load("pynq-z2")) == 3
 
 
 def test_abuf_banks(tmp_path):

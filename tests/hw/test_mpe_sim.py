@@ -100,6 +100,9 @@ def test_mpe_one_group(board, fmt, sp, R):
 
     top = Wrap()
     mpe = top.mpe
+    # stream row 1 of a paired matrix is output rows 2 and 3; an unpaired stream row is its output row
+    YBASE, srow = 3, 1 if pr else 2
+    y_row = 2 * srow if pr else srow
     seen = {"acc": None, "V": None, "y": [], "y1": []}
 
     async def tb(ctx):
@@ -110,7 +113,7 @@ def test_mpe_one_group(board, fmt, sp, R):
         ctx.set(mpe.clear, 0)
         ctx.set(mpe.win, int.from_bytes(stream.tobytes(), "little"))
         for sig, v in ((mpe.go, 1), (mpe.kp, nb), (mpe.rem, nb), (mpe.rowend, 1), (mpe.nb, nb), (mpe.b0, 0),
-                       (mpe.xrow, 0), (mpe.ybase, 3), (mpe.row, 1 if pr else 2), (mpe.oddv, int(R == 2))):
+                       (mpe.xrow, 0), (mpe.ybase, YBASE), (mpe.row, srow), (mpe.oddv, int(R == 2))):
             ctx.set(sig, v)
         await ctx.tick()
         ctx.set(mpe.go, 0)
@@ -137,12 +140,12 @@ def test_mpe_one_group(board, fmt, sp, R):
     assert list(seen["V"]) == list(V_s)
     assert len(seen["y"]) == 1
     c, addr, y = seen["y"][0]
-    assert (c, addr) == (mpe.depth - 1, 5)
+    assert (c, addr) == (mpe.depth - 1, YBASE + y_row)
     assert y - (1 << 32) * (y >> 31) == ref[0]
     if pr and R == 2:
         assert len(seen["y1"]) == 1
         c, addr, y = seen["y1"][0]
-        assert (c, addr) == (mpe.depth - 1, 6)
+        assert (c, addr) == (mpe.depth - 1, YBASE + y_row + 1)
         assert y - (1 << 32) * (y >> 31) == ref[1]
     else:
         assert seen["y1"] == []
