@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     _model_args(e)
     e.add_argument("--text", required=True, help="text file")
     e.add_argument("--max-tokens", type=int, default=None)
+    e.add_argument("--stride", type=int, default=None,
+                   help="tokens between the starts of context-sized windows (default: the context; smaller: a "
+                        "sliding window, each token scored once with more context before it, at more runs)")
     e.add_argument("--json", action="store_true")
 
     c = sub.add_parser("compile", help="compile a model for a board into an artifact")
@@ -145,8 +148,10 @@ def cmd_eval(a) -> int:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise FlightLLMError(f"cannot read text file {a.text}: {getattr(e, 'strerror', None) or e}") from None
+    if a.stride is not None and a.stride < 1:
+        raise FlightLLMError(f"--stride must be at least 1, got {a.stride}")
     llm = LLM(a.model, backend=a.backend, board=a.board, ctx=a.ctx)
-    r = llm.eval(text, a.max_tokens)
+    r = llm.eval(text, a.max_tokens, a.stride)
     print(json.dumps(r) if a.json else f"tokens {r['tokens']}  perplexity {r['perplexity']:.4f}")
     return 0
 

@@ -147,36 +147,45 @@ class LLM:
         }
 
     # -- evaluation --------------------------------------------------------------------------------------
-    def eval(self, text: str, max_tokens: int | None = None) -> dict:
+    def eval(self, text: str, max_tokens: int | None = None, stride: int | None = None) -> dict:
         """Perplexity by teacher forcing: logits of every position from the same compiled path. A text longer
-        than the compiled context is scored in consecutive windows of that many tokens, each run from position 0
-        (the first token of a window is context only), and the perplexity is over every scored token."""
+        than the compiled context is scored in windows of that many tokens, each run from position 0, starting
+        ``stride`` tokens apart (default: the context, consecutive windows). Each window scores only the tokens
+        no earlier window scored, so with a stride below the context every token after the first window has at
+        least ctx - stride tokens before it (a sliding window: closer to full-context perplexity, at ctx / stride
+        times the runs). Consecutive windows leave each window's first token unscored (it is context only)."""
+        w = self.rt.ctx
+        stride = w if stride is None else stride
+        if not 1 <= stride <= w:
+            raise FlightLLMError(f"--stride must be in 1..{w} (the compiled context), got {stride}")
         ids = self.codec.encode(text)
         if max_tokens is not None:
             ids = ids[:max_tokens]
         if len(ids) < 2:
             raise FlightLLMError("eval needs a text of at least 2 tokens")
-        w = self.rt.ctx
         nll, n, cycles, windows = 0.0, 0, 0, 0
-        for i in range(0, len(ids), w):
-            win = ids[i:i + w]
-            if len(win) < 2:                 # a last window of one token has nothing to score
-                break
-            logits, st = self.rt.forward(win, 0, all_logits=True)
-            nll += nll_sum(logits, win)
-            n += len(win) - 1
-            cycles += st.cycles
-            windows += 1
-        return {"tokens": len(ids), "scored": n, "windows": windows, "perplexity": math.exp(nll / n),
-                "cycles": cycles}
+        start, end = 0, 1                    # targets below `end` are scored (token 0 never is)
+        while end < len(ids):
+            win = ids[start:start + w]
+            skip = max(0, end - 1 - start)   # the window's first targets an earlier window scored
+            if len(win) - 1 > skip:
+                logits, st = self.rt.forward(win, 0, all_logits=True)
+                nll += nll_sum(logits, win, skip)
+                n += len(win) - 1 - skip
+                cycles += st.cycles
+                windows += 1
+            end = start + len(win)
+            start += stride
+        return {"tokens": len(ids), "scored": n, "windows": windows, "stride": stride,
+                "perplexity": math.exp(nll / n), "cycles": cycles}
 
 
-def nll_sum(logits: np.ndarray, ids) -> float:
-    """Sum of the negative log-likelihoods of ids[1:] under logits[:-1], in float64."""
-    lp = logits[:-1].astype(np.float64)
+def nll_sum(logits: np.ndarray, ids, skip: int = 0) -> float:
+    """Sum of the negative log-likelihoods of ids[1 + skip:] under logits[skip:-1], in float64."""
+    lp = logits[skip:len(ids) - 1].astype(np.float64)
     mx = lp.max(-1, keepdims=True)
     lse = (mx + np.log(np.exp(lp - mx).sum(-1, keepdims=True)))[:, 0]
-    return float((lse - lp[np.arange(len(ids) - 1), np.asarray(ids[1:])]).sum())
+    return float((lse - lp[np.arange(len(lp)), np.asarray(ids[1 + skip:])]).sum())
 
 
 def perplexity(logits: np.ndarray, ids) -> float:

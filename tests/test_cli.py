@@ -96,6 +96,8 @@ def test_kernel_on_two_weight_channels(env, op, wbits, sparsity):
     (("generate", "-p", "hi", "--top-p", "0"), "top_p"),
     (("generate", "-p", "hi", "--backend", "board"), "no FPGA board"),
     (("eval", "--text", "{missing}"), "cannot read text file"),
+    (("eval", "--text", "{txt}", "--stride", "0"), "--stride must be at least 1"),
+    (("eval", "--text", "{txt}", "--stride", "4096"), "--stride must be in 1..2048"),
     (("disasm", "{txt}"), "not a multiple of 4"),
     (("disasm", "{junk}"), "unknown opcode"),
     (("kernel", "mv", "--sparsity", "3:16"), "N:16"),
@@ -131,11 +133,13 @@ TINY_TEXT = "THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG".replace(" ", "")      
 
 def test_eval_scores_a_text_longer_than_the_context_in_windows(tiny):
     """eval of more tokens than the compiled context: consecutive windows of ctx tokens, each run from position 0,
-    the perplexity over every scored token (was: an error past the context)."""
+    the perplexity over every scored token (was: an error past the context); with --stride, sliding windows that
+    score each token once."""
     import math
 
     import numpy as np
 
+    from flightllm.errors import FlightLLMError
     from flightllm.host.api import LLM
 
     def nll(logits, ids):                    # -log softmax(logits[t])[ids[t + 1]], summed: not host.api's code
@@ -163,6 +167,20 @@ def test_eval_scores_a_text_longer_than_the_context_in_windows(tiny):
     assert (r["tokens"], r["windows"], r["scored"]) == (35, 2, 33)
     want = math.exp((nll(calls[0][2], ids[:32]) + nll(calls[1][2], ids[32:])) / 33)
     assert math.isclose(r["perplexity"], want, rel_tol=1e-9) and r["perplexity"] > 1
+
+    # a sliding window, stride 2: windows at 0, 2 (targets below 32 already scored: scores ids[32], ids[33]) and
+    # 4 (scores ids[34]); every token but the first scored once, each after the first window with >= 29 before it
+    calls.clear()
+    r = llm.eval(TINY_TEXT, stride=2)
+    assert [(c[0], c[1]) for c in calls] == [(ids[:32], 0), (ids[2:34], 0), (ids[4:35], 0)]
+    assert (r["tokens"], r["windows"], r["scored"], r["stride"]) == (35, 3, 34, 2)
+    want = nll(calls[0][2], ids[:32]) + nll(calls[1][2][29:31], ids[31:34]) + nll(calls[2][2][29:30], ids[33:35])
+    assert math.isclose(r["perplexity"], math.exp(want / 34), rel_tol=1e-9)
+    # one window holds the whole text: every stride gives that window's figure
+    assert llm.eval(TINY_TEXT[:20], stride=5)["perplexity"] == llm.eval(TINY_TEXT[:20])["perplexity"]
+    for bad in (0, 33):
+        with pytest.raises(FlightLLMError, match="--stride must be in 1..32"):
+            llm.eval(TINY_TEXT, stride=bad)
 
 
 def test_artifact_runs_and_mismatches_are_one_line(env, tiny, tmp_path):
