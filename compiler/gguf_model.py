@@ -107,10 +107,12 @@ def _int(r, key, default=None, lo=1, hi=1 << 24) -> int:
     return int(v)
 
 
-def _float(r, key, default=None) -> float:
+def _float(r, key, default=None, lo=-np.inf, hi=np.inf, lo_open=False) -> float:
     v = _field(r, key, default)
     if not isinstance(v, (int, float, np.floating, np.integer)) or not np.isfinite(v):
         raise ModelError(f"GGUF metadata '{key}' should be a finite number")
+    if not (lo < v if lo_open else lo <= v) or not v <= hi:
+        raise ModelError(f"GGUF metadata '{key}' = {v} is out of range {'(' if lo_open else '['}{lo}, {hi}]")
     return float(v)
 
 
@@ -157,8 +159,9 @@ def load(path: str | os.PathLike) -> Model:
         ffn=_int(r, f"{a}.feed_forward_length", hi=1 << 18),
         vocab=0,
         context=_int(r, f"{a}.context_length", default=2048, hi=1 << 22),
-        rope_base=_float(r, f"{a}.rope.freq_base", default=10000.0),
-        rms_eps=_float(r, f"{a}.attention.layer_norm_rms_epsilon", default=1e-5),
+        # a base <= 0 makes the RoPE angles NaN; an epsilon past 1 swamps any activation's mean square
+        rope_base=_float(r, f"{a}.rope.freq_base", default=10000.0, lo=0.0, hi=1e12, lo_open=True),
+        rms_eps=_float(r, f"{a}.attention.layer_norm_rms_epsilon", default=1e-5, lo=0.0, hi=1.0),
         head_dim=0,
         name=str(_field(r, "general.name", default="", required=False) or path.stem),
     )

@@ -24,6 +24,7 @@ import resource
 import signal
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -171,11 +172,14 @@ def fuzz_gguf(cases: int, seed: int = 0) -> Report:
 
 
 def _case(rep: Report, i: int, fn, seconds: int = CASE_SECONDS) -> None:
-    """Run one case under the time limit; a FlightLLMError is a clean rejection, anything else a crash."""
+    """Run one case under the time limit; a FlightLLMError is a clean rejection, anything else a crash. A numpy
+    RuntimeWarning (NaN, overflow, invalid cast) is a crash too: it is how silent corruption shows."""
     rep.cases += 1
     signal.alarm(seconds)
     try:
-        fn()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            fn()
         rep.accepted += 1
     except FlightLLMError:
         rep.rejected += 1

@@ -36,6 +36,11 @@ def _patched(src, tmp_path, name, patch):
     return p
 
 
+def _f32_field(key, v):
+    """A float32 metadata entry as GGUF writes it: the key's length and bytes, type 6 (FLOAT32), the value."""
+    return struct.pack("<Q", len(key)) + key.encode() + struct.pack("<If", 6, v)
+
+
 def _replace(data, old, new):
     i = data.index(old)
     data[i:i + len(new)] = new
@@ -49,6 +54,12 @@ def _replace(data, old, new):
      "unsupported architecture 'mamba'"),
     ("type.gguf", lambda d: _replace(d, b"token_embd.weight\x02\0\0\0", b"token_embd.weight\x07\0\0\0"),
      "dimensions"),
+    # numbers that are finite but would turn the RoPE table into NaNs or swamp RMSNorm (fuzz gguf found the first)
+    *[(f"{key}{v}.gguf", lambda d, k=key, old=old, v=v: _replace(d, _f32_field(k, old), _f32_field(k, v)),
+       f"'{key}' = \\S+ is out of range")
+      for key, old, v in [("llama.rope.freq_base", 100000.0, 0.0), ("llama.rope.freq_base", 100000.0, -10000.0),
+                          ("llama.attention.layer_norm_rms_epsilon", 1e-5, -1e-5),
+                          ("llama.attention.layer_norm_rms_epsilon", 1e-5, 2.0)]],
 ])
 def test_hostile_headers(smollm2_path, tmp_path, name, patch, msg):
     p = _patched(smollm2_path, tmp_path, name, patch)
