@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flightllm import boards, cache
+from flightllm import boards, cache, formats, isa
 from flightllm.errors import DeviceError, FlightLLMError
 from flightllm.hw import regs
 from flightllm.isa import ErrCode
@@ -101,8 +101,7 @@ def build_key(board: boards.Board, trace: bool) -> str:
     h = hashlib.sha256()
     for p in sorted(HW.glob("*.py")):          # hw/top.py and everything it is generated from
         h.update(p.name.encode()); h.update(p.read_bytes())
-    for p in (HARNESS, HW.parent / "flightllm" / "isa.py", HW.parent / "flightllm" / "formats.py",
-              HERE / "sfu_model.py"):
+    for p in (HARNESS, Path(isa.__file__), Path(formats.__file__), HERE / "sfu_model.py"):
         h.update(p.read_bytes())
     h.update(board.path.read_bytes() if board.path else repr(board).encode())
     # everything else the library is built from: the flags, and the Verilator release (its runtime is compiled in)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -30,7 +31,6 @@ from flightllm.hw.flow.ports import FlowError, TopPorts, interfaces
 
 TOP = "flightllm_top"
 HW = Path(__file__).resolve().parent.parent
-ROOT = HW.parent
 
 
 class ToolMissing(FlowError):
@@ -55,11 +55,13 @@ class Project:
 
 # Python modules outside hw/ that the generated Verilog depends on (hw/*.py imports them): the ISA and formats,
 # the SFU model (its ROM tables and constants) and the SFU width rule, and the board loader
-KEY_FILES = ("flightllm/isa.py", "flightllm/formats.py", "sim/sfu_model.py", "sim/sfu_cycles.py", "boards/__init__.py")
+# modules outside hw/ that the generated Verilog depends on (by module, so that an installed package finds them)
+KEY_MODULES = ("flightllm.isa", "flightllm.formats", "flightllm.sim.sfu_model", "flightllm.sim.sfu_cycles",
+               "flightllm.boards")
 
 
 def design_key(board: Board) -> str:
-    """Hash of everything the generated Verilog depends on: hw/*.py, the modules of KEY_FILES, the Amaranth
+    """Hash of everything the generated Verilog depends on: hw/*.py, the modules of KEY_MODULES, the Amaranth
     version, and the board (its file, or its fields when it has none or was changed in memory)."""
     import amaranth
 
@@ -67,9 +69,9 @@ def design_key(board: Board) -> str:
     for p in sorted(HW.glob("*.py")):
         h.update(p.name.encode())
         h.update(p.read_bytes())
-    for f in KEY_FILES:
-        h.update(f.encode())
-        h.update((ROOT / f).read_bytes())
+    for name in KEY_MODULES:
+        h.update(name.encode())
+        h.update(Path(importlib.import_module(name).__file__).read_bytes())
     h.update(getattr(amaranth, "__version__", "?").encode())
     h.update(repr(dataclasses.replace(board, path=None)).encode())   # every field, the chain cut's too
     return h.hexdigest()[:20]
