@@ -102,18 +102,18 @@ class Runtime:
         self.art = art
         h = art.header
         self.board = board if board is not None else boards.load(h["board"])
-        # the programs were checked against the board file's buffers and channels at compile time (a header read from
-        # a file holds JSON lists where a freshly compiled one holds tuples: compare as JSON)
+        # the programs were checked against the board file's buffers and channels at compile time (a header
+        # read from a file holds JSON lists where a freshly compiled one holds tuples: compare as JSON)
         if self.board.name != h["board"]:
             raise FlightLLMError(f"the artifact is compiled for board {h['board']}, not {self.board.name}")
         if json.dumps(self.board.to_dict(), sort_keys=True) != json.dumps(h["board_config"], sort_keys=True):
             raise FlightLLMError(f"the artifact was compiled for another configuration of board {self.board.name} "
                                  f"(its board file has changed since); recompile it")
         self.backend = backend
-        self.ctx = int(art.header["ctx"])
-        self.vocab = int(art.header["model"]["vocab"])
-        self.buckets = list(art.header["buckets"])
-        self.io = art.header["io"]
+        self.ctx = int(h["ctx"])
+        self.vocab = int(h["model"]["vocab"])
+        self.buckets = list(h["buckets"])
+        self.io = h["io"]
         check_artifact(art, self.board)          # nothing malformed reaches a device
         self.dev = device if device is not None else open_device(backend, self.board, art)
 

@@ -54,8 +54,8 @@ class Project:
 
 
 # Python modules outside hw/ that the generated Verilog depends on (hw/*.py imports them): the ISA and formats,
-# the SFU model (its ROM tables and constants) and the SFU width rule, and the board loader
-# modules outside hw/ that the generated Verilog depends on (by module, so that an installed package finds them)
+# the SFU model (its ROM tables and constants) and the SFU width rule, and the board loader. Named as modules, not
+# checkout paths, so that an installed package finds them too.
 KEY_MODULES = ("flightllm.isa", "flightllm.formats", "flightllm.sim.sfu_model", "flightllm.sim.sfu_cycles",
                "flightllm.boards")
 
