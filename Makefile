@@ -35,5 +35,9 @@ yosys:
 bench: setup
 	$(BIN)/flightllm bench -m smollm2 -n 16
 
+# verilator --lint-only of the sim board's Verilog, as simulated, synthesised and given to the vendor flow
+lint: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/flightllm build --board sim --lint
+
 clean:
 	rm -rf $(VENV) build sim_build .pytest_cache

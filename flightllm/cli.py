@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from flightllm.errors import FlightLLMError
 
@@ -102,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     bd.add_argument("--flat", action="store_true",
                     help="with --estimate: synthesise the whole design flattened (the reference for the default "
                          "per-module method; hours on the big boards)")
+    bd.add_argument("--lint", action="store_true",
+                    help="verilator --lint-only (docs/rtl.md's flags) of the board's Verilog for simulation, yosys "
+                         "and the vendor flow; exit 1 on any message")
     bd.add_argument("--json", action="store_true")
     dv = sub.add_parser("devices", help="FPGA devices pynq sees (exit 1 when there are none)")
     dv.add_argument("--json", action="store_true")
@@ -300,6 +304,8 @@ def cmd_build(a) -> int:
     from flightllm.hw import flow
 
     b = boards.load(a.board)
+    if a.lint:
+        return _lint(b, a.json)
     if a.estimate:
         from flightllm.hw.flow.estimate import estimate
 
@@ -326,6 +332,25 @@ def cmd_build(a) -> int:
         for c in prj.shell_commands():
             print(f"  {c}")
     return 0
+
+
+def _lint(b, as_json: bool) -> int:
+    import tempfile
+
+    from flightllm.hw.top import TARGETS
+    from flightllm.sim import rtl_device
+
+    res = {}
+    with tempfile.TemporaryDirectory(prefix="flightllm-lint-") as d:
+        for t in TARGETS:
+            r = rtl_device.lint(b, Path(d) / t, t)
+            res[t] = {"clean": r.returncode == 0 and not r.stderr.strip(), "messages": r.stderr.strip()}
+    if as_json:
+        print(json.dumps({"board": b.name, "flags": rtl_device.LINT_FLAGS, "targets": res}))
+    else:
+        for t, r in res.items():
+            print(f"{t}: {'clean' if r['clean'] else 'NOT clean'}" + (f"\n{r['messages']}" if r["messages"] else ""))
+    return 0 if all(r["clean"] for r in res.values()) else 1
 
 
 def cmd_devices(a) -> int:

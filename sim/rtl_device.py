@@ -168,13 +168,29 @@ def ports_header(board: boards.Board) -> str:
             + body + "  (void)t; (void)v;\n}\n")
 
 
-def lint(board: boards.Board, out: Path) -> subprocess.CompletedProcess:
-    """verilator --lint-only of the board's Verilog: its cached build's copy when there is one (the same text, the
-    same generate()), else a fresh one in ``out``."""
-    v = build_dir(board) / f"{TOP}.v"
-    if not v.is_file():
-        v = generate(board, out)
-    return subprocess.run([verilator_bin(), "--lint-only", str(v), "--top-module", TOP] + LINT_FLAGS,
+# the one vendor primitive of the `xilinx` target (hw/clock_gate.py), as a stand-in that Verilator can read
+BUFGCE_STUB = """module BUFGCE #(parameter CE_TYPE = "SYNC") (input I, input CE, output O);
+  assign O = I & CE;
+endmodule
+"""
+
+
+def lint(board: boards.Board, out: Path, target: str = "sim") -> subprocess.CompletedProcess:
+    """verilator --lint-only of the board's Verilog for ``target`` (hw/top.py TARGETS): ``sim`` is what the
+    harness runs (its cached build's copy when there is one, the same text, else a fresh one in ``out``), ``synth``
+    and ``xilinx`` what yosys and the vendor flows get (hw/flow's cached copy; BUFGCE read as a stub)."""
+    if target == "sim":
+        v = build_dir(board) / f"{TOP}.v"
+        files = [v if v.is_file() else generate(board, out)]
+    else:
+        from flightllm.hw import flow
+
+        files = [flow.verilog_for(board, target)]
+        if target == "xilinx":
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "BUFGCE.v").write_text(BUFGCE_STUB)
+            files.append(out / "BUFGCE.v")
+    return subprocess.run([verilator_bin(), "--lint-only", *map(str, files), "--top-module", TOP] + LINT_FLAGS,
                           env=_env(), capture_output=True, text=True)
 
 
