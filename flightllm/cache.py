@@ -79,7 +79,7 @@ def prune(new: Path, group: str, keep: int | None = None) -> list[Path]:
     except OSError:
         return []
     gone = []
-    for p in stale + peers[max(keep, 1) - 1:]:
+    for p in stale + peers[keep - 1:]:
         try:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
             gone.append(p)
