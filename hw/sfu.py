@@ -340,20 +340,20 @@ class SfuAbufPorts(Elaboratable):
         W, NL = self.W, self.NL
         lg = (NL - 1).bit_length()
 
-        def spread(addr, en, mask, row_out, en_out):
+        def spread(tag, addr, en, mask, row_out, en_out):
             off = addr[:lg] if lg else Const(0, 1)
             row = addr >> lg
             lanes = []
             for b in range(NL):
-                lane = Signal(max(lg, 1), name=f"lane{b}_{len(lanes)}_{id(row_out) % 997}")
+                lane = Signal(max(lg, 1), name=f"{tag}_lane{b}")    # a fixed name: the same Verilog every run
                 m.d.comb += lane.eq((b - off)[:max(lg, 1)] if lg else 0)
                 m.d.comb += row_out[b].eq(row + (Const(b, lg + 1) < off))
                 m.d.comb += en_out[b].eq(en & (lane < W) & Array(mask)[lane[:max((W - 1).bit_length(), 1)]])
                 lanes.append(lane)
             return lanes
 
-        spread(self.sfu_rd_addr, self.sfu_rd_en, list(self.sfu_rd_mask), self.raddr, self.ren)
-        wl = spread(self.sfu_wr_addr, self.sfu_wr_en, list(self.sfu_wr_mask), self.waddr, self.wen)
+        spread("rd", self.sfu_rd_addr, self.sfu_rd_en, list(self.sfu_rd_mask), self.raddr, self.ren)
+        wl = spread("wr", self.sfu_wr_addr, self.sfu_wr_en, list(self.sfu_wr_mask), self.waddr, self.wen)
         wlanes = [self.sfu_wr_data[32 * i: 32 * i + 32] for i in range(W)]
         for b in range(NL):
             m.d.comb += self.wdata[b].eq(Array(wlanes)[wl[b][:max((W - 1).bit_length(), 1)]])

@@ -25,6 +25,12 @@ def _vec(n, shape, name):
 _uid = [0]
 
 
+def restart_names() -> None:
+    """Restart wire()'s numbering (hw/top.py, before each generation): the same design then gets the same names,
+    not numbers that depend on what the process generated before."""
+    _uid[0] = 0
+
+
 def wire(m, expr, shape=None, name="w"):
     """Materialise an expression as a comb Signal (keeps the generated netlist a DAG, not a tree)."""
     _uid[0] += 1

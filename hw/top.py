@@ -30,6 +30,7 @@ from flightllm.hw.engine_abuf import EngineAbufPorts
 from flightllm.hw.mpe import QWORD, Mpe
 from flightllm.hw.ram import Ram, verilog as ram_verilog
 from flightllm.hw.sfu import Sfu, SfuAbufPorts, sfu_width
+from flightllm.hw.sfu_cores import restart_names
 from flightllm.hw.regs import STATUS_BUSY, STATUS_DONE, STATUS_ERROR
 from flightllm.hw.prot import FETCH, READ, WRITE, RegionCheck, region_regs
 
@@ -912,6 +913,16 @@ def _compact_memory_init(text: str) -> str:
 
 
 TARGETS = ("sim", "synth", "xilinx")
+# the clock gate's body, the last module of the text: all that tells `synth` from `xilinx` apart
+_CLKGATE = {"synth": CLKGATE_VERILOG, "xilinx": CLKGATE_BUFGCE}
+
+
+def retarget(text: str, src: str, dst: str) -> str | None:
+    """``src``'s generated Verilog as ``dst``'s, without elaborating the design again (minutes on the big boards),
+    where the two differ only in the clock gate's body (`synth` <-> `xilinx`); None where they differ more."""
+    if src in _CLKGATE and dst in _CLKGATE and text.endswith(_CLKGATE[src]):
+        return text[:len(text) - len(_CLKGATE[src])] + _CLKGATE[dst]
+    return None
 
 
 def generate_verilog(board: Board, path, name: str = "flightllm_top", target: str = "sim") -> Path:
@@ -922,9 +933,10 @@ def generate_verilog(board: Board, path, name: str = "flightllm_top", target: st
     from amaranth.back import verilog
 
     assert target in TARGETS, target
+    restart_names()
     top, ports = build_top(board, reset_less=target == "sim")
     text = _compact_memory_init(verilog.convert(top, ports=ports, name=name, emit_src=False))
-    text += ram_verilog(text, sim=target == "sim") + (CLKGATE_BUFGCE if target == "xilinx" else CLKGATE_VERILOG)
+    text += ram_verilog(text, sim=target == "sim") + _CLKGATE.get(target, CLKGATE_VERILOG)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(text)

@@ -66,6 +66,31 @@ def test_abuf_banks_in_ultraram_where_the_device_has_it():
         assert ('ram_style = "ultra"' in text) == bool(banks)
 
 
+def test_synth_and_xilinx_verilog_differ_only_in_the_clock_gate(tmp_path):
+    """hw/top.py ``retarget``: the `xilinx` text with its clock gate swapped is the `synth` text generate_verilog
+    writes (so hw/flow derives one from the other's cache entry instead of elaborating the design again)."""
+    from flightllm.hw.flow import TOP, verilog_for
+    from flightllm.hw.top import generate_verilog, retarget
+
+    b = boards.load("pynq-z2")
+    x = verilog_for(b, "xilinx").read_text()         # cached: the tests above use it
+    synth = generate_verilog(b, tmp_path / "s.v", TOP, "synth").read_text()
+    assert retarget(x, "xilinx", "synth") == synth and retarget(synth, "synth", "xilinx") == x != synth
+    assert retarget(x, "xilinx", "sim") is None and retarget(synth[:-10], "synth", "xilinx") is None
+
+
+def test_verilog_for_derives_a_target_from_its_cached_twin(tmp_path, monkeypatch):
+    from flightllm.hw import flow, top
+
+    monkeypatch.setenv("FLIGHTLLM_CACHE", str(tmp_path))
+    monkeypatch.setattr(top, "generate_verilog", lambda *a: pytest.fail("elaborated again"))
+    b = boards.load("pynq-z2")
+    twin = tmp_path / "verilog" / f"{b.name}-synth-{flow.design_key(b)}" / f"{flow.TOP}.v"
+    twin.parent.mkdir(parents=True)
+    twin.write_text("module m; endmodule\n" + top.CLKGATE_VERILOG)
+    assert flow.verilog_for(b, "xilinx").read_text() == "module m; endmodule\n" + top.CLKGATE_BUFGCE
+
+
 HIER = """module child(input clk, input [7:0] a, output reg [7:0] q); always @(posedge clk) q <= a + 1; endmodule
 module sq #(parameter W = 8) (input clk, input [W-1:0] d, output reg [W-1:0] q); always @(posedge clk) q <= d * d;
 endmodule

@@ -79,10 +79,12 @@ def design_key(board: Board) -> str:
 
 def verilog_for(board: Board, target: str = "synth") -> Path:
     """The generated top for ``board``, cached under $FLIGHTLLM_CACHE/verilog/<board>-<target>-<key>/ (generation
-    of the big boards takes minutes). ``target``: see hw/top.py's ``generate_verilog``."""
-    from flightllm.hw.top import generate_verilog
+    of the big boards takes minutes; a target whose cached twin differs only in the clock gate is derived from it,
+    hw/top.py ``retarget``). ``target``: see hw/top.py's ``generate_verilog``."""
+    from flightllm.hw.top import TARGETS, generate_verilog, retarget
 
-    d = cache.root() / "verilog" / f"{board.name}-{target}-{design_key(board)}"
+    key = design_key(board)
+    d = cache.root() / "verilog" / f"{board.name}-{target}-{key}"
     v = d / f"{TOP}.v"
     if v.is_file():
         cache.touch(d)
@@ -90,7 +92,15 @@ def verilog_for(board: Board, target: str = "synth") -> Path:
     tmp = d.with_name(d.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        generate_verilog(board, tmp / f"{TOP}.v", TOP, target)
+        for twin in TARGETS:
+            tv = cache.root() / "verilog" / f"{board.name}-{twin}-{key}" / f"{TOP}.v"
+            text = retarget(tv.read_text(), twin, target) if twin != target and tv.is_file() else None
+            if text is not None:
+                tmp.mkdir(parents=True)
+                (tmp / f"{TOP}.v").write_text(text)
+                break
+        else:
+            generate_verilog(board, tmp / f"{TOP}.v", TOP, target)
     except AssertionError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise FlowError(f"board '{board.name}': hw/top.py cannot generate this board's engine: {e}") from None
