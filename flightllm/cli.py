@@ -13,7 +13,8 @@ from flightllm.errors import FlightLLMError
 
 def _model_args(p, board=True, backend=True, artifact=True):
     p.add_argument("-m", "--model", default="smollm2",
-                   help="'smollm2', a path to a LLaMA-family GGUF" + (", or an artifact from `flightllm compile`"
+                   help="'smollm2', a LLaMA-family GGUF file or Hugging Face checkpoint folder (config.json, "
+                        "*.safetensors, tokenizer.json)" + (", or an artifact from `flightllm compile`"
                                                                       if artifact else ""))
     if board:
         p.add_argument("--board", default=None, help="board name or file (boards/*.toml); default: sim, or the "
@@ -76,11 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("-n", "--max-tokens", type=int, default=16)
     b.add_argument("--json", action="store_true")
 
-    fz = sub.add_parser("fuzz", help="mutation-fuzz the GGUF loader or the instruction decoder/executor "
+    fz = sub.add_parser("fuzz", help="mutation-fuzz the GGUF or checkpoint loader or the instruction decoder/executor "
                                      "(parity: the same streams on fsim and the RTL, fresh devices per case; "
                                      "parity-carry: the same on one pair of devices, on-chip state carried; faults: "
                                      "AXI fault injection on the RTL; these need Verilator)")
-    fz.add_argument("target", choices=["gguf", "isa", "parity", "parity-carry", "faults"])
+    fz.add_argument("target", choices=["gguf", "hf", "isa", "parity", "parity-carry", "faults"])
     fz.add_argument("-n", "--cases", type=int, default=10000)
     fz.add_argument("--seed", type=int, default=0)
     fz.add_argument("--board", default="sim", help="board name or file (isa, parity, parity-carry, faults); one with "
@@ -162,12 +163,12 @@ def cmd_eval(a) -> int:
 
 def cmd_compile(a) -> int:
     from flightllm import boards
-    from flightllm.compiler import compile_model, gguf_model
+    from flightllm.compiler import compile_model, source
     from flightllm.compiler.artifact import is_artifact
 
     if is_artifact(a.model):
-        raise FlightLLMError(f"{a.model} is already a compiled artifact; compile takes a GGUF")
-    art = compile_model(gguf_model.load(gguf_model.resolve_model(a.model)), boards.load(a.board or "sim"), a.ctx)
+        raise FlightLLMError(f"{a.model} is already a compiled artifact; compile takes a GGUF or a checkpoint folder")
+    art = compile_model(source.load_model(source.resolve_model(a.model)), boards.load(a.board or "sim"), a.ctx)
     art.save(a.output)
     n = sum(p["instructions"] for p in art.header["programs"].values())
     print(f"{a.output}: {art.mem_size / 2**20:.1f} MiB device image, {len(art.header['programs'])} programs, "

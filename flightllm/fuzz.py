@@ -1,8 +1,12 @@
-"""`flightllm fuzz`: deterministic mutation fuzzing of the GGUF loader and of the instruction decoder/executor.
+"""`flightllm fuzz`: deterministic mutation fuzzing of the model loaders and of the instruction decoder/executor.
 
 gguf: a small LLaMA GGUF (written here with the `gguf` package) is mutated — byte flips, boundary values written
 over count/length/offset fields, truncation, insertion — and loaded, then compiled. Every case must end in
 success or a FlightLLMError; anything else is a crash, a case over the time limit a hang.
+
+hf: a small Hugging Face checkpoint folder (tiny_checkpoint) has one file mutated per case — bytes as above, or a
+JSON field (config.json, the tokenizer files, the safetensors header) set to a boundary or ill-typed value — and is
+loaded and compiled, judged as gguf.
 
 isa: random and mutated instruction streams are decoded and executed on the functional simulator with a
 protected memory map. Besides crashes and hangs it counts out-of-region writes: bytes outside the writable
@@ -167,6 +171,114 @@ def fuzz_gguf(cases: int, seed: int = 0) -> Report:
             _case(rep, i, lambda: compile_model(gguf_model.load(case_path), board, ctx=64))
     finally:
         signal.signal(signal.SIGALRM, old)
+    rep.seconds = round(time.time() - t0, 2)
+    return rep
+
+
+def tiny_checkpoint(folder: str, seed: int = 0) -> None:
+    """A small Hugging Face LLaMA checkpoint folder (the tiny GGUF's shapes and vocabulary, random F32 weights):
+    config.json, model.safetensors (written here: header length, JSON header, data), tokenizer files."""
+    import json
+
+    from flightllm.host.tokenizer import build_tokenizer_json
+
+    rng = np.random.default_rng(seed)
+    H, F, V, KV = 64, 96, 64, 32
+    os.makedirs(folder, exist_ok=True)
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": H, "num_hidden_layers": 1,
+           "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": F, "vocab_size": V,
+           "max_position_embeddings": 256, "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "hidden_act": "silu",
+           "tie_word_embeddings": True, "eos_token_id": V - 1, "bos_token_id": None}
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    shapes = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,)}
+    for n, shp in (("input_layernorm", (H,)), ("post_attention_layernorm", (H,)), ("self_attn.q_proj", (H, H)),
+                   ("self_attn.k_proj", (KV, H)), ("self_attn.v_proj", (KV, H)), ("self_attn.o_proj", (H, H)),
+                   ("mlp.gate_proj", (F, H)), ("mlp.up_proj", (F, H)), ("mlp.down_proj", (H, F))):
+        shapes[f"model.layers.0.{n}.weight"] = shp
+    header, blobs, off = {"__metadata__": {"format": "pt"}}, [], 0
+    for n, shp in shapes.items():
+        a = np.ones(shp, np.float32) if len(shp) == 1 else rng.standard_normal(shp).astype(np.float32) * 0.05
+        header[n] = {"dtype": "F32", "shape": list(shp), "data_offsets": [off, off + a.nbytes]}
+        blobs.append(a.tobytes())
+        off += a.nbytes
+    hj = json.dumps(header).encode()
+    with open(os.path.join(folder, "model.safetensors"), "wb") as f:
+        f.write(len(hj).to_bytes(8, "little") + hj + b"".join(blobs))
+    toks = [chr(0x21 + i) for i in range(V - 4)] + ["!\"", "#$", "<|im_start|>", "<|im_end|>"]
+    tok = {"model": "gpt2", "pre": "default", "tokens": toks, "merges": ["! \"", "# $"],
+           "token_type": [1] * (V - 2) + [3, 3]}
+    with open(os.path.join(folder, "tokenizer.json"), "w") as f:
+        f.write(build_tokenizer_json(tok))
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"eos_token": "<|im_end|>", "add_bos_token": False,
+                   "chat_template": "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}"}, f)
+
+
+# values a structural mutation writes over a JSON field: boundaries, wrong types, nesting
+JSON_VALUES = [0, -1, 1, 2, 3, 63, 64, 65, 2**31, 2**63, 10**400, 1e300, -1e-300, 0.5, "", "x", "llama", "F16",
+               "BF16", "I8", None, True, [], [0], [0, 0], [0, 1 << 40], [1, 2, 3, 4, 5], {}, {"rope_type": "linear"}]
+
+
+def _mutate_json(data: bytes, rng: np.random.Generator) -> bytes:
+    """A field of a JSON object (one level down too, e.g. a safetensors entry) set to a JSON_VALUES value, or
+    deleted."""
+    import json
+
+    obj = json.loads(data)
+    tgt = obj
+    if isinstance(obj, dict) and obj and rng.random() < 0.6:
+        k = list(obj)[int(rng.integers(0, len(obj)))]
+        if isinstance(obj[k], dict) and obj[k]:
+            tgt = obj[k]
+    if not isinstance(tgt, dict) or not tgt:
+        return data
+    k = list(tgt)[int(rng.integers(0, len(tgt)))]
+    if rng.random() < 0.15:
+        del tgt[k]
+    else:
+        tgt[k] = JSON_VALUES[int(rng.integers(0, len(JSON_VALUES)))]
+    return json.dumps(obj).encode()
+
+
+def fuzz_hf(cases: int, seed: int = 0) -> Report:
+    """Checkpoint folders: one file of a tiny checkpoint mutated per case (bytes or a JSON field; for the weights
+    file its safetensors header), loaded and compiled."""
+    import shutil
+
+    from flightllm import boards
+    from flightllm.compiler import compile_model, hf_model
+
+    rep = Report("hf")
+    board = boards.load("sim")
+    tmp = tempfile.mkdtemp(prefix="flightllm-fuzz-")
+    seed_dir, case_dir = os.path.join(tmp, "seed"), os.path.join(tmp, "case")
+    tiny_checkpoint(seed_dir, seed)
+    files = {n: open(os.path.join(seed_dir, n), "rb").read() for n in os.listdir(seed_dir)}
+    w = files["model.safetensors"]
+    hlen = int.from_bytes(w[:8], "little")
+    rng = np.random.default_rng(seed)
+    t0 = time.time()
+    old = signal.signal(signal.SIGALRM, _alarm)
+    try:
+        for i in range(cases):
+            shutil.rmtree(case_dir, ignore_errors=True)
+            shutil.copytree(seed_dir, case_dir)
+            name = ["config.json", "model.safetensors", "model.safetensors", "tokenizer_config.json",
+                    "tokenizer.json"][int(rng.integers(0, 5))]
+            data, structural = files[name], rng.random() < 0.5
+            if name == "model.safetensors":
+                head = _mutate_json(w[8: 8 + hlen], rng) if structural else None
+                blob = (len(head).to_bytes(8, "little") + head + w[8 + hlen:]) if structural \
+                    else _mutate(w, rng, 8 + hlen)
+            else:
+                blob = _mutate_json(data, rng) if structural else _mutate(data, rng, len(data))
+            with open(os.path.join(case_dir, name), "wb") as f:
+                f.write(blob)
+            _case(rep, i, lambda: compile_model(hf_model.load(case_dir), board, ctx=64))
+    finally:
+        signal.signal(signal.SIGALRM, old)
+        shutil.rmtree(tmp, ignore_errors=True)
     rep.seconds = round(time.time() - t0, 2)
     return rep
 
@@ -628,23 +740,25 @@ def fuzz_parity(cases: int, seed: int = 0, carry: bool = False, board="sim") -> 
 
 def run(target: str, cases: int, seed: int = 0, mem_limit_gb: float = 8.0, board="sim") -> Report:
     """``board``: a board name or file (isa, parity and faults targets; gguf compiles for sim)."""
-    if board != "sim" and target == "gguf":
-        raise FlightLLMError("fuzz: --board applies to isa, parity, parity-carry and faults (gguf runs on sim)")
+    if board != "sim" and target in ("gguf", "hf"):
+        raise FlightLLMError(f"fuzz: --board applies to isa, parity, parity-carry and faults ({target} runs on sim)")
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     lim = int(mem_limit_gb * (1 << 30))
     resource.setrlimit(resource.RLIMIT_AS, (lim if hard == resource.RLIM_INFINITY else min(lim, hard), hard))
     try:
         if target == "gguf":
             return fuzz_gguf(cases, seed)
+        if target == "hf":
+            return fuzz_hf(cases, seed)
         if target == "isa":
             return fuzz_isa(cases, seed, board)
         if target in ("parity", "parity-carry"):
             return fuzz_parity(cases, seed, carry=target == "parity-carry", board=board)
         if target == "faults":
             return fuzz_faults(cases, seed, board)
-        raise FlightLLMError(f"fuzz: unknown target '{target}' (gguf, isa, parity, parity-carry or faults)")
+        raise FlightLLMError(f"fuzz: unknown target '{target}' (gguf, hf, isa, parity, parity-carry or faults)")
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-__all__ = ["run", "tiny_gguf", "Report"]
+__all__ = ["run", "tiny_gguf", "tiny_checkpoint", "Report"]

@@ -1,5 +1,10 @@
-"""Tokenizer built from the GGUF's own vocabulary (no hub access), and its chat template."""
+"""Tokenizer built from the GGUF's own vocabulary or a checkpoint's tokenizer.json (no hub access), and its chat
+template."""
 from __future__ import annotations
+
+import contextlib
+import os
+import sys
 
 from flightllm.errors import ModelError
 
@@ -7,9 +12,12 @@ CONTROL = 3   # GGUF token_type of special/control tokens
 
 
 def build_tokenizer_json(tok: dict) -> str:
-    """GGUF tokenizer metadata -> a `tokenizers` JSON string (stored in the compiled artifact)."""
+    """GGUF tokenizer metadata -> a `tokenizers` JSON string (stored in the compiled artifact); a Hugging Face
+    checkpoint's tokenizer.json (compiler/hf_model.py) is that string already."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
+    if tok.get("json") is not None:
+        return tok["json"]
     if tok.get("model") != "gpt2":
         raise ModelError(f"tokenizer model '{tok.get('model')}' is not supported yet (GPT-2 style BPE only)")
     tokens, merges = tok.get("tokens"), tok.get("merges")
@@ -37,14 +45,43 @@ def build_tokenizer_json(tok: dict) -> str:
         raise ModelError(f"GGUF tokenizer is inconsistent: {str(e)[:120]}") from None
 
 
+@contextlib.contextmanager
+def _stderr_silenced():
+    """The tokenizers library panics on some malformed tokenizer JSON instead of raising (tokenizers 0.23: a BPE
+    continuing_subword_prefix longer than a merged token, found by `fuzz hf`); the panic reaches Python as an
+    exception, but Rust's panic hook first prints its message (and a backtrace with RUST_BACKTRACE) on fd 2."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def parse_tokenizer(text: str, what: str):
+    """A `tokenizers.Tokenizer` from JSON text; any failure, a panic of the library included, is a one-line
+    ModelError naming ``what``."""
+    from tokenizers import Tokenizer
+
+    try:
+        with _stderr_silenced():
+            return Tokenizer.from_str(text)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # noqa: BLE001 - plain Exception, or a Rust panic (pyo3's PanicException)
+        raise ModelError(f"{what}: not a tokenizer the tokenizers library reads "
+                         f"({' '.join(str(e).split())[:120]})") from None
+
+
 class TextCodec:
     """Encode/decode text, render chat prompts, and stream-decode token by token."""
 
     def __init__(self, tokenizer_json: str, chat_template: str | None, eos: int, bos: int = -1,
                  add_bos: bool = False):
-        from tokenizers import Tokenizer
-
-        self.tk = Tokenizer.from_str(tokenizer_json)
+        self.tk = parse_tokenizer(tokenizer_json, "the artifact's tokenizer")
         self.chat_template = chat_template
         self.eos, self.bos, self.add_bos = eos, bos, add_bos
 

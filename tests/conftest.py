@@ -19,7 +19,7 @@ IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 @pytest.fixture(scope="session")
 def smollm2_path():
-    from flightllm.compiler.gguf_model import resolve_model
+    from flightllm.compiler.source import resolve_model
 
     return resolve_model("smollm2")
 

@@ -4,7 +4,7 @@ import struct
 import numpy as np
 import pytest
 
-from flightllm.compiler import gguf_model
+from flightllm.compiler import gguf_model, source
 from flightllm.errors import ModelError
 
 
@@ -93,7 +93,7 @@ def test_truncated_and_not_gguf(smollm2_path, tmp_path):
     with pytest.raises(ModelError, match="not a GGUF"):
         gguf_model.load(q)
     with pytest.raises(ModelError, match="not found"):
-        gguf_model.resolve_model(str(tmp_path / "missing.gguf"))
+        source.resolve_model(str(tmp_path / "missing.gguf"))
 
 
 def test_absurd_string_length(smollm2_path, tmp_path):

@@ -7,7 +7,7 @@ from conftest import run_cli
 from flightllm import fuzz
 
 
-@pytest.mark.parametrize("target,cases", [("gguf", 400), ("isa", 600)])
+@pytest.mark.parametrize("target,cases", [("gguf", 400), ("hf", 400), ("isa", 600)])
 def test_fuzz_campaign_is_clean(target, cases):
     r = fuzz.run(target, cases, seed=11)
     assert r.cases == cases
