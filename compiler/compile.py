@@ -9,7 +9,7 @@ import numpy as np
 from flightllm import boards, cache
 from flightllm.errors import CompileError
 from flightllm.formats import BLOCK, interleave_rows, split_layout
-from flightllm.isa import assemble
+from flightllm.isa import WFmt, assemble
 from flightllm.compiler import image, source
 from flightllm.compiler.artifact import Artifact
 from flightllm.compiler.gguf_model import Model
@@ -24,8 +24,12 @@ def _align(n: int, a: int = ALIGN) -> int:
     return -(-n // a) * a
 
 
-def compile_model(model: Model, board: boards.Board, ctx: int | None = None) -> Artifact:
+def compile_model(model: Model, board: boards.Board, ctx: int | None = None, quantize: str = "q8_0") -> Artifact:
+    """``quantize``: the format of float (F16/F32/BF16) matrices, q8_0 or q4_1 (image.QUANTIZE); quantised GGUF
+    tensors keep their own."""
     cfg = model.config
+    if quantize not in image.QUANTIZE:
+        raise CompileError(f"quantize must be one of {', '.join(image.QUANTIZE)}, not {quantize!r}")
     acc = board.accel
     ctx = min(cfg.context, acc.max_context) if ctx is None else ctx
     if ctx < 32 or ctx % BLOCK:
@@ -60,24 +64,29 @@ def compile_model(model: Model, board: boards.Board, ctx: int | None = None) -> 
     if not model.tied_output:
         names.append("output")
     # matrices the engine multiplies are stored in its weight stream layout (formats.interleave_rows: row pairs for
-    # dense Q4_1/Q8_0); the embedding table, gathered row by row by LD, stays row-major, so a tied output head
-    # gets its own stored copy
+    # dense Q4_1/Q8_0); the embedding table, gathered row by row by LD (Q8_0 rows only), stays row-major, so a
+    # tied output head gets its own stored copy, in the embedding's own format
     C = acc.weight_channels
+    emb = model.tensors["token_embd.weight"]
+
+    def put_embedding():
+        rows = image.embedding_rows(emb)
+        pl.mats["token_embd"] = Mat(put(rows), int(WFmt.Q8_0), emb.rows, emb.cols, rows.shape[1])
+
     if C == 1:
-        for n in names:
+        put_embedding()
+        if model.tied_output:
+            fmt, rows = image.device_matrix(emb, quantize)
+            pl.mats["output"] = Mat(put(interleave_rows(rows, fmt)), int(fmt), emb.rows, emb.cols, rows.shape[1])
+        for n in names[1:]:
             t = model.tensors[n + ".weight"]
-            fmt, rows = image.device_matrix(t)
-            stored = rows if n == "token_embd" else interleave_rows(rows, fmt)
-            pl.mats[n] = Mat(put(stored), int(fmt), t.rows, t.cols, rows.shape[1])
-            if n == "token_embd" and model.tied_output:
-                pl.mats["output"] = Mat(put(interleave_rows(rows, fmt)), int(fmt), t.rows, t.cols, rows.shape[1])
+            fmt, rows = image.device_matrix(t, quantize)
+            pl.mats[n] = Mat(put(interleave_rows(rows, fmt)), int(fmt), t.rows, t.cols, rows.shape[1])
         split_stride = 0
     else:
-        split_stride = _place_split(model, names, pl, chunks, wbase, C, abuf.slots["logits"][1])
+        split_stride = _place_split(model, names, pl, chunks, wbase, C, abuf.slots["logits"][1], quantize)
         off = wbase + C * split_stride
-        t = model.tensors["token_embd.weight"]
-        fmt, rows = image.device_matrix(t)
-        pl.mats["token_embd"] = Mat(put(rows), int(fmt), t.rows, t.cols, rows.shape[1])
+        put_embedding()
     for n in [f"blk.{l}.{k}" for l in range(cfg.n_layers) for k in ("attn_norm", "ffn_norm")] + ["output_norm"]:
         pl.gammas[n] = put(image.gamma_words(model.tensors[n + ".weight"]))
     pl.rope = put(image.rope_table(ctx, cfg.head_dim, cfg.rope_base))
@@ -127,7 +136,7 @@ def compile_model(model: Model, board: boards.Board, ctx: int | None = None) -> 
     header = {
         "compiler_version": COMPILER_VERSION,
         "board": board.name, "board_config": board.to_dict(),
-        "model": cfg.to_dict(), "source": str(model.path), "tied_output": model.tied_output,
+        "model": cfg.to_dict(), "source": str(model.path), "tied_output": model.tied_output, "quantize": quantize,
         "ctx": ctx, "tmax": tmax, "buckets": sorted(acc.prefill_buckets),
         "memmap": mm.to_dict(), "mem_size": mm.top, "split_stride": split_stride, "programs": progs,
         "io": {"tokens": pl.tokens, "logits": pl.logits},
@@ -140,7 +149,7 @@ def compile_model(model: Model, board: boards.Board, ctx: int | None = None) -> 
 
 
 def _place_split(model: Model, names: list[str], pl: Placement, chunks: list, wbase: int, C: int,
-                 logit_tile: int) -> int:
+                 logit_tile: int, quantize: str) -> int:
     """Weight channels (docs/isa.md): every matrix the engine streams (the projections and the output head, the
     tied embedding's copy included) split over the C channels. Section c of the weights region, at wbase + c * S,
     holds every matrix's channel-c part (formats.split_sections) at the same offset; the head is split per logit
@@ -149,7 +158,7 @@ def _place_split(model: Model, names: list[str], pl: Placement, chunks: list, wb
     tiles, where = [], []
     for n in split_names:
         t = model.tensors[("token_embd" if n == "output" else n) + ".weight"]
-        fmt, rows = image.device_matrix(t)
+        fmt, rows = image.device_matrix(t, quantize)
         tile = logit_tile if n == "output" else t.rows
         pl.mats[n] = Mat(0, int(fmt), t.rows, t.cols, rows.shape[1], split=1)
         for r0 in range(0, t.rows, tile):
@@ -164,12 +173,12 @@ def _place_split(model: Model, names: list[str], pl: Placement, chunks: list, wb
     return S
 
 
-def compile_cached(model_name: str, board_name: str, ctx: int | None = None) -> Artifact:
+def compile_cached(model_name: str, board_name: str, ctx: int | None = None, quantize: str = "q8_0") -> Artifact:
     """Compile, or reuse an artifact compiled from the same model file, board file and compiler."""
     path = source.resolve_model(model_name)
     board = boards.load(board_name)
     stamps = [f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in source.source_files(path)]
-    key = hashlib.sha256("|".join([*stamps, board.path.read_text(), str(ctx), COMPILER_VERSION,
+    key = hashlib.sha256("|".join([*stamps, board.path.read_text(), str(ctx), quantize, COMPILER_VERSION,
                                    _source_stamp()]).encode()).hexdigest()[:24]
     group = f"{path.stem}.{board.name}."          # this model on this board; contexts and compilers side by side
     cp = cache.root() / f"{group}{key}.flm"
@@ -180,7 +189,7 @@ def compile_cached(model_name: str, board_name: str, ctx: int | None = None) -> 
             return art
         except CompileError:
             cp.unlink(missing_ok=True)       # corrupt cache entry: rebuild
-    art = compile_model(source.load_model(path), board, ctx)
+    art = compile_model(source.load_model(path), board, ctx, quantize)
     try:
         art.save(cp)
         cache.prune(cp, group)

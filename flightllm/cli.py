@@ -23,6 +23,9 @@ def _model_args(p, board=True, backend=True, artifact=True):
         p.add_argument("--backend", default="fsim", choices=["fsim", "rtl", "board"],
                        help="fsim: functional simulator; rtl: Verilator model of the RTL; board: FPGA via PYNQ")
     p.add_argument("--ctx", type=int, default=None, help="context length to compile for (default: board maximum)")
+    p.add_argument("--quantize", default=None, choices=["q8_0", "q4_1"],
+                   help="format of float (F16/F32/BF16) matrices when compiling (default q8_0; q4_1 halves their "
+                        "bytes); quantised GGUF tensors keep theirs")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -129,7 +132,7 @@ def cmd_generate(a) -> int:
 
     s = Sampling(a.temp, a.top_k, a.top_p, a.seed)
     s.check()
-    llm = LLM(a.model, backend=a.backend, board=a.board, ctx=a.ctx)
+    llm = LLM(a.model, backend=a.backend, board=a.board, ctx=a.ctx, quantize=a.quantize)
     if a.json:
         r = llm.generate(a.prompt, a.max_tokens, chat=a.chat, system=a.system, sampling=s)
         print(json.dumps(r.to_dict()))
@@ -155,7 +158,7 @@ def cmd_eval(a) -> int:
         raise FlightLLMError(f"cannot read text file {a.text}: {getattr(e, 'strerror', None) or e}") from None
     if a.stride is not None and a.stride < 1:
         raise FlightLLMError(f"--stride must be at least 1, got {a.stride}")
-    llm = LLM(a.model, backend=a.backend, board=a.board, ctx=a.ctx)
+    llm = LLM(a.model, backend=a.backend, board=a.board, ctx=a.ctx, quantize=a.quantize)
     r = llm.eval(text, a.max_tokens, a.stride)
     print(json.dumps(r) if a.json else f"tokens {r['tokens']}  perplexity {r['perplexity']:.4f}")
     return 0
@@ -168,7 +171,8 @@ def cmd_compile(a) -> int:
 
     if is_artifact(a.model):
         raise FlightLLMError(f"{a.model} is already a compiled artifact; compile takes a GGUF or a checkpoint folder")
-    art = compile_model(source.load_model(source.resolve_model(a.model)), boards.load(a.board or "sim"), a.ctx)
+    art = compile_model(source.load_model(source.resolve_model(a.model)), boards.load(a.board or "sim"), a.ctx,
+                        a.quantize or "q8_0")
     art.save(a.output)
     n = sum(p["instructions"] for p in art.header["programs"].values())
     print(f"{a.output}: {art.mem_size / 2**20:.1f} MiB device image, {len(art.header['programs'])} programs, "
@@ -224,7 +228,7 @@ def cmd_bench(a) -> int:
     if a.max_tokens < 1:                 # the figures are per decoded token
         raise FlightLLMError("-n/max_tokens must be at least 1")
     t0 = time.perf_counter()
-    llm = LLM(a.model, backend=a.backend, board=a.board, ctx=a.ctx)
+    llm = LLM(a.model, backend=a.backend, board=a.board, ctx=a.ctx, quantize=a.quantize)
     t_load = time.perf_counter() - t0
     ids = llm.prompt_ids(a.prompt)
     llm.rt.check_length(len(ids) + a.max_tokens)     # before the prefill, not after the decode steps that fit
@@ -291,10 +295,11 @@ def cmd_info(a) -> int:
     from flightllm.compiler.artifact import is_artifact
     from flightllm.host.api import load_artifact
 
-    art = load_artifact(a.model, a.board, a.ctx)[0] if is_artifact(a.model) else \
-        compile_cached(a.model, a.board or "sim", a.ctx)
+    art = load_artifact(a.model, a.board, a.ctx, a.quantize)[0] if is_artifact(a.model) else \
+        compile_cached(a.model, a.board or "sim", a.ctx, a.quantize or "q8_0")
     h = art.header
     print(json.dumps({"model": h["model"], "board": h["board"], "ctx": h["ctx"], "buckets": h["buckets"],
+                      "quantize": h.get("quantize", "q8_0"),
                       "weight_bytes": h["weight_bytes"], "memmap": h["memmap"],
                       "programs": {k: v["instructions"] for k, v in h["programs"].items()}}, indent=1))
     return 0

@@ -68,10 +68,11 @@ def _alarm(signum, frame):
     raise _Timeout()
 
 
-def tiny_gguf(path: str, seed: int = 0, types: dict | None = None, layers: int = 1) -> None:
+def tiny_gguf(path: str, seed: int = 0, types: dict | None = None, layers: int = 1, embd: str = "Q8_0") -> None:
     """A small LLaMA GGUF (hidden 64, 2 heads, 1 KV head, FFN 96, vocab 64, byte-level BPE vocabulary).
 
-    ``types`` maps a matrix name (attn_q, ..., ffn_down) to a GGML type name (F32 by default)."""
+    ``types`` maps a matrix name (attn_q, ..., ffn_down) to a GGML type name (F32 by default); ``embd`` is the
+    token embedding's (a quantised type)."""
     import gguf
     from gguf.quants import quantize
 
@@ -96,8 +97,8 @@ def tiny_gguf(path: str, seed: int = 0, types: dict | None = None, layers: int =
     w.add_eos_token_id(V - 1)
     w.add_chat_template("{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}")
     mat = lambda r, c: rng.standard_normal((r, c)).astype(np.float32) * 0.05  # noqa: E731
-    w.add_tensor("token_embd.weight", quantize(mat(V, H), gguf.GGMLQuantizationType.Q8_0),
-                 raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    w.add_tensor("token_embd.weight", quantize(mat(V, H), gguf.GGMLQuantizationType[embd]),
+                 raw_dtype=gguf.GGMLQuantizationType[embd])
     w.add_tensor("output_norm.weight", np.ones(H, np.float32))
     for l in range(L):
         p = f"blk.{l}."

@@ -54,13 +54,17 @@ class Result:
                 "stats": self.stats}
 
 
-def load_artifact(path: str, board: str | None, ctx: int | None) -> tuple[Artifact, boards.Board]:
+def load_artifact(path: str, board: str | None, ctx: int | None,
+                  quantize: str | None = None) -> tuple[Artifact, boards.Board]:
     """A compiled artifact and the board it runs on: the one its header names, or ``board`` (a board file's path
     for boards outside boards/). ``Runtime`` checks that it is that board with the same configuration."""
     art = Artifact.load(path)
     h = art.header
     if ctx is not None and ctx != h["ctx"]:
-        raise FlightLLMError(f"{path} is compiled for context {h['ctx']}; --ctx applies when compiling a GGUF")
+        raise FlightLLMError(f"{path} is compiled for context {h['ctx']}; --ctx applies when compiling a model")
+    if quantize is not None and quantize != h.get("quantize", "q8_0"):
+        raise FlightLLMError(f"{path} is compiled with float matrices as {h.get('quantize', 'q8_0')}; --quantize "
+                             f"applies when compiling a model")
     try:
         b = boards.load(board or h["board"])
     except FlightLLMError as e:
@@ -71,14 +75,16 @@ def load_artifact(path: str, board: str | None, ctx: int | None) -> tuple[Artifa
 
 class LLM:
     def __init__(self, model: str = "smollm2", backend: str = "fsim", board: str | None = None,
-                 ctx: int | None = None):
-        """``model``: 'smollm2', a GGUF file (compiled for ``board``, default ``sim``, and cached), or an artifact
-        from ``flightllm compile`` (it runs on the board it was compiled for). ``board``: a name or a board file."""
+                 ctx: int | None = None, quantize: str | None = None):
+        """``model``: 'smollm2', a GGUF file or Hugging Face checkpoint folder (compiled for ``board``, default
+        ``sim``, and cached), or an artifact from ``flightllm compile`` (it runs on the board it was compiled for).
+        ``board``: a name or a board file. ``quantize``: q8_0 (default) or q4_1, the format float matrices are
+        compiled to."""
         if is_artifact(model):
-            self.art, b = load_artifact(model, board, ctx)
+            self.art, b = load_artifact(model, board, ctx, quantize)
         else:
             b = boards.load(board or "sim")                     # a board file's path too
-            self.art = compile_cached(model, board or "sim", ctx)
+            self.art = compile_cached(model, board or "sim", ctx, quantize or "q8_0")
         h = self.art.header
         self.codec = TextCodec(h["tokenizer_json"], h["chat_template"], h["eos"], h["bos"], h["add_bos"])
         self.rt = Runtime(self.art, backend, board=b)

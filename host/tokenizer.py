@@ -28,10 +28,13 @@ def build_tokenizer_json(tok: dict) -> str:
     for m in merges:
         a, sep, b = m.partition(" ")
         if not sep:
-            raise ModelError(f"malformed BPE merge {m!r}")
+            raise ModelError(f"malformed BPE merge {m[:40]!r}")
+        if a not in vocab or b not in vocab or a + b not in vocab:    # tokenizers 0.23 panics on these
+            raise ModelError(f"BPE merge {m[:40]!r} joins or makes a token not in the vocabulary")
         pairs.append((a, b))
     try:
-        tk = Tokenizer(models.BPE(vocab, pairs, ignore_merges=False))
+        with _stderr_silenced():
+            tk = Tokenizer(models.BPE(vocab, pairs, ignore_merges=False))
         pre = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
         if tok.get("pre") in ("smollm", "starcoder", "refact", "qwen2", "llama3", "llama-bpe", "deepseek-llm"):
             pre.insert(0, pre_tokenizers.Digits(individual_digits=tok.get("pre") in ("smollm", "starcoder", "refact")))
@@ -41,8 +44,10 @@ def build_tokenizer_json(tok: dict) -> str:
         tk.add_special_tokens([AddedToken(t, special=True, normalized=False)
                                for t, ty in zip(tokens, types) if ty == CONTROL])
         return tk.to_str()
-    except Exception as e:  # noqa: BLE001 - the tokenizers library raises plain Exception on a bad vocabulary
-        raise ModelError(f"GGUF tokenizer is inconsistent: {str(e)[:120]}") from None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # noqa: BLE001 - plain Exception on a bad vocabulary, or a Rust panic
+        raise ModelError(f"GGUF tokenizer is inconsistent: {' '.join(str(e).split())[:120]}") from None
 
 
 @contextlib.contextmanager

@@ -44,6 +44,24 @@ def test_checkpoint_is_the_gguf_model_and_compiles_to_the_same_image(f32, ckpt):
         {k: v for k, v in c.header.items() if k not in ("model", "source")}
 
 
+def test_q4_1_checkpoint_compiles_to_the_q4_1_ggufs_image(tmp_path):
+    """Float weights that came from Q4_1 blocks quantise back to the same blocks (image.quantize_q4_1 is ggml's), so
+    a checkpoint of a Q4_1 GGUF compiled with quantize="q4_1" is that GGUF's image, embedding included (LD gathers
+    it as Q8_0 in both: image.embedding_rows)."""
+    from flightllm.fuzz import tiny_gguf
+
+    types = dict.fromkeys(("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"), "Q4_1")
+    tiny_gguf(str(tmp_path / "q4.gguf"), seed=7, types=types, layers=2, embd="Q4_1")
+    g = gguf_model.load(tmp_path / "q4.gguf")
+    h = hf_model.load(write_checkpoint(g, tmp_path / "q4-ckpt"))
+    b = boards.load("sim")
+    a = compile_model(g, b, 64)
+    assert np.array_equal(a.image, compile_model(h, b, 64, "q4_1").image)
+    assert compile_model(h, b, 64).image.size > a.image.size           # q8_0 by default: more bytes
+    with pytest.raises(FlightLLMError, match="quantize must be one of q8_0, q4_1"):
+        compile_model(h, b, 64, "q2_k")
+
+
 def test_checkpoint_writer_follows_hugging_face_conventions(f32, ckpt, tmp_path, monkeypatch):
     """The folder the tests write is a real HF checkpoint: a forward pass in HF's conventions (rotate_half RoPE) over
     its files gives the GGUF reference's logits; written without the q/k reordering, it would not."""
@@ -114,12 +132,20 @@ def test_tensors_the_model_does_not_use_are_skipped(ckpt, tmp_path):
 def test_cli_generates_the_same_tokens_from_the_checkpoint(f32, ckpt, tmp_path):
     env = {"FLIGHTLLM_CACHE": str(tmp_path / "cache")}
     outs = []
-    for m in (str(f32), str(ckpt)):
-        r = run_cli("generate", "-m", m, "-p", "!#%&()", "-n", "6", "--json", env=env)
+    for m, q in ((str(f32), []), (str(ckpt), []), (str(ckpt), ["--quantize", "q4_1"])):
+        r = run_cli("generate", "-m", m, "-p", "!#%&()", "-n", "6", "--json", *q, env=env)
         assert r.returncode == 0, r.stderr
         outs.append(json.loads(r.stdout))
     assert outs[0]["token_ids"] == outs[1]["token_ids"] and len(outs[0]["token_ids"]) == 6
     assert outs[0]["prompt_token_ids"] == outs[1]["prompt_token_ids"]
+    # q4_1: 20 bytes a block of 32 instead of Q8_0's 34 for every matrix (and the tied head)
+    b8, b4 = outs[1]["stats"]["bytes_per_token"], outs[2]["stats"]["bytes_per_token"]
+    assert b4 < b8 and outs[2]["stats"]["tokens_per_s"] > outs[1]["stats"]["tokens_per_s"]
+    r = run_cli("compile", "-m", str(ckpt), "--quantize", "q4_1", "--ctx", "64", "-o", str(tmp_path / "q4.flm"),
+                env=env)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("generate", "-m", str(tmp_path / "q4.flm"), "--quantize", "q8_0", "-p", "!", env=env)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "compiled with float matrices as q4_1" in r.stderr
     assert sorted(p.name for p in source.source_files(ckpt)) == [
         "config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
         "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json"]

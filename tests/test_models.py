@@ -21,6 +21,40 @@ def test_mixed_types_compile_and_match_reference(tiny):
     assert np.abs(got - ref).max() < 0.05 * scale + 0.02
 
 
+@pytest.mark.parametrize("embd", ["Q4_0", "Q4_1"])
+def test_4bit_token_embedding(tmp_path, embd):
+    """LD gathers embedding rows as Q8_0 only: a 4-bit table is stored for it as Q8_0 (image.embedding_rows), the
+    tied output head keeps the 4-bit blocks. Before, the 4-bit rows were read as Q8_0: logits off by more than
+    their own scale, silently."""
+    from flightllm.fuzz import tiny_gguf
+
+    tiny_gguf(str(tmp_path / "e.gguf"), seed=2, types=TINY_TYPES, embd=embd)
+    m = gguf_model.load(tmp_path / "e.gguf")
+    ids = [5, 17, 33, 2, 40, 41, 9, 12, 60]
+    got, _ = Runtime(compile_model(m, boards.load("sim"), ctx=64)).forward(ids, 0, all_logits=True)
+    ref, _ = Reference(m).forward(ids)
+    assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max() + 0.02
+
+
+def test_merge_outside_the_vocabulary(tiny, tmp_path):
+    """A BPE merge whose result is no token: tokenizers 0.23 raises an Exception, or, when no token of the
+    vocabulary is longer than one character, panics (a PanicException, not an Exception: a traceback past every
+    handler, Rust's message on stderr). The merges are checked against the vocabulary first."""
+    from flightllm.errors import ModelError
+    from flightllm.host.tokenizer import build_tokenizer_json
+
+    with pytest.raises(ModelError, match="joins or makes a token not in the vocabulary"):
+        build_tokenizer_json({"model": "gpt2", "tokens": ["!", '"', "x"], "merges": ['! "']})     # the panic case
+    d = tiny.read_bytes()
+    tok = (2).to_bytes(8, "little") + b"#$"           # the token the merge "# $" makes
+    assert d.count(tok) == 1
+    p = tmp_path / "merge.gguf"
+    p.write_bytes(d.replace(tok, (2).to_bytes(8, "little") + b"#%"))
+    r = run_cli("compile", "-m", str(p), "--ctx", "64", "-o", str(tmp_path / "x.flm"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "BPE merge '# $' joins or makes a token not in the vocabulary" in r.stderr
+
+
 def test_cli_generates_from_a_path(tiny, tmp_path):
     """`generate -m FILE.gguf`: the CLI's greedy tokens are the runtime's own greedy decode of the same prompt ids."""
     import json
