@@ -38,6 +38,26 @@ def test_weights_are_the_gguf_blocks(artifact, smollm2):
     assert img[found: found + stored.size].tobytes() == stored.tobytes()
 
 
+def test_q4_1_quantiser_is_ggmls():
+    """image.quantize_q4_1 (--quantize q4_1) gives the gguf package's Q4_1 bytes (ggml's reference quantiser), edge
+    blocks included: constant, one outlier, values near zero, a range of one fp16 step."""
+    import gguf
+    from gguf.quants import quantize
+
+    from flightllm.compiler import image
+    from flightllm.formats import pack_weights
+
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((48, 320)) * 0.05).astype(np.float32)
+    x[0, :32] = 0.25
+    x[1, 32:64] = 0; x[1, 40] = 3.0
+    x[2, :32] = rng.standard_normal(32).astype(np.float32) * 1e-6
+    x[3, :32] = np.float32(1.0) + np.arange(32, dtype=np.float32) * np.float32(2 ** -10) / 31
+    q, d, m = image.quantize_q4_1(x)
+    assert q.min() >= 0 and q.max() <= 15
+    assert np.array_equal(pack_weights(q, d, m, WFmt.Q4_1), quantize(x, gguf.GGMLQuantizationType.Q4_1).reshape(48, -1))
+
+
 def test_every_access_stays_in_its_region(artifact, sim_board):
     """Static check over all programs at the smallest and largest legal POS (POS + T <= ctx)."""
     check_artifact(artifact, sim_board)
