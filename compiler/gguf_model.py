@@ -13,7 +13,7 @@ import numpy as np
 
 from flightllm.errors import ModelError
 
-SUPPORTED_TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q8_0")
+SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0")
 LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
                  "ffn_down")
 GGUF_MAGIC = b"GGUF"
@@ -183,8 +183,8 @@ def load(path: str | os.PathLike) -> Model:
             raise ModelError(f"{path}: missing tensor {n}")
         if t.shape != shp:
             raise ModelError(f"{path}: tensor {n} has shape {t.shape}, metadata implies {shp}")
-        if len(shp) == 1 and t.type != "F32" and t.type != "F16":
-            raise ModelError(f"{path}: norm tensor {n} must be F32/F16, not {t.type}")
+        if len(shp) == 1 and t.type not in ("F32", "F16", "BF16"):
+            raise ModelError(f"{path}: norm tensor {n} must be F32/F16/BF16, not {t.type}")
 
     tok = {
         "model": _field(r, "tokenizer.ggml.model", default="", required=False),

@@ -18,8 +18,9 @@ import numpy as np
 from flightllm.errors import ModelError
 from flightllm.compiler.gguf_model import LlamaConfig, Model, Tensor
 
-# safetensors dtypes a LLaMA checkpoint stores its weights in; BF16 becomes F32 exactly (its 16 high bits)
-DTYPES = {"F32": (np.dtype("<f4"), "F32"), "F16": (np.dtype("<f2"), "F16"), "BF16": (np.dtype("<u2"), "F32")}
+# safetensors dtypes a LLaMA checkpoint stores its weights in (numpy has no bfloat16: BF16 stays 16-bit words,
+# widened to float32 per tensor when the compiler quantises it, image.float_rows)
+DTYPES = {"F32": (np.dtype("<f4"), "F32"), "F16": (np.dtype("<f2"), "F16"), "BF16": (np.dtype("<u2"), "BF16")}
 # element sizes of the format's other dtypes: a file may hold tensors the model does not use (an old checkpoint's
 # I64 buffers, say), which are bounds-checked and skipped
 ITEM = {"F64": 8, "I64": 8, "U64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1,
@@ -252,15 +253,12 @@ def load(folder: str | os.PathLike) -> Model:
                 raise ModelError(f"{f}: tensor {name} is also in another shard")
             raw[name] = v
 
-    kv = cfg.n_kv_heads * cfg.head_dim
-    want = {"model.embed_tokens.weight": (cfg.vocab, cfg.hidden), "model.norm.weight": (cfg.hidden,)}
-    for i in range(cfg.n_layers):
-        p = f"model.layers.{i}."
-        want.update({p + "input_layernorm.weight": (cfg.hidden,), p + "post_attention_layernorm.weight": (cfg.hidden,),
-                     p + "self_attn.q_proj.weight": (cfg.hidden, cfg.hidden), p + "self_attn.k_proj.weight": (kv, cfg.hidden),
-                     p + "self_attn.v_proj.weight": (kv, cfg.hidden), p + "self_attn.o_proj.weight": (cfg.hidden, cfg.hidden),
-                     p + "mlp.gate_proj.weight": (cfg.ffn, cfg.hidden), p + "mlp.up_proj.weight": (cfg.ffn, cfg.hidden),
-                     p + "mlp.down_proj.weight": (cfg.hidden, cfg.ffn)})
+    H, F, kv = cfg.hidden, cfg.ffn, cfg.n_kv_heads * cfg.head_dim
+    layer = {"input_layernorm": (H,), "post_attention_layernorm": (H,), "self_attn.q_proj": (H, H),
+             "self_attn.k_proj": (kv, H), "self_attn.v_proj": (kv, H), "self_attn.o_proj": (H, H),
+             "mlp.gate_proj": (F, H), "mlp.up_proj": (F, H), "mlp.down_proj": (H, F)}
+    want = {"model.embed_tokens.weight": (cfg.vocab, H), "model.norm.weight": (H,)}
+    want.update({f"model.layers.{i}.{k}.weight": shp for i in range(cfg.n_layers) for k, shp in layer.items()})
     if "lm_head.weight" in raw and not tied:
         want["lm_head.weight"] = (cfg.vocab, cfg.hidden)
     elif not tied:
@@ -274,8 +272,6 @@ def load(folder: str | os.PathLike) -> Model:
             raise ModelError(f"{folder}: tensor {name} has dtype {dt} (supported: {', '.join(DTYPES)})")
         if shp != shape:
             raise ModelError(f"{folder}: tensor {name} has shape {shp}, config.json implies {shape}")
-        if dt == "BF16":
-            arr = (arr.astype(np.uint32) << 16).view(np.float32)
         g = _gguf_name(name)
         if g.endswith(("attn_q.weight", "attn_k.weight")):
             arr = permute_rope(np.asarray(arr), cfg.n_heads if g.endswith("attn_q.weight") else cfg.n_kv_heads)

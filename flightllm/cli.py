@@ -24,8 +24,8 @@ def _model_args(p, board=True, backend=True, artifact=True):
                        help="fsim: functional simulator; rtl: Verilator model of the RTL; board: FPGA via PYNQ")
     p.add_argument("--ctx", type=int, default=None, help="context length to compile for (default: board maximum)")
     p.add_argument("--quantize", default=None, choices=["q8_0", "q4_1"],
-                   help="format of float (F16/F32/BF16) matrices when compiling (default q8_0; q4_1 halves their "
-                        "bytes); quantised GGUF tensors keep theirs")
+                   help="format of float (F16/F32/BF16) matrices when compiling (default q8_0; q4_1: 20 bytes a "
+                        "32-block instead of 34); quantised GGUF tensors keep theirs")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,10 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("-n", "--max-tokens", type=int, default=16)
     b.add_argument("--json", action="store_true")
 
-    fz = sub.add_parser("fuzz", help="mutation-fuzz the GGUF or checkpoint loader or the instruction decoder/executor "
-                                     "(parity: the same streams on fsim and the RTL, fresh devices per case; "
-                                     "parity-carry: the same on one pair of devices, on-chip state carried; faults: "
-                                     "AXI fault injection on the RTL; these need Verilator)")
+    fz = sub.add_parser("fuzz", help="mutation-fuzz the GGUF or checkpoint loader or the instruction "
+                                     "decoder/executor (parity: the same streams on fsim and the RTL, fresh devices "
+                                     "per case; parity-carry: the same on one pair of devices, on-chip state "
+                                     "carried; faults: AXI fault injection on the RTL; these need Verilator)")
     fz.add_argument("target", choices=["gguf", "hf", "isa", "parity", "parity-carry", "faults"])
     fz.add_argument("-n", "--cases", type=int, default=10000)
     fz.add_argument("--seed", type=int, default=0)

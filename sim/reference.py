@@ -16,9 +16,14 @@ class Reference:
         from gguf import GGMLQuantizationType
         from gguf.quants import dequantize
 
+        from flightllm.compiler.image import float_rows
+
         self.cfg = model.config
         self.W: dict[str, np.ndarray] = {}
         for name, t in model.tensors.items():
+            if t.type in ("F32", "F16", "BF16"):     # a checkpoint's BF16 is 16-bit words, a GGUF's bytes
+                self.W[name] = float_rows(t)
+                continue
             arr = dequantize(np.asarray(t.data), GGMLQuantizationType[t.type])
             self.W[name] = np.asarray(arr, dtype=np.float32).reshape(t.shape)
         if "output.weight" not in self.W:

@@ -78,7 +78,7 @@ def codec(artifact):
 # A small LLaMA GGUF written by flightllm.fuzz.tiny_gguf (hidden 64, vocab 64, one token per character '!'..'\\'),
 # its matrices in every GGML type the loader maps: tests about the command or the loader, not SmolLM2's numbers.
 TINY_TYPES = {"attn_q": "Q4_0", "attn_k": "Q4_1", "attn_v": "F16", "attn_output": "Q8_0", "ffn_gate": "F32",
-              "ffn_up": "Q4_0", "ffn_down": "F16"}
+              "ffn_up": "BF16", "ffn_down": "F16"}
 
 
 @pytest.fixture(scope="session")

@@ -84,7 +84,8 @@ def test_half_precision_checkpoints(f32, tmp_path):
     h = hf_model.load(write_checkpoint(g, tmp_path / "f16", dtype=np.float16))
     t = h.tensors["blk.1.attn_k.weight"]
     assert t.type == "F16" and np.array_equal(np.asarray(t.data), W["blk.1.attn_k.weight"].astype(np.float16))
-    # BF16 (numpy has no such type, so the file is written here): the loader widens it to F32 exactly
+    # BF16 (numpy has no such type, so the file is written here): kept as 16-bit words, widened exactly to F32
+    # per tensor by the compiler (image.float_rows)
     d = write_checkpoint(g, tmp_path / "bf16")
     names = sorted(hf_model.read_safetensors(d / "model.safetensors"))
     src = {n: a for n, (_, _, a) in hf_model.read_safetensors(d / "model.safetensors").items()}
@@ -97,9 +98,15 @@ def test_half_precision_checkpoints(f32, tmp_path):
     hj = json.dumps(header).encode()
     (d / "model.safetensors").write_bytes(len(hj).to_bytes(8, "little") + hj + b"".join(blobs))
     h = hf_model.load(d)
-    t = h.tensors["blk.0.ffn_down.weight"]
-    want = (W["blk.0.ffn_down.weight"].view(np.uint32) & 0xFFFF0000).view(np.float32)
-    assert t.type == "F32" and np.array_equal(np.asarray(t.data), want)
+    from flightllm.compiler.image import float_rows
+
+    want = {n: (w.view(np.uint32) & 0xFFFF0000).view(np.float32) for n, w in W.items()}
+    for n in ("blk.0.ffn_down.weight", "blk.1.attn_q.weight", "output_norm.weight"):     # q: permuted as words
+        t = h.tensors[n]
+        assert t.type == "BF16" and np.array_equal(float_rows(t), want[n]), n
+    from flightllm.sim.reference import Reference
+
+    assert np.array_equal(Reference(h).W["blk.1.ffn_up.weight"], want["blk.1.ffn_up.weight"])
 
 
 def test_transformers_5_rope_parameters(ckpt, tmp_path):

@@ -1,4 +1,4 @@
-"""Any LLaMA-architecture GGUF with Q4_0/Q4_1/Q8_0/F16/F32 tensors maps: a small model written here."""
+"""Any LLaMA-architecture GGUF with Q4_0/Q4_1/Q8_0/F16/BF16/F32 tensors maps: a small model written here."""
 import numpy as np
 import pytest
 
