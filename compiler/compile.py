@@ -129,7 +129,7 @@ def compile_model(model: Model, board: boards.Board, ctx: int | None = None, qua
 
     tok = model.tokenizer
     eos = int(tok.get("eos", -1))
-    stop = [eos]
+    stop = [eos] + list(tok.get("stop", []))
     if tok.get("tokens") and "<|im_end|>" in tok["tokens"]:
         stop.append(tok["tokens"].index("<|im_end|>"))
     bytes_w = sum(m.rows * m.stride for n, m in pl.mats.items() if n != "output" or not model.tied_output)

@@ -188,10 +188,8 @@ def _config(folder: Path) -> tuple[LlamaConfig, bool, dict]:
 
 
 def _token_id(tk, ids: dict, key: str, value) -> int:
-    """A special token from config.json (an id or a list of ids) or tokenizer_config.json (a string or an
-    AddedToken object); -1 when neither names one."""
-    if isinstance(value, list):
-        value = value[0] if value else None
+    """A special token named by config.json (an id) or tokenizer_config.json (a string or an AddedToken object);
+    -1 for none."""
     if isinstance(value, dict):
         value = value.get("content")
     if value is None:
@@ -224,21 +222,45 @@ def _tokenizer(folder: Path, cfg: LlamaConfig, c: dict) -> tuple[dict, str | Non
     if not isinstance(tcfg, dict):
         raise ModelError(f"{tc}: not a JSON object")
     ids = {"vocab": cfg.vocab}
-    # config.json's ids are the model's own; tokenizer_config.json names the tokens the chat template uses
-    eos = _token_id(tk, ids, "eos_token_id", c.get("eos_token_id"))
-    if eos < 0:
-        eos = _token_id(tk, ids, "eos_token", tcfg.get("eos_token"))
+    gc = folder / "generation_config.json"
+    gen = _json(gc, "the generation configuration") if gc.is_file() else {}
+    if not isinstance(gen, dict):
+        raise ModelError(f"{gc}: not a JSON object")
+    # config.json's ids are the model's own; tokenizer_config.json names the tokens the chat template uses; every
+    # end-of-sequence id any of them names stops generation (LLaMA 3 instruct ends turns with <|eot_id|>, listed in
+    # generation_config.json beside <|end_of_text|>)
+    stop = [i for key, v in (("eos_token_id", c.get("eos_token_id")), ("eos_token_id", gen.get("eos_token_id")),
+                             ("eos_token", tcfg.get("eos_token")))
+            for x in (v if isinstance(v, list) else [v]) if (i := _token_id(tk, ids, key, x)) >= 0]
     bos = _token_id(tk, ids, "bos_token_id", c.get("bos_token_id"))
     if bos < 0:
         bos = _token_id(tk, ids, "bos_token", tcfg.get("bos_token"))
+    tok = {"model": "hf", "json": tk.to_str(), "tokens": tokens, "merges": None, "token_type": None,
+           "bos": bos, "eos": stop[0] if stop else -1, "stop": sorted(set(stop)),
+           "add_bos": bool(tcfg.get("add_bos_token", False))}
+    return tok, _chat_template(folder, tcfg)
+
+
+def _chat_template(folder: Path, tcfg: dict) -> str | None:
+    """tokenizer_config.json's chat_template (a string, or named templates: the default one); transformers 4.4x+
+    saves it as chat_template.jinja instead (older: chat_template.json)."""
     tmpl = tcfg.get("chat_template")
+    if tmpl is None and (folder / "chat_template.jinja").is_file():
+        p = folder / "chat_template.jinja"
+        if p.stat().st_size > MAX_JSON:
+            raise ModelError(f"{p}: larger than {MAX_JSON >> 20} MiB")
+        try:
+            tmpl = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ModelError(f"{p}: not UTF-8 text") from None
+    elif tmpl is None and (folder / "chat_template.json").is_file():
+        j = _json(folder / "chat_template.json", "the chat template")
+        tmpl = j.get("chat_template") if isinstance(j, dict) else None
     if isinstance(tmpl, list):                    # named templates: take the default one
         tmpl = next((t.get("template") for t in tmpl if isinstance(t, dict) and t.get("name") == "default"), None)
     if tmpl is not None and not isinstance(tmpl, str):
-        raise ModelError(f"{tc}: chat_template is not a string")
-    tok = {"model": "hf", "json": tk.to_str(), "tokens": tokens, "merges": None, "token_type": None,
-           "bos": bos, "eos": eos, "add_bos": bool(tcfg.get("add_bos_token", False))}
-    return tok, tmpl
+        raise ModelError(f"{folder}: the chat template is not a string")
+    return tmpl
 
 
 def load(folder: str | os.PathLike) -> Model:

@@ -46,4 +46,4 @@ def source_files(path: Path) -> list[Path]:
     """The files a model is read from (a checkpoint folder's JSON and weight files), for cache keys."""
     if not path.is_dir():
         return [path]
-    return sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors"))
+    return sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".json", ".jinja", ".safetensors"))

@@ -92,6 +92,8 @@ class TextCodec:
 
     def encode(self, text: str) -> list[int]:
         ids = self.tk.encode(text, add_special_tokens=False).ids
+        if ids[:1] == [self.bos]:               # a chat template that writes the BOS itself (LLaMA 3's): not twice
+            return ids
         return ([self.bos] if self.add_bos and self.bos >= 0 else []) + ids
 
     def decode(self, ids) -> str:
@@ -107,10 +109,18 @@ class TextCodec:
 
         msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
         env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+        def raise_exception(msg):               # what transformers gives templates: they call it on bad input
+            raise jinja2.TemplateError(str(msg))
+
+        def strftime_now(fmt):                  # LLaMA 3.x templates put today's date in the system turn
+            import datetime
+            return datetime.datetime.now().strftime(fmt)
+
         try:
             return env.from_string(self.chat_template).render(
-                messages=msgs, add_generation_prompt=True,
-                bos_token=self.token_str(self.bos) if self.bos >= 0 else "",
+                messages=msgs, add_generation_prompt=True, raise_exception=raise_exception,
+                strftime_now=strftime_now, bos_token=self.token_str(self.bos) if self.bos >= 0 else "",
                 eos_token=self.token_str(self.eos) if self.eos >= 0 else "")
         except jinja2.TemplateError as e:
             raise ModelError(f"chat template failed: {e}") from None

@@ -121,6 +121,28 @@ def test_transformers_5_rope_parameters(ckpt, tmp_path):
     assert hf_model.load(d).config.rope_base == 5e5
 
 
+def test_transformers_5_tokenizer_files(ckpt, tmp_path):
+    """transformers 5 saves the chat template as chat_template.jinja; generation_config.json may list several
+    end-of-sequence ids (LLaMA 3 instruct: <|end_of_text|> and <|eot_id|>): every one stops generation. A template
+    that writes the BOS itself gets no second one; raise_exception() in a template is a one-line error."""
+    from flightllm.host.api import LLM
+
+    d = tmp_path / "tf5tok"
+    shutil.copytree(ckpt, d)
+    _edit_json("tokenizer_config.json", chat_template=None, add_bos_token=True)(d)
+    _edit_json("config.json", bos_token_id=62)(d)
+    (d / "chat_template.jinja").write_text("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}"
+                                           "{{ raise_exception('no system turns') }}{% endif %}{{ m['content'] }}"
+                                           "{% endfor %}")
+    (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [63, 60]}))
+    llm = LLM(str(d), ctx=64)
+    assert llm.stop_ids == {60, 63}
+    ids = llm.prompt_ids("!#", chat=True)
+    assert ids[0] == 62 and ids[1] != 62 and llm.prompt_ids("!#")[0] == 62        # add_bos for plain text too
+    with pytest.raises(ModelError, match="chat template failed: no system turns"):
+        llm.prompt_ids("!#", chat=True, system="be brief")
+
+
 def test_tensors_the_model_does_not_use_are_skipped(ckpt, tmp_path):
     """Older checkpoints store buffers such as rotary_emb.inv_freq (and other files may hold int tensors)."""
     from safetensors.numpy import load_file, save_file
