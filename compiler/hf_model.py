@@ -73,26 +73,27 @@ def read_safetensors(path: Path) -> dict[str, tuple[str, tuple[int, ...], np.nda
     for name, e in header.items():
         if name == "__metadata__":
             continue
+        nm = repr(name[:60])                      # a hostile name may be long or hold a newline
         if not isinstance(e, dict) or not isinstance(e.get("dtype"), str):
-            raise ModelError(f"{path}: tensor {name[:60]!r} has a malformed entry")
+            raise ModelError(f"{path}: tensor {nm} has a malformed entry")
         dt = e["dtype"]
         if dt not in ITEM:
-            raise ModelError(f"{path}: tensor {name} has an unknown dtype {dt[:20]!r}")
+            raise ModelError(f"{path}: tensor {nm} has an unknown dtype {dt[:20]!r}")
         shape, offs = e.get("shape"), e.get("data_offsets")
         if (not isinstance(shape, list) or len(shape) > 4
                 or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 1 << 32 for s in shape)):
-            raise ModelError(f"{path}: tensor {name} has a malformed shape")
+            raise ModelError(f"{path}: tensor {nm} has a malformed shape")
         if (not isinstance(offs, list) or len(offs) != 2
                 or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)
                 or not 0 <= offs[0] <= offs[1] <= data_len):
-            raise ModelError(f"{path}: tensor {name}'s data offsets {offs} lie outside the file's "
+            raise ModelError(f"{path}: tensor {nm}'s data offsets {repr(offs)[:60]} lie outside the file's "
                              f"{data_len} data bytes")
         item = ITEM[dt]
         if offs[1] - offs[0] != math.prod(shape) * item:
-            raise ModelError(f"{path}: tensor {name} holds {offs[1] - offs[0]} bytes, shape {shape} of {dt} "
+            raise ModelError(f"{path}: tensor {nm} holds {offs[1] - offs[0]} bytes, shape {shape} of {dt} "
                              f"needs {math.prod(shape) * item}")
         if offs[0] % item:
-            raise ModelError(f"{path}: tensor {name} starts at an offset not aligned to its {item}-byte elements")
+            raise ModelError(f"{path}: tensor {nm} starts at an offset not aligned to its {item}-byte elements")
         data = mm[offs[0]:offs[1]]
         out[name] = (dt, tuple(shape), data.view(DTYPES[dt][0]).reshape(shape) if dt in DTYPES else data)
     return out
@@ -141,7 +142,7 @@ def _cfg_float(c: dict, key: str, default: float, lo: float, hi: float, lo_open=
     except OverflowError:
         f = math.inf
     if not math.isfinite(f) or not (lo < f if lo_open else lo <= f) or not f <= hi:
-        raise ModelError(f"config.json '{key}' = {str(v)[:40]} should be a number in "
+        raise ModelError(f"config.json '{key}' = {repr(v)[:40]} should be a number in "
                          f"{'(' if lo_open else '['}{lo}, {hi}]")
     return f
 

@@ -6,6 +6,11 @@ class FlightLLMError(Exception):
 
     exit_code = 2
 
+    def __str__(self) -> str:
+        # one line, whatever a hostile file put into the names the message quotes (`fuzz` checks it)
+        s = super().__str__()
+        return s if s.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
 
 class ModelError(FlightLLMError):
     """A model file that is malformed, hostile or unsupported."""

@@ -217,7 +217,7 @@ def tiny_checkpoint(folder: str, seed: int = 0) -> None:
 
 
 # values a structural mutation writes over a JSON field: boundaries, wrong types, nesting
-JSON_VALUES = [0, -1, 1, 2, 3, 63, 64, 65, 2**31, 2**63, 10**400, 1e300, -1e-300, 0.5, "", "x", "llama", "F16",
+JSON_VALUES = [0, -1, 1, 2, 3, 63, 64, 65, 2**31, 2**63, 10**400, 1e300, -1e-300, 0.5, "", "x", "a\nb", "llama", "F16",
                "BF16", "I8", None, True, [], [0], [0, 0], [0, 1 << 40], [1, 2, 3, 4, 5], {}, {"rope_type": "linear"}]
 
 
@@ -294,8 +294,12 @@ def _case(rep: Report, i: int, fn, seconds: int = CASE_SECONDS) -> None:
             warnings.simplefilter("error", RuntimeWarning)
             fn()
         rep.accepted += 1
-    except FlightLLMError:
-        rep.rejected += 1
+    except FlightLLMError as e:
+        if "\n" in str(e):                       # errors are one line (the CLI prints them as they are)
+            rep.crashes += 1
+            _note(rep, i, f"multi-line error: {str(e)[:100]!r}")
+        else:
+            rep.rejected += 1
     except _Timeout:
         rep.hangs += 1
         _note(rep, i, "hang")

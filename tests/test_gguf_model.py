@@ -102,3 +102,17 @@ def test_absurd_string_length(smollm2_path, tmp_path):
         d[i:i + 8] = struct.pack("<Q", 1 << 50)
     with pytest.raises(ModelError, match="absurd"):
         gguf_model.load(_patched(smollm2_path, tmp_path, "strlen.gguf", patch))
+
+
+def test_names_from_the_file_stay_on_one_line(smollm2_path, tmp_path):
+    """A message quoting a key or tensor name from a hostile file: control characters come out escaped (errors.py),
+    long names cut (fuzz gguf found messages of several lines)."""
+    from conftest import run_cli
+
+    p = _patched(smollm2_path, tmp_path, "key.gguf", lambda d: _replace(
+        d, b"general.architecture\x08\0\0\0", b"general.architectur\n" + struct.pack("<I", 99)))
+    with pytest.raises(ModelError) as e:
+        gguf_model.load(p)
+    assert str(e.value).endswith("metadata general.architectur\\n has unknown value type 99")
+    r = run_cli("compile", "-m", str(p), "-o", str(tmp_path / "x.flm"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "architectur\\n has" in r.stderr

@@ -245,6 +245,8 @@ BAD = [
     ("header-json", lambda d: (d / "model-00001-of-00002.safetensors").write_bytes(
         (4).to_bytes(8, "little") + b"{{{{"), "header is not valid JSON"),
     ("offsets", _edit_header(lambda h: _first(h).__setitem__("data_offsets", [0, 1 << 40])), "lie outside"),
+    ("name", _edit_header(lambda h: h.__setitem__("x\n" * 500, {"dtype": "F32", "shape": [1], "data_offsets": "\n"})),
+     "tensor 'x\\nx\\n"),
     ("dtype", _edit_header(lambda h: _first(h).__setitem__("dtype", "Q4")), "unknown dtype 'Q4'"),
     ("int-weights", _edit_header(lambda h: _first(h).update(dtype="I8", shape=[_first(h)["shape"][0] * 4]
                                                             + _first(h)["shape"][1:])), "has dtype I8 (supported"),
