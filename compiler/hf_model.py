@@ -3,8 +3,8 @@
 The result is the same :class:`~flightllm.compiler.gguf_model.Model` the GGUF loader gives, so everything after
 loading is shared: tensors under their GGUF names, q/k rows permuted as llama.cpp's converter permutes them (the
 device's RoPE rotates adjacent pairs, Hugging Face's rotates halves), float matrices that the compiler quantises to
-Q8_0 (compiler/image.py). Nothing is fetched: the folder must hold every file. As with GGUF, a malformed or hostile
-folder gives a ModelError of one line, never a traceback or an unbounded allocation.
+Q8_0 or Q4_1 (compiler/image.py). Nothing is fetched: the folder must hold every file. As with GGUF, a malformed
+or hostile folder gives a ModelError of one line, never a traceback or an unbounded allocation.
 """
 from __future__ import annotations
 
@@ -35,16 +35,24 @@ LAYER_NAMES = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "se
 TOP_NAMES = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
 
 
-def _json(path: Path, what: str):
+def _text(path: Path, what: str) -> str:
+    """A text file of the folder, at most MAX_JSON bytes."""
     try:
         if path.stat().st_size > MAX_JSON:
             raise ModelError(f"{path}: {what} is larger than {MAX_JSON >> 20} MiB")
-        return json.loads(path.read_text(encoding="utf-8"))
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ModelError(f"{path.parent}: no {path.name} ({what})") from None
     except OSError as e:
         raise ModelError(f"cannot read {path}: {e.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except UnicodeDecodeError:
+        raise ModelError(f"{path}: {what} is not UTF-8 text") from None
+
+
+def _json(path: Path, what: str):
+    try:
+        return json.loads(_text(path, what))
+    except (json.JSONDecodeError, RecursionError) as e:
         raise ModelError(f"{path}: {what} is not valid JSON ({e.__class__.__name__})") from None
 
 
@@ -188,7 +196,7 @@ def _config(folder: Path) -> tuple[LlamaConfig, bool, dict]:
     return cfg, bool(c.get("tie_word_embeddings", False)), c
 
 
-def _token_id(tk, ids: dict, key: str, value) -> int:
+def _token_id(tk, vocab: int, key: str, value) -> int:
     """A special token named by config.json (an id) or tokenizer_config.json (a string or an AddedToken object);
     -1 for none."""
     if isinstance(value, dict):
@@ -200,8 +208,8 @@ def _token_id(tk, ids: dict, key: str, value) -> int:
         if i is None:
             raise ModelError(f"{key} {value[:40]!r} is not in tokenizer.json's vocabulary")
         return int(i)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < ids["vocab"]:
-        raise ModelError(f"{key} = {repr(value)[:40]} is not a token id below the vocabulary size {ids['vocab']}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab:
+        raise ModelError(f"{key} = {repr(value)[:40]} is not a token id below the vocabulary size {vocab}")
     return value
 
 
@@ -209,8 +217,7 @@ def _tokenizer(folder: Path, cfg: LlamaConfig, c: dict) -> tuple[dict, str | Non
     from flightllm.host.tokenizer import parse_tokenizer
 
     p = folder / "tokenizer.json"
-    _json(p, "the tokenizer")                      # size and JSON checks
-    tk = parse_tokenizer(p.read_text(encoding="utf-8"), str(p))
+    tk = parse_tokenizer(_text(p, "the tokenizer"), str(p))
     n = tk.get_vocab_size(with_added_tokens=True)
     vocab = tk.get_vocab(with_added_tokens=True)
     if n > cfg.vocab or any(i >= cfg.vocab for i in vocab.values()):
@@ -222,7 +229,6 @@ def _tokenizer(folder: Path, cfg: LlamaConfig, c: dict) -> tuple[dict, str | Non
     tcfg = _json(tc, "the tokenizer configuration") if tc.is_file() else {}
     if not isinstance(tcfg, dict):
         raise ModelError(f"{tc}: not a JSON object")
-    ids = {"vocab": cfg.vocab}
     gc = folder / "generation_config.json"
     gen = _json(gc, "the generation configuration") if gc.is_file() else {}
     if not isinstance(gen, dict):
@@ -232,10 +238,10 @@ def _tokenizer(folder: Path, cfg: LlamaConfig, c: dict) -> tuple[dict, str | Non
     # generation_config.json beside <|end_of_text|>)
     stop = [i for key, v in (("eos_token_id", c.get("eos_token_id")), ("eos_token_id", gen.get("eos_token_id")),
                              ("eos_token", tcfg.get("eos_token")))
-            for x in (v if isinstance(v, list) else [v]) if (i := _token_id(tk, ids, key, x)) >= 0]
-    bos = _token_id(tk, ids, "bos_token_id", c.get("bos_token_id"))
+            for x in (v if isinstance(v, list) else [v]) if (i := _token_id(tk, cfg.vocab, key, x)) >= 0]
+    bos = _token_id(tk, cfg.vocab, "bos_token_id", c.get("bos_token_id"))
     if bos < 0:
-        bos = _token_id(tk, ids, "bos_token", tcfg.get("bos_token"))
+        bos = _token_id(tk, cfg.vocab, "bos_token", tcfg.get("bos_token"))
     tok = {"model": "hf", "json": tk.to_str(), "tokens": tokens, "merges": None, "token_type": None,
            "bos": bos, "eos": stop[0] if stop else -1, "stop": sorted(set(stop)),
            "add_bos": bool(tcfg.get("add_bos_token", False))}
@@ -247,13 +253,7 @@ def _chat_template(folder: Path, tcfg: dict) -> str | None:
     saves it as chat_template.jinja instead (older: chat_template.json)."""
     tmpl = tcfg.get("chat_template")
     if tmpl is None and (folder / "chat_template.jinja").is_file():
-        p = folder / "chat_template.jinja"
-        if p.stat().st_size > MAX_JSON:
-            raise ModelError(f"{p}: larger than {MAX_JSON >> 20} MiB")
-        try:
-            tmpl = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise ModelError(f"{p}: not UTF-8 text") from None
+        tmpl = _text(folder / "chat_template.jinja", "the chat template")
     elif tmpl is None and (folder / "chat_template.json").is_file():
         j = _json(folder / "chat_template.json", "the chat template")
         tmpl = j.get("chat_template") if isinstance(j, dict) else None
@@ -283,7 +283,7 @@ def load(folder: str | os.PathLike) -> Model:
     want = {"model.embed_tokens.weight": (cfg.vocab, H), "model.norm.weight": (H,)}
     want.update({f"model.layers.{i}.{k}.weight": shp for i in range(cfg.n_layers) for k, shp in layer.items()})
     if "lm_head.weight" in raw and not tied:
-        want["lm_head.weight"] = (cfg.vocab, cfg.hidden)
+        want["lm_head.weight"] = (cfg.vocab, H)
     elif not tied:
         raise ModelError(f"{folder}: no lm_head.weight and config.json does not tie the output to the embedding")
     tensors: dict[str, Tensor] = {}

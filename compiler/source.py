@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from flightllm.errors import ModelError
+from flightllm.compiler import gguf_model, hf_model
 from flightllm.compiler.gguf_model import Model
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -33,13 +34,7 @@ def resolve_model(name: str) -> Path:
 def load_model(path: str | os.PathLike) -> Model:
     """A GGUF file, or a folder holding a Hugging Face checkpoint (config.json, *.safetensors, tokenizer.json)."""
     path = Path(path)
-    if path.is_dir():
-        from flightllm.compiler import hf_model
-
-        return hf_model.load(path)
-    from flightllm.compiler import gguf_model
-
-    return gguf_model.load(path)
+    return hf_model.load(path) if path.is_dir() else gguf_model.load(path)
 
 
 def source_files(path: Path) -> list[Path]:
