@@ -30,6 +30,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -68,6 +69,15 @@ def _alarm(signum, frame):
     raise _Timeout()
 
 
+# The tiny model both writers make: hidden 64, 2 heads, 1 KV head (32 wide), FFN 96, vocab 64 (a token per
+# character '!'..'\\', two merges, the chat markers as control tokens)
+TINY_H, TINY_F, TINY_V, TINY_KV = 64, 96, 64, 32
+TINY_TOKENS = [chr(0x21 + i) for i in range(TINY_V - 4)] + ["!\"", "#$", "<|im_start|>", "<|im_end|>"]
+TINY_TYPES = [1] * (TINY_V - 2) + [3, 3]
+TINY_MERGES = ["! \"", "# $"]
+TINY_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}"
+
+
 def tiny_gguf(path: str, seed: int = 0, types: dict | None = None, layers: int = 1, embd: str = "Q8_0") -> None:
     """A small LLaMA GGUF (hidden 64, 2 heads, 1 KV head, FFN 96, vocab 64, byte-level BPE vocabulary).
 
@@ -78,7 +88,7 @@ def tiny_gguf(path: str, seed: int = 0, types: dict | None = None, layers: int =
 
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(path, "llama")
-    H, F, V, L = 64, 96, 64, layers
+    H, F, V, L = TINY_H, TINY_F, TINY_V, layers
     types = types or {}
     w.add_block_count(L)
     w.add_context_length(256)
@@ -90,19 +100,18 @@ def tiny_gguf(path: str, seed: int = 0, types: dict | None = None, layers: int =
     w.add_layer_norm_rms_eps(1e-5)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
-    toks = [chr(0x21 + i) for i in range(V - 4)] + ["!\"", "#$", "<|im_start|>", "<|im_end|>"]
-    w.add_token_list(toks)
-    w.add_token_types([1] * (V - 2) + [3, 3])
-    w.add_token_merges(["! \"", "# $"])
+    w.add_token_list(TINY_TOKENS)
+    w.add_token_types(TINY_TYPES)
+    w.add_token_merges(TINY_MERGES)
     w.add_eos_token_id(V - 1)
-    w.add_chat_template("{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}")
+    w.add_chat_template(TINY_TEMPLATE)
     mat = lambda r, c: rng.standard_normal((r, c)).astype(np.float32) * 0.05  # noqa: E731
     w.add_tensor("token_embd.weight", quantize(mat(V, H), gguf.GGMLQuantizationType[embd]),
                  raw_dtype=gguf.GGMLQuantizationType[embd])
     w.add_tensor("output_norm.weight", np.ones(H, np.float32))
     for l in range(L):
         p = f"blk.{l}."
-        for n, shp in (("attn_q", (H, H)), ("attn_k", (32, H)), ("attn_v", (32, H)), ("attn_output", (H, H)),
+        for n, shp in (("attn_q", (H, H)), ("attn_k", (TINY_KV, H)), ("attn_v", (TINY_KV, H)), ("attn_output", (H, H)),
                        ("ffn_gate", (F, H)), ("ffn_up", (F, H)), ("ffn_down", (H, F))):
             t = types.get(n, "F32")
             arr = mat(*shp)
@@ -184,7 +193,7 @@ def tiny_checkpoint(folder: str, seed: int = 0) -> None:
     from flightllm.host.tokenizer import build_tokenizer_json
 
     rng = np.random.default_rng(seed)
-    H, F, V, KV = 64, 96, 64, 32
+    H, F, V, KV = TINY_H, TINY_F, TINY_V, TINY_KV
     os.makedirs(folder, exist_ok=True)
     cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": H, "num_hidden_layers": 1,
            "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": F, "vocab_size": V,
@@ -206,14 +215,11 @@ def tiny_checkpoint(folder: str, seed: int = 0) -> None:
     hj = json.dumps(header).encode()
     with open(os.path.join(folder, "model.safetensors"), "wb") as f:
         f.write(len(hj).to_bytes(8, "little") + hj + b"".join(blobs))
-    toks = [chr(0x21 + i) for i in range(V - 4)] + ["!\"", "#$", "<|im_start|>", "<|im_end|>"]
-    tok = {"model": "gpt2", "pre": "default", "tokens": toks, "merges": ["! \"", "# $"],
-           "token_type": [1] * (V - 2) + [3, 3]}
+    tok = {"model": "gpt2", "pre": "default", "tokens": TINY_TOKENS, "merges": TINY_MERGES, "token_type": TINY_TYPES}
     with open(os.path.join(folder, "tokenizer.json"), "w") as f:
         f.write(build_tokenizer_json(tok))
     with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-        json.dump({"eos_token": "<|im_end|>", "add_bos_token": False,
-                   "chat_template": "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}"}, f)
+        json.dump({"eos_token": TINY_TOKENS[-1], "add_bos_token": False, "chat_template": TINY_TEMPLATE}, f)
 
 
 # values a structural mutation writes over a JSON field: boundaries, wrong types, nesting
@@ -255,7 +261,7 @@ def fuzz_hf(cases: int, seed: int = 0) -> Report:
     tmp = tempfile.mkdtemp(prefix="flightllm-fuzz-")
     seed_dir, case_dir = os.path.join(tmp, "seed"), os.path.join(tmp, "case")
     tiny_checkpoint(seed_dir, seed)
-    files = {n: open(os.path.join(seed_dir, n), "rb").read() for n in os.listdir(seed_dir)}
+    files = {n: Path(seed_dir, n).read_bytes() for n in os.listdir(seed_dir)}
     w = files["model.safetensors"]
     hlen = int.from_bytes(w[:8], "little")
     rng = np.random.default_rng(seed)
