@@ -50,28 +50,28 @@ class _Cursor:
 
 def _value(c: _Cursor, vtype: int, key: str, depth=0):
     if vtype in _SCALAR:
-        raw = c.read(_SCALAR[vtype], f"value of {key[:60]}")
+        raw = c.read(_SCALAR[vtype], f"value of {key}")
         if vtype == 4:
             return struct.unpack("<I", raw)[0]
         if vtype == 10:
             return struct.unpack("<Q", raw)[0]
         return None
     if vtype == 8:
-        return c.string(f"string value of {key[:60]}").decode("utf-8", "replace")
+        return c.string(f"string value of {key}").decode("utf-8", "replace")
     if vtype == 9 and depth == 0:
-        et = c.u32(f"array type of {key[:60]}")
-        n = c.u64(f"array length of {key[:60]}")
+        et = c.u32(f"array type of {key}")
+        n = c.u64(f"array length of {key}")
         if et in _SCALAR:
-            c.skip(n * _SCALAR[et], f"array {key[:60]}")
+            c.skip(n * _SCALAR[et], f"array {key}")
         elif et == 8:
             if n > c.size // 8:
-                raise ModelError(f"{c.path}: array {key[:60]} claims {n} strings, more than the file can hold")
+                raise ModelError(f"{c.path}: array {key} claims {n} strings, more than the file can hold")
             for _ in range(n):
-                c.string(f"string in {key[:60]}")
+                c.string(f"string in {key}")
         else:
-            raise ModelError(f"{c.path}: array {key[:60]} has unsupported element type {et}")
+            raise ModelError(f"{c.path}: array {key} has unsupported element type {et}")
         return None
-    raise ModelError(f"{c.path}: metadata {key[:60]} has unknown value type {vtype}")
+    raise ModelError(f"{c.path}: metadata {key} has unknown value type {vtype}")
 
 
 def check_file(path) -> None:
@@ -93,33 +93,34 @@ def check_file(path) -> None:
         align = 32
         for _ in range(n_kv):
             key = c.string("metadata key", 1 << 16).decode("utf-8", "replace")
-            v = _value(c, c.u32(f"type of {key[:60]}"), key)
+            shown = key[:60]                     # what messages quote of a key or name: a hostile one is long
+            v = _value(c, c.u32(f"type of {shown}"), shown)
             if key == "general.alignment":
                 if not isinstance(v, int) or v == 0 or v & (v - 1) or v > 1 << 16:
                     raise ModelError(f"{path}: general.alignment {v} must be a power of two")
                 align = v
         infos = []
         for _ in range(n_tensors):
-            name = c.string("tensor name", 1 << 12).decode("utf-8", "replace")
-            nd = c.u32(f"dims of {name[:60]}")
+            name = c.string("tensor name", 1 << 12).decode("utf-8", "replace")[:60]    # only messages use it
+            nd = c.u32(f"dims of {name}")
             if not 1 <= nd <= MAX_DIMS:
-                raise ModelError(f"{path}: tensor {name[:60]} has {nd} dimensions")
-            dims = [c.u64(f"dim of {name[:60]}") for _ in range(nd)]
-            ttype = c.u32(f"type of {name[:60]}")
-            off = c.u64(f"offset of {name[:60]}")
+                raise ModelError(f"{path}: tensor {name} has {nd} dimensions")
+            dims = [c.u64(f"dim of {name}") for _ in range(nd)]
+            ttype = c.u32(f"type of {name}")
+            off = c.u64(f"offset of {name}")
             infos.append((name, dims, ttype, off))
         data_start = -(-fh.tell() // align) * align
         for name, dims, ttype, off in infos:
             if ttype not in GGML_TYPES:
-                raise ModelError(f"{path}: tensor {name[:60]} has unsupported GGML type {ttype}")
+                raise ModelError(f"{path}: tensor {name} has unsupported GGML type {ttype}")
             tname, be, bb = GGML_TYPES[ttype]
             n = 1
             for d in dims:
                 if d == 0 or d > size * 8:
-                    raise ModelError(f"{path}: tensor {name[:60]} has absurd dimension {d}")
+                    raise ModelError(f"{path}: tensor {name} has absurd dimension {d}")
                 n *= d
             if dims[0] % be:
-                raise ModelError(f"{path}: tensor {name[:60]} ({tname}) row of {dims[0]} is not a multiple of {be}")
+                raise ModelError(f"{path}: tensor {name} ({tname}) row of {dims[0]} is not a multiple of {be}")
             nbytes = n // be * bb
             if off % align or data_start + off + nbytes > size:
-                raise ModelError(f"{path}: tensor {name[:60]} data [{off}, +{nbytes}) lies outside the file")
+                raise ModelError(f"{path}: tensor {name} data [{off}, +{nbytes}) lies outside the file")

@@ -13,7 +13,8 @@ import numpy as np
 
 from flightllm.errors import ModelError
 
-SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0")
+FLOAT_TYPES = ("F32", "F16", "BF16")       # compiler/image.py float_rows reads these
+SUPPORTED_TYPES = FLOAT_TYPES + ("Q4_0", "Q4_1", "Q8_0")
 LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
                  "ffn_down")
 GGUF_MAGIC = b"GGUF"
@@ -183,7 +184,7 @@ def load(path: str | os.PathLike) -> Model:
             raise ModelError(f"{path}: missing tensor {n}")
         if t.shape != shp:
             raise ModelError(f"{path}: tensor {n} has shape {t.shape}, metadata implies {shp}")
-        if len(shp) == 1 and t.type not in ("F32", "F16", "BF16"):
+        if len(shp) == 1 and t.type not in FLOAT_TYPES:
             raise ModelError(f"{path}: norm tensor {n} must be F32/F16/BF16, not {t.type}")
 
     tok = {

@@ -13,7 +13,7 @@ from flightllm.errors import CompileError
 from flightllm.formats import (BLOCK, GAMMA_FRAC, MAX_WEIGHT_SCALE, ROPE_FRAC, fp16_finite, pack_weights,
                                row_bytes, to_fixed)
 from flightllm.isa import WFmt
-from flightllm.compiler.gguf_model import Tensor
+from flightllm.compiler.gguf_model import FLOAT_TYPES, Tensor
 
 
 def _check_scales(name: str, h: np.ndarray) -> None:
@@ -80,7 +80,7 @@ def device_matrix(t: Tensor, quantize: str = "q8_0") -> tuple[WFmt, np.ndarray]:
         m16 = (-8.0 * d16.view(np.float16).astype(np.float32)).astype(np.float16).view(np.uint16)  # exact
         q = np.concatenate([raw[..., 2:] & 0xF, raw[..., 2:] >> 4], axis=-1).reshape(R, C).astype(np.int32)
         return WFmt.Q4_1, pack_weights(q, d16, m16, WFmt.Q4_1)
-    if t.type in ("F16", "F32", "BF16"):
+    if t.type in FLOAT_TYPES:
         x = float_rows(t)
         if not np.all(np.isfinite(x)):
             raise CompileError(f"tensor {t.name}: non-finite weights")
@@ -124,5 +124,5 @@ def rope_table(ctx: int, head_dim: int, base: float) -> np.ndarray:
     return np.concatenate([to_fixed(np.cos(ang), ROPE_FRAC), to_fixed(np.sin(ang), ROPE_FRAC)], axis=1)
 
 
-__all__ = ["device_matrix", "embedding_rows", "float_rows", "gamma_words", "rope_table", "quantize_q8_0", "quantize_q4_1", "QUANTIZE",
-           "row_bytes"]
+__all__ = ["device_matrix", "embedding_rows", "float_rows", "gamma_words", "rope_table", "quantize_q8_0",
+           "quantize_q4_1", "QUANTIZE", "row_bytes"]

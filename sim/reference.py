@@ -16,12 +16,13 @@ class Reference:
         from gguf import GGMLQuantizationType
         from gguf.quants import dequantize
 
+        from flightllm.compiler.gguf_model import FLOAT_TYPES
         from flightllm.compiler.image import float_rows
 
         self.cfg = model.config
         self.W: dict[str, np.ndarray] = {}
         for name, t in model.tensors.items():
-            if t.type in ("F32", "F16", "BF16"):     # a checkpoint's BF16 is 16-bit words, a GGUF's bytes
+            if t.type in FLOAT_TYPES:     # a checkpoint's BF16 is 16-bit words, a GGUF's bytes
                 self.W[name] = float_rows(t)
                 continue
             arr = dequantize(np.asarray(t.data), GGMLQuantizationType[t.type])
